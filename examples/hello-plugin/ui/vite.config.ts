@@ -1,0 +1,13 @@
+import { defineConfig } from "vite";
+import react from "@vitejs/plugin-react";
+
+// omni's worker starts this with:
+//   vite --host 127.0.0.1 --port <15173-15273> --strictPort
+// A host page on another origin loads http://127.0.0.1:<port>/src/entry.tsx,
+// hence CORS.
+export default defineConfig({
+  plugins: [react()],
+  server: {
+    cors: true,
+  },
+});

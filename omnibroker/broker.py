@@ -1,0 +1,452 @@
+"""omnibroker: one asyncio loop over three sockets.
+
+- control ROUTER  (clients' REQ):  validate, look the command up in the table, run it in its own task; commands for
+                                   a worker are forwarded and answered when it replies (or with `timeout`), so the
+                                   loop never waits on a slow worker.
+- workers ROUTER  (workers' DEALER, and omnievents): register, heartbeat, events, replies, build slots, supervisord
+                                   process states.
+- events XPUB     (subscribers):   everything goes out through EventBus (epoch/seq envelope).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from . import protocol
+from .commands import COMMANDS, Command
+from .events import EventBus, bind, bind_xpub
+from .ports import PortAllocator
+from .protocol import CommandError, DevServerState, ErrorCode
+from .registry import Registry
+from .supervisor_link import SupervisorLink, plugin_of
+
+log = logging.getLogger("omnibroker")
+
+# Commands that change a plugin's state run one at a time per plugin (never globally: circus's lesson).
+EXCLUSIVE = {"add", "remove", "start", "stop", "restart", "attach", "detach"}
+REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
+UNRESPONSIVE_RESTART = 10.0     # a worker lost this long is restarted through supervisord
+
+
+class WorkerLink:
+    """The broker's view of one worker process."""
+
+    def __init__(self, identity: bytes, pid: int):
+        self.identity = identity
+        self.pid = pid
+        self.last_seen = time.monotonic()
+        self.alive = True
+        self.lost_since = 0.0
+
+
+class BuildSlots:
+    """Broker-wide cap on concurrent builds; waiting builds are granted in arrival order."""
+
+    def __init__(self, capacity: int, grant):
+        self.capacity = max(1, capacity)
+        self.grant = grant
+        self.holders: dict[str, bytes] = {}
+        self.waiting: deque[tuple[str, bytes]] = deque()
+
+    def acquire(self, token: str, identity: bytes) -> None:
+        self.waiting.append((token, identity))
+        self._pump()
+
+    def release(self, token: str) -> None:
+        self.holders.pop(token, None)
+        self.waiting = deque(w for w in self.waiting if w[0] != token)
+        self._pump()
+
+    def release_worker(self, identity: bytes) -> None:
+        for token in [t for t, i in self.holders.items() if i == identity]:
+            del self.holders[token]
+        self.waiting = deque(w for w in self.waiting if w[1] != identity)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.waiting and len(self.holders) < self.capacity:
+            token, identity = self.waiting.popleft()
+            self.holders[token] = identity
+            self.grant(identity, token)
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.runtime = protocol.ensure_runtime_dir()
+        self.ctx = zmq.asyncio.Context()
+        self.registry = Registry(protocol.config_path(), os.path.join(self.runtime, "state.json"))
+        service = self.registry.service
+        vite_range = service.get("vite_ports", [15173, 15273])
+        self.ports = PortAllocator(int(vite_range[0]), int(vite_range[1]), self.registry.state.ports)
+        self.supervisor = SupervisorLink(self.runtime)
+        self.control = self._bind(zmq.ROUTER, protocol.endpoint("control"))
+        self.worker_sock = self._bind(zmq.ROUTER, protocol.endpoint("workers"))
+        self.events = EventBus(bind_xpub(self.ctx, protocol.endpoint("events")))
+        self.workers: dict[str, WorkerLink] = {}
+        self.registered: dict[str, asyncio.Event] = {}
+        self.pending: dict[str, tuple[asyncio.Future, str]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
+        for plugin in self.registry.plugins:
+            self.events.states[plugin] = self._initial_state(plugin)
+
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        bind(sock, endpoint)
+        return sock
+
+    def _initial_state(self, plugin: str) -> DevServerState:
+        return DevServerState(pluginID=plugin, devPath=self.registry.plugins[plugin].spec.path)
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    def state_of(self, plugin: str) -> DevServerState:
+        state = self.events.states.get(plugin)
+        if state is None:
+            state = self.events.states[plugin] = self._initial_state(plugin)
+        return state
+
+    def _set_worker_status(self, plugin: str, status: str, **extra: Any) -> None:
+        state = msgspec.structs.replace(self.state_of(plugin), workerStatus=status, **extra)
+        self.events.status(state)
+
+    def allocate_port(self, plugin: str) -> int:
+        port = self.ports.allocate(plugin)
+        self.registry.save()
+        return port
+
+    def release_port(self, plugin: str) -> None:
+        self.ports.release(plugin)
+        self.registry.save()
+
+    # --- plugins and their worker programs -------------------------------------------------------------------------
+    async def sync_programs(self) -> None:
+        try:
+            await self.supervisor.sync(set(self.registry.plugins))
+        except (OSError, msgspec.MsgspecError, Exception) as e:     # noqa: BLE001 - report any XML-RPC failure
+            raise CommandError(ErrorCode.SUPERVISOR, f"supervisord at {self.supervisor.url} failed: {e}") from None
+
+    async def add_plugin(self, plugin: str, path: str, settings: dict | None) -> None:
+        if settings is None:        # `start --path`: keep the settings a plugin already has
+            settings = self.registry.plugins[plugin].spec.settings if plugin in self.registry.plugins else {}
+        _, changed = self.registry.add(plugin, path, settings)
+        if changed or plugin not in self.events.states:
+            self.events.states[plugin] = self._initial_state(plugin)
+            link = self.workers.get(plugin)
+            if link is not None and link.alive:
+                # The worker has the old spec: restart it so it registers with the new one.
+                self._send_worker(link.identity, protocol.K_COMMAND,
+                                  protocol.encode(protocol.Request(id="respawn", command="exit")))
+            self._set_worker_status(plugin, "starting")
+        await self.sync_programs()
+
+    async def remove_plugin(self, plugin: str) -> None:
+        self.registry.remove(plugin)
+        self.ports.forget(plugin)
+        self.registry.save()
+        await self.sync_programs()
+        link = self.workers.pop(plugin, None)
+        if link is not None:
+            self.slots.release_worker(link.identity)
+        self._fail_pending(plugin, "the plugin was removed")
+        self.events.forget(plugin)
+
+    async def ensure_worker(self, plugin: str) -> WorkerLink:
+        link = self.workers.get(plugin)
+        if link is not None and link.alive:
+            return link
+        event = self.registered.setdefault(plugin, asyncio.Event())
+        event.clear()
+        if not os.path.exists(self.supervisor.include_path(plugin)):
+            await self.sync_programs()
+        try:
+            await asyncio.wait_for(event.wait(), REGISTER_WAIT)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.WORKER_UNAVAILABLE,
+                               f"the worker for {plugin!r} did not register within {REGISTER_WAIT:.0f}s; "
+                               f"see {self.supervisor.log_dir}/omniworker-{plugin}.log") from None
+        return self.workers[plugin]
+
+    async def forward(self, cmd: Command, props: dict[str, Any]) -> Any:
+        plugin = props["plugin"]
+        self.registry.get(plugin)
+        link = await self.ensure_worker(plugin)
+        rid = uuid.uuid4().hex
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[rid] = (fut, plugin)
+        try:
+            self._send_worker(link.identity, protocol.K_COMMAND,
+                              protocol.encode(protocol.Request(id=rid, command=cmd.name, properties=props)))
+            reply = await asyncio.wait_for(fut, cmd.timeout)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT,
+                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s") \
+                from None
+        finally:
+            self.pending.pop(rid, None)
+        if reply.status != "ok":
+            raise CommandError(reply.code or ErrorCode.INTERNAL, reply.reason or "the worker failed")
+        return reply.result
+
+    def _fail_pending(self, plugin: str, why: str) -> None:
+        for fut, owner in list(self.pending.values()):
+            if owner == plugin and not fut.done():
+                fut.set_result(protocol.error_reply(None, ErrorCode.WORKER_UNAVAILABLE,
+                                                    f"the worker for {plugin!r} went away: {why}"))
+
+    # --- control socket --------------------------------------------------------------------------------------------
+    async def control_loop(self) -> None:
+        while True:
+            frames = await self.control.recv_multipart()
+            if len(frames) >= 2 and frames[1] == b"":
+                envelope, body = frames[:2], frames[2:]     # REQ client
+            else:
+                envelope, body = frames[:1], frames[1:]     # DEALER client without delimiter
+            self._spawn(self.handle_request(envelope, body))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def handle_request(self, envelope: list[bytes], body: list[bytes]) -> None:
+        rid: Any = None
+        try:
+            request = protocol.decode_request(body)
+            rid = request.id
+            cmd = COMMANDS.get(request.command)
+            if cmd is None:
+                raise CommandError(ErrorCode.UNKNOWN_COMMAND,
+                                   f"unknown command {request.command!r}; known: {', '.join(COMMANDS)}")
+            props = cmd.validate(request.properties)
+            plugin = props.get("plugin")
+            if cmd.name in EXCLUSIVE and isinstance(plugin, str):
+                async with self.locks.setdefault(plugin, asyncio.Lock()):
+                    result = await cmd.execute(self, props)
+            else:
+                result = await cmd.execute(self, props)
+            reply = protocol.ok_reply(rid, result)
+        except CommandError as e:
+            reply = protocol.error_reply(rid if rid is not None else protocol.request_id_of(body), e.code, e.reason)
+        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
+            log.exception("command failed")
+            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
+        try:
+            await self.control.send_multipart(envelope + [protocol.encode(reply)])
+        except zmq.ZMQError as e:
+            log.warning("could not send a reply: %s", e)
+
+    # --- worker socket ---------------------------------------------------------------------------------------------
+    def _send_worker(self, identity: bytes, kind: bytes, body: bytes) -> None:
+        try:
+            self.worker_sock.send_multipart([identity, kind, body], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("could not reach worker %r: %s", identity, e)
+
+    def _grant_slot(self, identity: bytes, token: str) -> None:
+        self._send_worker(identity, protocol.K_TOKEN, protocol.encode(protocol.Token(op="granted", id=token)))
+
+    def _plugin_of_identity(self, identity: bytes) -> str | None:
+        # Identities are "w:<plugin>:<pid>"; the table is authoritative.
+        for plugin, link in self.workers.items():
+            if link.identity == identity:
+                return plugin
+        return None
+
+    async def worker_loop(self) -> None:
+        handlers = {protocol.K_REGISTER: self.on_register, protocol.K_HEARTBEAT: self.on_heartbeat,
+                    protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
+                    protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate}
+        while True:
+            frames = await self.worker_sock.recv_multipart()
+            if len(frames) < 3:
+                continue
+            handler = handlers.get(frames[1])
+            if handler is None:
+                continue
+            try:
+                handler(frames[0], frames[2:])
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+                log.warning("bad %s message from %r: %s", frames[1], frames[0], e)
+            except Exception:       # noqa: BLE001 - one bad worker message must not stop the loop
+                log.exception("worker message %s failed", frames[1])
+
+    def on_register(self, identity: bytes, body: list[bytes]) -> None:
+        reg = protocol.decode_register(body[0])
+        record = self.registry.plugins.get(reg.plugin)
+        if record is None:
+            log.warning("worker for unknown plugin %r registered; ignoring", reg.plugin)
+            return
+        old = self.workers.get(reg.plugin)
+        if old is not None and old.identity != identity:
+            self.slots.release_worker(old.identity)
+        self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        state = reg.state
+        state.workerStatus, state.workerPid = "up", reg.pid
+        vite_port = 0
+        if record.desired.mode == "managed" and record.desired.vite:
+            if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
+                vite_port = state.vitePort
+            else:
+                try:
+                    vite_port = self.allocate_port(reg.plugin)
+                except CommandError as e:
+                    state.lastError = e.reason
+        self.events.status(state)
+        welcome = protocol.Welcome(epoch=self.events.epoch, spec=record.spec, desired=record.desired,
+                                   vitePort=vite_port)
+        self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
+        self.registered.setdefault(reg.plugin, asyncio.Event()).set()
+
+    def _touch(self, identity: bytes) -> str | None:
+        plugin = self._plugin_of_identity(identity)
+        if plugin is not None:
+            link = self.workers[plugin]
+            link.last_seen = time.monotonic()
+            if link.alive and link.lost_since:
+                link.lost_since = 0.0
+                self._set_worker_status(plugin, "up")
+        return plugin
+
+    def on_heartbeat(self, identity: bytes, body: list[bytes]) -> None:
+        self._touch(identity)
+        self._send_worker(identity, protocol.K_HEARTBEAT,
+                          protocol.encode(protocol.BrokerHeartbeat(epoch=self.events.epoch)))
+
+    def on_event(self, identity: bytes, body: list[bytes]) -> None:
+        plugin = self._touch(identity)
+        if plugin is None or len(body) < 2:
+            return
+        self.events.worker_status(body[0].decode(), body[1], plugin)
+
+    def on_reply(self, identity: bytes, body: list[bytes]) -> None:
+        self._touch(identity)
+        reply = protocol.decode_reply(body[0])
+        entry = self.pending.get(str(reply.id))
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(reply)
+
+    def on_token(self, identity: bytes, body: list[bytes]) -> None:
+        self._touch(identity)
+        token = protocol.decode_token(body[0])
+        if token.op == "acquire":
+            self.slots.acquire(token.id, identity)
+        elif token.op == "release":
+            self.slots.release(token.id)
+
+    def on_procstate(self, identity: bytes, body: list[bytes]) -> None:
+        ev = protocol.decode_procstate(body[0])
+        plugin = plugin_of(ev.name)
+        if plugin is None or plugin not in self.registry.plugins:
+            return
+        if ev.state == "STARTING":
+            self._set_worker_status(plugin, "starting")
+        elif ev.state in ("EXITED", "BACKOFF", "FATAL", "STOPPED"):
+            self._worker_gone(plugin, f"supervisord reports {ev.state}")
+
+    def _worker_gone(self, plugin: str, why: str) -> None:
+        link = self.workers.get(plugin)
+        if link is not None:
+            link.alive = False
+            self.slots.release_worker(link.identity)
+        self._fail_pending(plugin, why)
+        state = self.state_of(plugin)
+        active = {"starting", "building", "running", "ready"}
+        self._set_worker_status(
+            plugin, "exited", grpcConnected=False, pluginPid=0, workerPid=0,
+            viteStatus="stopped" if state.viteStatus in active else state.viteStatus,
+            goStatus="stopped" if state.goStatus in active else state.goStatus)
+
+    async def liveness_loop(self) -> None:
+        """Mark workers silent for HEARTBEAT_LIVENESS as lost; restart long-lost ones through supervisord."""
+        while True:
+            await asyncio.sleep(protocol.HEARTBEAT_INTERVAL / 4)
+            now = time.monotonic()
+            for plugin, link in list(self.workers.items()):
+                if not link.alive:
+                    continue
+                silent = now - link.last_seen
+                if silent > protocol.HEARTBEAT_LIVENESS and not link.lost_since:
+                    link.lost_since = now
+                    self._set_worker_status(plugin, "lost")
+                elif link.lost_since and now - link.lost_since > UNRESPONSIVE_RESTART:
+                    link.alive = False
+                    self._fail_pending(plugin, "unresponsive")
+                    log.warning("worker for %s unresponsive for %.0fs: restarting it", plugin, silent)
+                    self._spawn(self._restart_worker(plugin, link.pid))
+
+    async def _restart_worker(self, plugin: str, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)    # a stopped (SIGSTOP) process ignores TERM; supervisord restarts it
+        except OSError:
+            try:
+                await self.supervisor.restart_worker(plugin)
+            except Exception as e:      # noqa: BLE001
+                log.warning("could not restart worker %s: %s", plugin, e)
+
+    # --- run -------------------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self._spawn(self._initial_sync())
+        runners = [asyncio.create_task(c) for c in (self.control_loop(), self.worker_loop(), self.liveness_loop())]
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait(runners + [waiter], return_when=asyncio.FIRST_COMPLETED)
+        for task in runners + [waiter]:
+            task.cancel()
+        for task in done:
+            if task is not waiter and task.exception():
+                raise task.exception()
+        self.ctx.destroy(linger=0)
+
+    async def _initial_sync(self) -> None:
+        """Make supervisord run a worker for every registered plugin (retrying while it is not up yet)."""
+        for attempt in range(50):
+            try:
+                await self.sync_programs()
+                return
+            except CommandError as e:
+                if attempt == 0:
+                    log.warning("%s; retrying", e.reason)
+                await asyncio.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omnibroker", description="omni broker (run by supervisord)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s omnibroker %(levelname)s %(message)s")
+    from omniworker.children import set_pdeathsig
+    set_pdeathsig(signal.SIGTERM)       # die with supervisord, even when it is SIGKILLed
+    try:
+        broker = Broker()
+    except zmq.ZMQError as e:
+        log.error("cannot bind: %s", e)
+        return 1
+    log.info("epoch %s; control %s; events %s; workers %s", broker.events.epoch, protocol.endpoint("control"),
+             protocol.endpoint("events"), protocol.endpoint("workers"))
+    asyncio.run(broker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

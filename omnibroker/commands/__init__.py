@@ -1,0 +1,25 @@
+"""The control command table: one module per command, looked up by name. `omnictl` builds its subcommands from it."""
+from __future__ import annotations
+
+from .add import Add
+from .attach import Attach
+from .base import Command, Prop
+from .detach import Detach
+from .external_info import ExternalInfo
+from .invoke import Invoke
+from .list import List
+from .logs import Logs
+from .ping import Ping
+from .rebuild import Rebuild
+from .remove import Remove
+from .restart import Restart
+from .snapshot import Snapshot
+from .start import Start
+from .status import Status
+from .stop import Stop
+
+COMMANDS: dict[str, Command] = {c.name: c() for c in (
+    Ping, List, Status, Snapshot, Add, Remove, Start, Stop, Restart, Rebuild, Attach, Detach, Logs, ExternalInfo,
+    Invoke)}
+
+__all__ = ["COMMANDS", "Command", "Prop"]

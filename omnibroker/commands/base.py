@@ -1,0 +1,65 @@
+"""What a control command is: its name, its properties (typed, required or not, with help), its docstring (shown by
+`omnictl <name> --help` and docs), and `execute`. Circus-style: one module per command, one table."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import CommandError, ErrorCode
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+
+
+class Prop:
+    def __init__(self, type_: type | tuple[type, ...], help: str, required: bool = False, default: Any = None,
+                 positional: bool = False):
+        self.type = type_
+        self.help = help
+        self.required = required
+        self.default = default
+        self.positional = positional
+
+
+PLUGIN = Prop(str, "plugin id", required=True, positional=True)
+
+
+class Command:
+    name: str = ""
+    properties: dict[str, Prop] = {}
+    # Executed by the plugin's worker (forwarded by the broker) rather than by the broker itself.
+    forward: bool = False
+    # How long the broker waits for the worker's answer.
+    timeout: float = 10.0
+
+    def validate(self, props: dict[str, Any]) -> dict[str, Any]:
+        """Check property names and types; fill defaults. Unknown properties are refused (typos are bugs)."""
+        unknown = set(props) - set(self.properties)
+        if unknown:
+            raise CommandError(ErrorCode.BAD_PROPERTY,
+                               f"{self.name}: unknown properties {sorted(unknown)}; known: {sorted(self.properties)}")
+        out: dict[str, Any] = {}
+        for key, prop in self.properties.items():
+            if key not in props or props[key] is None:
+                if prop.required:
+                    raise CommandError(ErrorCode.BAD_PROPERTY, f"{self.name}: property {key!r} is required")
+                if prop.default is not None:
+                    out[key] = prop.default
+                continue
+            value = props[key]
+            types = prop.type if isinstance(prop.type, tuple) else (prop.type,)
+            if isinstance(value, bool) and bool not in types:
+                ok = False
+            elif int in types and isinstance(value, bool):
+                ok = bool in types
+            else:
+                ok = isinstance(value, types)
+            if not ok:
+                names = " or ".join(t.__name__ for t in types)
+                raise CommandError(ErrorCode.BAD_PROPERTY,
+                                   f"{self.name}: property {key!r} must be {names}, not {type(value).__name__}")
+            out[key] = value
+        return out
+
+    async def execute(self, broker: "Broker", props: dict[str, Any]) -> Any:
+        """Default for forwarded commands: hand the request to the plugin's worker and return its result."""
+        return await broker.forward(self, props)

@@ -1,0 +1,13 @@
+"""`list` control command."""
+from .. import protocol
+from .base import Command
+
+
+class List(Command):
+    """Every registered plugin's DevServerState (Omniview: ListDevServerStates)."""
+    name = "list"
+    properties = {}
+
+    async def execute(self, broker, props):
+        return {"plugins": [protocol.to_builtins(broker.state_of(p)) for p in sorted(broker.registry.plugins)]}
+

@@ -1,0 +1,13 @@
+"""`ping` control command."""
+from .. import protocol
+from .base import Command
+
+
+class Ping(Command):
+    """Is the broker there? Returns its epoch (changes at each broker start) and version."""
+    name = "ping"
+    properties = {}
+
+    async def execute(self, broker, props):
+        return {"epoch": broker.events.epoch, "version": protocol.VERSION}
+

@@ -1,0 +1,13 @@
+"""`snapshot` control command."""
+from .. import protocol
+from .base import Command
+
+
+class Snapshot(Command):
+    """Epoch, last seq and every plugin's state: what a late subscriber applies events on top of."""
+    name = "snapshot"
+    properties = {}
+
+    async def execute(self, broker, props):
+        return broker.events.snapshot()
+

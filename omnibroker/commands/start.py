@@ -1,0 +1,26 @@
+"""`start` control command."""
+from ..protocol import Desired
+from ..registry import check_plugin_id, validate_plugin_dir
+from .base import PLUGIN, Command, Prop
+
+
+class Start(Command):
+    """Run the plugin's dev server in managed mode (Vite + Go watch/build/reload); idempotent. Returns at once with
+    the state; progress arrives as status events (Omniview: StartDevServer, StartDevServerForPath)."""
+    name = "start"
+    properties = {"plugin": PLUGIN, "path": Prop(str, "register this source directory first"),
+                  "vite": Prop(bool, "run Vite (default true)"), "go": Prop(bool, "watch and build Go (default true)")}
+    forward = True
+    timeout = 30.0
+
+    async def execute(self, broker, props):
+        plugin = check_plugin_id(props["plugin"])
+        if "path" in props:
+            await broker.add_plugin(plugin, validate_plugin_dir(props.pop("path")), None)
+        record = broker.registry.get(plugin)
+        desired = Desired(mode="managed", vite=props.get("vite", record.desired.vite),
+                          go=props.get("go", record.desired.go))
+        props.update(vite=desired.vite, go=desired.go)
+        props["vitePort"] = broker.allocate_port(plugin) if desired.vite else 0
+        broker.registry.set_desired(plugin, desired)
+        return await broker.forward(self, props)

@@ -1,0 +1,14 @@
+"""`status` control command."""
+from .. import protocol
+from .base import PLUGIN, Command
+
+
+class Status(Command):
+    """One plugin's DevServerState (Omniview: GetDevServerState)."""
+    name = "status"
+    properties = {"plugin": PLUGIN}
+
+    async def execute(self, broker, props):
+        broker.registry.get(props["plugin"])
+        return protocol.to_builtins(broker.state_of(props["plugin"]))
+

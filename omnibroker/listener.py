@@ -1,0 +1,56 @@
+"""omnievents: a supervisord event listener forwarding our programs' PROCESS_STATE_* events to the broker.
+
+supervisord's listener protocol (supervisord docs, "Events"): write READY, read a header line with `len:`, read that
+many bytes of payload, act, answer `RESULT 2\\nOK`. We forward on a DEALER to the broker's worker socket without
+blocking: when the broker is down, ZeroMQ queues (bounded) and delivers on reconnect.
+"""
+from __future__ import annotations
+
+import sys
+
+import zmq
+
+from . import protocol
+
+OURS = ("omniworker-", "omnibroker", "omnibridge")
+
+
+def parse_tokens(line: str) -> dict[str, str]:
+    return dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
+
+
+def main() -> int:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.IMMEDIATE, 0)
+    sock.connect(protocol.endpoint("workers"))
+    while True:
+        stdout.write(b"READY\n")
+        stdout.flush()
+        header_line = stdin.readline()
+        if not header_line:
+            return 0        # supervisord went away
+        header = parse_tokens(header_line.decode("utf-8", "replace"))
+        payload = stdin.read(int(header.get("len", "0")))
+        event = header.get("eventname", "")
+        if event.startswith("PROCESS_STATE_"):
+            first_line = payload.split(b"\n", 1)[0].decode("utf-8", "replace")
+            fields = parse_tokens(first_line)
+            name = fields.get("processname", "")
+            if name.startswith(OURS):
+                msg = protocol.ProcState(name=name, state=event[len("PROCESS_STATE_"):],
+                                         pid=int(fields.get("pid", 0) or 0),
+                                         expected=fields.get("expected", "1") == "1")
+                try:
+                    sock.send_multipart([protocol.K_PROCSTATE, protocol.encode(msg)], flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+        stdout.write(b"RESULT 2\nOK")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

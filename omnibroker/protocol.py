@@ -1,0 +1,379 @@
+"""Every message and event omni speaks, defined once.
+
+Three surfaces, all JSON over ZeroMQ:
+- control (REQ/REP):    Request -> Reply                          (public, docs/protocol.md)
+- events  (PUB/SUB):    [topic, payload, meta]                    (public, Omniview-compatible payloads)
+- worker link (DEALER/ROUTER): [kind, body...]                    (internal between broker and workers)
+
+Nothing else in the code base builds these messages by hand: it calls the helpers here.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import time
+from typing import Any, Literal
+
+import msgspec
+
+VERSION = "0.1.0"
+
+# --------------------------------------------------------------------------------------------------------------
+# Limits
+MAX_REQUEST_BYTES = 1 << 20          # a control request over 1 MiB is refused unread
+PLUGIN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EVENTS_SNDHWM = 200_000              # broker XPUB send high-water mark, per subscriber (documented)
+SUBSCRIBER_RCVHWM = 200_000          # what our own subscribers set
+
+# --------------------------------------------------------------------------------------------------------------
+# Event topics (Omniview's names, exactly)
+STATUS = "plugin/devserver/status"
+LOG = "plugin/devserver/log"
+ERROR = "plugin/devserver/error"
+RELOAD_START = "plugin/dev_reload_start"
+RELOAD_COMPLETE = "plugin/dev_reload_complete"
+RELOAD_ERROR = "plugin/dev_reload_error"
+TOPICS = (STATUS, LOG, ERROR, RELOAD_START, RELOAD_COMPLETE, RELOAD_ERROR)
+
+DevProcessStatus = Literal["idle", "starting", "building", "running", "ready", "error", "stopped"]
+Mode = Literal["idle", "managed", "external"]
+LogSource = Literal["vite", "go-build", "go-watch", "manager", "plugin"]
+LogLevel = Literal["debug", "info", "warn", "error"]
+# The worker process as the broker sees it (extra field, not Omniview's).
+WorkerStatus = Literal["none", "starting", "up", "lost", "exited"]
+
+
+def now_rfc3339() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def valid_plugin_id(plugin: Any) -> bool:
+    return isinstance(plugin, str) and bool(PLUGIN_ID_RE.match(plugin)) and ".." not in plugin
+
+
+class DevServerState(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Payload of plugin/devserver/status; Omniview's JSON names, plus a few extras."""
+    pluginID: str
+    mode: Mode = "idle"
+    devPath: str = ""
+    vitePort: int = 0
+    viteURL: str = ""
+    viteStatus: DevProcessStatus = "idle"
+    goStatus: DevProcessStatus = "idle"
+    lastBuildDuration: int = 0          # nanoseconds, like Go's time.Duration
+    lastBuildTime: str = ""             # RFC 3339
+    lastError: str = ""
+    grpcConnected: bool = False
+    # extras
+    workerStatus: WorkerStatus = "none"
+    workerPid: int = 0
+    pluginPid: int = 0
+    buildQueued: bool = False
+    restarts: int = 0
+
+
+class LogEntry(msgspec.Struct, kw_only=True):
+    timestamp: str
+    source: LogSource
+    level: LogLevel
+    message: str
+    pluginID: str
+
+
+class BuildError(msgspec.Struct, kw_only=True):
+    file: str = ""
+    line: int = 0
+    column: int = 0
+    message: str
+
+
+class ErrorPayload(msgspec.Struct, kw_only=True):
+    pluginID: str
+    errors: list[BuildError]
+
+
+class ReloadPayload(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Legacy plugin/dev_reload_* payload."""
+    pluginID: str
+    error: str = ""
+
+
+class EventMeta(msgspec.Struct, kw_only=True):
+    epoch: str
+    seq: int
+    ts: float
+    pluginID: str
+
+
+class DevInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """The `.devinfo` file of Mode B (Omniview SDK format)."""
+    pid: int
+    protocol: str
+    protocolVersion: int
+    addr: str
+    pluginId: str
+    vitePort: int = 0
+    version: str = ""
+    startedAt: str = ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Control (REQ/REP)
+
+class Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: str | int
+    command: str
+    properties: dict[str, Any] = {}
+
+
+class ErrorCode:
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_PLUGIN = "unknown_plugin"
+    BAD_PROPERTY = "bad_property"
+    NO_PORT = "no_port"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    WORKER_UNAVAILABLE = "worker_unavailable"
+    NOT_RUNNING = "not_running"
+    SUPERVISOR = "supervisor_error"
+    INTERNAL = "internal_error"
+    RPC = "rpc_error"
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str | int | None
+    status: Literal["ok", "error"]
+    time: float
+    result: Any = None
+    code: str = ""
+    reason: str = ""
+
+
+class CommandError(Exception):
+    """Raised by command code; becomes an error reply with a machine code and a human sentence."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def ok_reply(req_id: Any, result: Any = None) -> Reply:
+    return Reply(id=req_id, status="ok", time=time.time(), result=result if result is not None else {})
+
+
+def error_reply(req_id: Any, code: str, reason: str) -> Reply:
+    return Reply(id=req_id, status="error", time=time.time(), code=code, reason=reason)
+
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+_request_decoder = msgspec.json.Decoder(Request)
+_reply_decoder = msgspec.json.Decoder(Reply)
+_state_decoder = msgspec.json.Decoder(DevServerState)
+_devinfo_decoder = msgspec.json.Decoder(DevInfo)
+_meta_decoder = msgspec.json.Decoder(EventMeta)
+decode_json = msgspec.json.decode
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Parse one control request; raise CommandError(bad_request) with the reason in words."""
+    if len(frames) != 1:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"a request is exactly one frame, got {len(frames)}")
+    body = frames[0]
+    if len(body) > MAX_REQUEST_BYTES:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"request of {len(body)} bytes exceeds {MAX_REQUEST_BYTES}")
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"invalid request: {e}") from None
+    except msgspec.DecodeError as e:
+        raise CommandError(ErrorCode.BAD_REQUEST, f"request is not valid JSON: {e}") from None
+
+
+def request_id_of(frames: list[bytes]) -> Any:
+    """Best effort: the id of a request we could not validate, so its error reply still names it."""
+    try:
+        doc = msgspec.json.decode(frames[-1]) if frames and len(frames[-1]) <= MAX_REQUEST_BYTES else None
+        rid = doc.get("id") if isinstance(doc, dict) else None
+        return rid if isinstance(rid, (str, int)) else None
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def decode_reply(body: bytes) -> Reply:
+    return _reply_decoder.decode(body)
+
+
+def decode_state(body: bytes | str) -> DevServerState:
+    return _state_decoder.decode(body)
+
+
+def decode_devinfo(body: bytes) -> DevInfo:
+    return _devinfo_decoder.decode(body)
+
+
+def decode_meta(body: bytes) -> EventMeta:
+    return _meta_decoder.decode(body)
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Event frames
+
+def event_frames(topic: str, payload: Any, meta: EventMeta) -> list[bytes]:
+    return [topic.encode(), payload if isinstance(payload, bytes) else encode(payload), encode(meta)]
+
+
+def log_payload(plugin: str, source: str, level: str, message: str) -> list[LogEntry]:
+    return [LogEntry(timestamp=now_rfc3339(), source=source, level=level, message=message, pluginID=plugin)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Worker link (internal): worker DEALER <-> broker ROUTER; frames [kind, body...]
+#   worker -> broker:  REGISTER  {plugin, pid, state}
+#                      HEARTBEAT {plugin}
+#                      EVENT     topic, payload            (broker stamps meta and publishes)
+#                      REPLY     body (a control Reply)
+#                      TOKEN     {op: acquire|release, id}  (broker-wide build slots)
+#   broker -> worker:  WELCOME   {epoch, spec, desired}
+#                      COMMAND   body (a control Request; properties may carry broker-made values)
+#                      TOKEN     {op: granted, id}
+#                      HEARTBEAT {epoch}                 (a new epoch tells the worker to register again)
+#   omnievents -> broker: PROCSTATE {name, state, pid}
+
+K_REGISTER = b"register"
+K_HEARTBEAT = b"heartbeat"
+K_EVENT = b"event"
+K_REPLY = b"reply"
+K_COMMAND = b"command"
+K_WELCOME = b"welcome"
+K_TOKEN = b"token"
+K_PROCSTATE = b"procstate"    # from omnievents: supervisord PROCESS_STATE_* of our programs
+
+HEARTBEAT_INTERVAL = 1.0     # seconds between worker heartbeats
+HEARTBEAT_LIVENESS = 3.0     # a worker silent this long is marked lost
+
+
+class Register(msgspec.Struct, kw_only=True):
+    plugin: str
+    pid: int
+    state: DevServerState
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    plugin: str = ""
+
+
+class PluginSpec(msgspec.Struct, kw_only=True):
+    """A registered plugin as the broker knows it; sent to its worker at registration."""
+    id: str
+    path: str
+    settings: dict[str, Any] = {}
+
+
+class Desired(msgspec.Struct, kw_only=True):
+    """What the user asked for last; the broker restores it after any crash."""
+    mode: Mode = "idle"
+    vite: bool = True
+    go: bool = True
+
+
+class Welcome(msgspec.Struct, kw_only=True):
+    epoch: str
+    spec: PluginSpec
+    desired: Desired
+    vitePort: int = 0
+
+
+class Token(msgspec.Struct, kw_only=True):
+    op: Literal["acquire", "release", "granted"]
+    id: str
+
+
+class ProcState(msgspec.Struct, kw_only=True):
+    """A supervisord PROCESS_STATE_* event for one of our programs, as forwarded by omnievents."""
+    name: str
+    state: str            # RUNNING, EXITED, BACKOFF, FATAL, STARTING, STOPPING, STOPPED
+    pid: int = 0
+    expected: bool = True
+
+
+class BrokerHeartbeat(msgspec.Struct, kw_only=True):
+    epoch: str
+
+
+_register_decoder = msgspec.json.Decoder(Register)
+_procstate_decoder = msgspec.json.Decoder(ProcState)
+_broker_hb_decoder = msgspec.json.Decoder(BrokerHeartbeat)
+
+
+def decode_procstate(body: bytes) -> ProcState:
+    return _procstate_decoder.decode(body)
+
+
+def decode_broker_heartbeat(body: bytes) -> BrokerHeartbeat:
+    return _broker_hb_decoder.decode(body)
+
+_welcome_decoder = msgspec.json.Decoder(Welcome)
+_token_decoder = msgspec.json.Decoder(Token)
+
+
+def decode_register(body: bytes) -> Register:
+    return _register_decoder.decode(body)
+
+
+def decode_welcome(body: bytes) -> Welcome:
+    return _welcome_decoder.decode(body)
+
+
+def decode_token(body: bytes) -> Token:
+    return _token_decoder.decode(body)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Locations (protocol.md "Locations")
+
+def runtime_dir() -> str:
+    env = os.environ.get("OMNI_RUNTIME_DIR")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(xdg, "omni") if xdg else f"/tmp/omni-{os.getuid()}"
+
+
+def ensure_runtime_dir() -> str:
+    """Create the runtime dir 0700 (or tighten it); refuse one owned by someone else."""
+    path = runtime_dir()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise SystemExit(f"runtime dir {path} is owned by uid {st.st_uid}, not us ({os.getuid()})")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def endpoint(name: str) -> str:
+    env = os.environ.get(f"OMNI_{name.upper()}")
+    return env or f"ipc://{runtime_dir()}/{name}.sock"
+
+
+def home_dir() -> str:
+    return os.environ.get("OMNIVIEW_HOME") or os.path.expanduser("~/.omniview")
+
+
+def config_path() -> str:
+    env = os.environ.get("OMNI_CONFIG")
+    if env:
+        return env
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "omni.toml")
+
+
+def plugin_home(plugin: str) -> str:
+    return os.path.join(home_dir(), "plugins", plugin)

@@ -1,0 +1,147 @@
+"""supervisord's XML-RPC, as the broker uses it: one program `omniworker-<id>` per plugin, added and removed at
+run time the way `supervisorctl update` does it (write the include file, reloadConfig, addProcessGroup).
+
+Calls are blocking (~0.4 ms each over the unix socket), so the broker runs them in a thread, one at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import xmlrpc.client
+
+from . import protocol
+
+PREFIX = "omniworker-"
+
+PROGRAM_TEMPLATE = """\
+; written by omnibroker for plugin {plugin}; removed with the plugin
+[program:{name}]
+command={command}
+directory={directory}
+autostart=true
+autorestart=true
+startsecs=1
+startretries=20
+stopsignal=TERM
+stopwaitsecs=10
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={logdir}/{name}.log
+stdout_logfile_maxbytes=1MB
+stdout_logfile_backups=1
+"""
+
+
+def program_name(plugin: str) -> str:
+    return PREFIX + plugin
+
+
+def plugin_of(program: str) -> str | None:
+    name = program.split(":")[-1]
+    return name[len(PREFIX):] if name.startswith(PREFIX) else None
+
+
+class SupervisorLink:
+    def __init__(self, runtime_dir: str):
+        self.include_dir = os.path.join(runtime_dir, "workers")
+        self.log_dir = os.path.join(runtime_dir, "logs")
+        os.makedirs(self.include_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        self.url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{runtime_dir}/supervisor.sock"
+        self._lock = asyncio.Lock()
+
+    def _proxy(self):
+        from supervisor.xmlrpc import SupervisorTransport    # lazy: only the broker needs it
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, self.url))
+
+    async def call(self, fn):
+        """Run `fn(proxy.supervisor)` in a thread, serialised."""
+        async with self._lock:
+            return await asyncio.to_thread(lambda: fn(self._proxy().supervisor))
+
+    # --- include files -------------------------------------------------------------------------------------------
+    def include_path(self, plugin: str) -> str:
+        return os.path.join(self.include_dir, program_name(plugin) + ".conf")
+
+    def write_include(self, plugin: str) -> bool:
+        """Write the worker's program file; returns True when it changed."""
+        command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "omniworker.worker", "--plugin", plugin))
+        text = PROGRAM_TEMPLATE.format(plugin=plugin, name=program_name(plugin), command=command,
+                                       directory=protocol.runtime_dir(), logdir=self.log_dir)
+        path = self.include_path(plugin)
+        try:
+            with open(path) as f:
+                if f.read() == text:
+                    return False
+        except OSError:
+            pass
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return True
+
+    def included_plugins(self) -> set[str]:
+        return {n[len(PREFIX):-len(".conf")] for n in os.listdir(self.include_dir)
+                if n.startswith(PREFIX) and n.endswith(".conf")}
+
+    # --- what supervisorctl update does, for our programs only ----------------------------------------------------
+    async def sync(self, plugins: set[str]) -> dict[str, list[str]]:
+        """Make supervisord run exactly one worker program per plugin in `plugins`."""
+        for plugin in plugins:
+            self.write_include(plugin)
+        for stale in self.included_plugins() - plugins:
+            try:
+                os.unlink(self.include_path(stale))
+            except FileNotFoundError:
+                pass
+        return await self.call(_update_ours)
+
+    async def pid(self, plugin: str) -> int:
+        info = await self.call(lambda s: s.getProcessInfo(f"{program_name(plugin)}:{program_name(plugin)}"))
+        return int(info.get("pid") or 0)
+
+    async def restart_worker(self, plugin: str) -> None:
+        """Stop and start the worker program (used when a worker is unresponsive)."""
+        name = f"{program_name(plugin)}:{program_name(plugin)}"
+
+        def go(s):
+            try:
+                s.stopProcess(name, True)
+            except xmlrpc.client.Fault:
+                pass
+            s.startProcess(name, False)
+        await self.call(go)
+
+
+def _update_ours(s) -> dict[str, list[str]]:
+    added, changed, removed = s.reloadConfig()[0]
+    done: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
+    for name in removed:
+        if name.startswith(PREFIX):
+            _stop_remove(s, name)
+            done["removed"].append(name)
+    for name in changed:
+        if name.startswith(PREFIX):
+            _stop_remove(s, name)
+            s.addProcessGroup(name)
+            done["changed"].append(name)
+    for name in added:
+        if name.startswith(PREFIX):
+            s.addProcessGroup(name)
+            done["added"].append(name)
+    return done
+
+
+def _stop_remove(s, name: str) -> None:
+    try:
+        s.stopProcessGroup(name, True)
+    except xmlrpc.client.Fault:
+        pass
+    try:
+        s.removeProcessGroup(name)
+    except xmlrpc.client.Fault:
+        pass

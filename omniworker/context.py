@@ -1,0 +1,145 @@
+"""What every part of a worker (vite, gowatch, gobuild, goplugin, external) gets: the plugin's identity and
+settings, its DevServerState, and the only ways out — status, log, error and legacy events, and build slots.
+
+Parts never talk to the broker directly; the worker's link implements `EventSink`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections import deque
+from typing import Any, AsyncIterator, Protocol
+
+from omnibroker import protocol
+from omnibroker.protocol import BuildError, DevServerState, LogEntry
+
+from .children import ChildRegistry
+
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*(\x07|\x1b\\)")
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_RE.sub("", text)
+
+
+class EventSink(Protocol):
+    def publish(self, topic: str, payload: Any) -> None: ...
+    async def build_slot(self) -> AsyncIterator[None]: ...
+
+
+class LogBook:
+    """Ring buffers of log entries: one per source (`per_source` lines) and the plugin's total (`total`)."""
+
+    def __init__(self, per_source: int = 2000, total: int = 5000):
+        self.per_source = per_source
+        self.all: deque[LogEntry] = deque(maxlen=total)
+        self.by_source: dict[str, deque[LogEntry]] = {}
+
+    def add(self, entry: LogEntry) -> None:
+        self.all.append(entry)
+        self.by_source.setdefault(entry.source, deque(maxlen=self.per_source)).append(entry)
+
+    def tail(self, count: int = 200, source: str | None = None) -> list[LogEntry]:
+        buf = self.by_source.get(source, ()) if source else self.all
+        count = max(0, count)
+        return list(buf)[-count:] if count else []
+
+
+class PluginContext:
+    def __init__(self, spec: protocol.PluginSpec, sink: EventSink):
+        self.id = spec.id
+        self.dir = os.path.abspath(spec.path)
+        self.settings: dict[str, Any] = dict(spec.settings)
+        self.home = protocol.plugin_home(spec.id)
+        self.sink = sink
+        self.state = DevServerState(pluginID=spec.id, devPath=self.dir, workerPid=os.getpid(), workerStatus="up")
+        self.logs = LogBook(per_source=int(self.settings.get("log_lines_per_source", 2000)),
+                            total=int(self.settings.get("log_lines", 5000)))
+        self.children = ChildRegistry(spec.id)
+
+    def setting(self, section: str, key: str, default: Any = None) -> Any:
+        """`[plugins.<id>.<section>] key = ...` from omni.toml (or `add` properties), else the default."""
+        sec = self.settings.get(section)
+        if isinstance(sec, dict) and key in sec:
+            return sec[key]
+        return default
+
+    # --- state -------------------------------------------------------------------------------------------------
+    def set(self, **fields: Any) -> None:
+        """Change DevServerState fields; publish a status event if anything changed."""
+        changed = False
+        for name, value in fields.items():
+            if getattr(self.state, name) != value:
+                setattr(self.state, name, value)
+                changed = True
+        if changed:
+            self.publish_status()
+
+    def publish_status(self) -> None:
+        self.sink.publish(protocol.STATUS, self.state)
+
+    # --- events ------------------------------------------------------------------------------------------------
+    def log(self, source: str, level: str, message: str) -> None:
+        entry = LogEntry(timestamp=protocol.now_rfc3339(), source=source, level=level,
+                         message=strip_ansi(message), pluginID=self.id)
+        self.logs.add(entry)
+        self.sink.publish(protocol.LOG, [entry])
+
+    def errors(self, errors: list[BuildError]) -> None:
+        self.sink.publish(protocol.ERROR, protocol.ErrorPayload(pluginID=self.id, errors=errors))
+
+    def reload_start(self) -> None:
+        self.sink.publish(protocol.RELOAD_START, protocol.ReloadPayload(pluginID=self.id))
+
+    def reload_complete(self) -> None:
+        self.sink.publish(protocol.RELOAD_COMPLETE, protocol.ReloadPayload(pluginID=self.id))
+
+    def reload_error(self, error: str) -> None:
+        self.sink.publish(protocol.RELOAD_ERROR, protocol.ReloadPayload(pluginID=self.id, error=error))
+
+    # --- resources ---------------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def build_slot(self) -> AsyncIterator[None]:
+        """One of the broker-wide build slots (so ten plugins saved at once do not thrash the machine)."""
+        self.set(buildQueued=True)
+        try:
+            async with self.sink.build_slot():
+                self.set(buildQueued=False)
+                yield
+        finally:
+            if self.state.buildQueued:
+                self.set(buildQueued=False)
+
+
+class NullSink:
+    """For unit tests and tools: collects events in a list; build slots are free."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    def publish(self, topic: str, payload: Any) -> None:
+        self.events.append((topic, protocol.to_builtins(payload)))
+        self.changed.set()
+
+    @contextlib.asynccontextmanager
+    async def build_slot(self) -> AsyncIterator[None]:
+        yield
+
+    async def wait_for(self, pred, timeout: float = 10.0) -> tuple[str, Any]:
+        """Wait for an event (topic, payload) matching pred; scans events already seen first."""
+        seen = 0
+
+        async def scan():
+            nonlocal seen
+            while True:
+                while seen < len(self.events):
+                    ev = self.events[seen]
+                    seen += 1
+                    if pred(*ev):
+                        return ev
+                self.changed.clear()
+                await self.changed.wait()
+        return await asyncio.wait_for(scan(), timeout)

@@ -1,0 +1,126 @@
+"""DevServer: one plugin's dev server (the seed's DevServerInstance) in one of three modes.
+
+- idle:     nothing runs
+- managed:  ViteServer (ui/) + GoPath (pkg/: watch, build, install, reload)         -- Mode A
+- external: External (.devinfo reattach; the process is the developer's)            -- Mode B
+
+Parts are imported when first used: a Vite-only plugin never loads grpc, an idle worker stays small.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from omnibroker import protocol
+from omnibroker.protocol import CommandError, ErrorCode
+
+from .context import PluginContext
+
+
+class DevServer:
+    def __init__(self, ctx: PluginContext):
+        self.ctx = ctx
+        self.vite = None
+        self.go = None
+        self.external = None
+
+    @property
+    def mode(self) -> str:
+        return self.ctx.state.mode
+
+    # --- managed -------------------------------------------------------------------------------------------------
+    async def start(self, vite: bool = True, go: bool = True, vite_port: int = 0) -> None:
+        if self.mode == "external":
+            await self.detach()
+        if self.mode == "managed":
+            return                                      # idempotent
+        self.ctx.set(mode="managed", lastError="")
+        self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
+        if go:
+            from .gopath import GoPath
+            self.go = GoPath(self.ctx)
+            await self.go.start()
+        if vite:
+            from .vite import ViteServer
+            self.vite = ViteServer(self.ctx)
+            await self.vite.start(vite_port)
+
+    async def stop(self) -> None:
+        if self.mode == "external":
+            await self.detach()
+            return
+        vite, go, self.vite, self.go = self.vite, self.go, None, None
+        if vite is not None:
+            await vite.stop()
+        if go is not None:
+            await go.stop()
+        self.ctx.set(mode="idle", vitePort=0, viteURL="", grpcConnected=False, pluginPid=0,
+                     viteStatus="stopped" if vite is not None else self.ctx.state.viteStatus,
+                     goStatus="stopped" if go is not None else self.ctx.state.goStatus)
+
+    async def restart(self) -> None:
+        if self.mode == "external":
+            await self.detach()
+            await self.attach()
+            return
+        vite_port = self.ctx.state.vitePort
+        vite, go = self.vite is not None, self.go is not None
+        await self.stop()
+        await self.start(vite=vite, go=go, vite_port=vite_port)
+
+    async def rebuild(self) -> None:
+        if self.go is None:
+            raise CommandError(ErrorCode.NOT_RUNNING, f"{self.ctx.id}: no managed Go path is running; `start` first")
+        await self.go.rebuild()
+
+    # --- external ------------------------------------------------------------------------------------------------
+    async def attach(self) -> None:
+        if self.mode == "managed":
+            await self.stop()
+        if self.mode == "external":
+            return
+        from .external import External
+        self.ctx.set(mode="external", lastError="")
+        self.external = External(self.ctx)
+        await self.external.attach()
+
+    async def detach(self) -> None:
+        external, self.external = self.external, None
+        if external is not None:
+            await external.detach()
+        self.ctx.set(mode="idle", grpcConnected=False, pluginPid=0, vitePort=0, viteURL="", viteStatus="idle")
+
+    def external_info(self) -> Any:
+        info = self.external.info() if self.external is not None else None
+        return protocol.to_builtins(info) if info is not None else None
+
+    # --- calls ---------------------------------------------------------------------------------------------------
+    async def invoke(self, method: str, request_b64: str, timeout: float) -> dict:
+        try:
+            request = base64.b64decode(request_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise CommandError(ErrorCode.BAD_PROPERTY, "'request' is not valid base64") from None
+        if not method.startswith("/") or method.count("/") != 2:
+            raise CommandError(ErrorCode.BAD_PROPERTY, f"'method' must look like /package.Service/Method, "
+                                                       f"not {method!r}")
+        target = self.go if self.mode == "managed" else self.external
+        if target is None:
+            raise CommandError(ErrorCode.NOT_RUNNING, f"{self.ctx.id}: no plugin process (mode {self.mode}); "
+                                                      "`start` or `attach` first")
+        response = await target.invoke(method, request, timeout)
+        return {"response": base64.b64encode(response).decode()}
+
+    async def apply(self, desired: protocol.Desired, vite_port: int) -> None:
+        """Bring the mode to what the broker says the user wants (after a crash or restart)."""
+        if desired.mode == self.mode:
+            return
+        if desired.mode == "managed":
+            await self.start(vite=desired.vite, go=desired.go, vite_port=vite_port)
+        elif desired.mode == "external":
+            await self.attach()
+        else:
+            await self.stop()
+
+    async def shutdown(self) -> None:
+        await self.stop()

@@ -1,0 +1,245 @@
+"""omniworker --plugin <id>: one plugin's worker, run by supervisord as program `omniworker-<id>`.
+
+The broker link: register (with the worker's real state, so a restarted broker learns it), heartbeat every second
+(the broker's answer carries its epoch: a new epoch means register again), commands in, replies and events out,
+build slots. The plugin's spec (path, settings) and desired state arrive in the broker's welcome.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from omnibroker import protocol
+from omnibroker.protocol import CommandError, DevServerState, ErrorCode
+
+from .children import ChildRegistry, set_pdeathsig
+from .context import PluginContext
+from .devserver import DevServer
+
+log = logging.getLogger("omniworker")
+
+
+async def _cmd_start(ds: DevServer, p: dict) -> None:
+    await ds.start(vite=p.get("vite", True), go=p.get("go", True), vite_port=p.get("vitePort", 0))
+
+
+async def _cmd_logs(ds: DevServer, p: dict) -> dict:
+    source = p.get("source")
+    if source is not None and source not in ("vite", "go-build", "go-watch", "manager", "plugin"):
+        raise CommandError(ErrorCode.BAD_PROPERTY, f"unknown log source {source!r}")
+    return {"entries": protocol.to_builtins(ds.ctx.logs.tail(p.get("count", 200), source))}
+
+
+# Worker-side command table: name -> coroutine(devserver, properties) -> result (None: reply with the state).
+COMMANDS = {
+    "start": _cmd_start,
+    "stop": lambda ds, p: ds.stop(),
+    "restart": lambda ds, p: ds.restart(),
+    "rebuild": lambda ds, p: ds.rebuild(),
+    "attach": lambda ds, p: ds.attach(),
+    "detach": lambda ds, p: ds.detach(),
+    "logs": _cmd_logs,
+    "external_info": lambda ds, p: _value(ds.external_info()),
+    "invoke": lambda ds, p: ds.invoke(p["method"], p.get("request", ""), float(p.get("timeout", 10.0))),
+}
+# Commands that change the mode run one at a time.
+SERIAL = {"start", "stop", "restart", "attach", "detach"}
+
+
+async def _value(v: Any) -> Any:
+    return {"info": v}
+
+
+class BrokerLink:
+    """The worker's DEALER to the broker; implements context.EventSink."""
+
+    def __init__(self, plugin: str):
+        self.plugin = plugin
+        self.zctx = zmq.asyncio.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, f"w:{plugin}:{os.getpid()}".encode())
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self.sock.connect(protocol.endpoint("workers"))
+        self.slots: dict[str, asyncio.Future] = {}
+
+    def send(self, kind: bytes, *body: bytes) -> None:
+        try:
+            self.sock.send_multipart([kind, *body], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass        # broker gone and queue full: the state goes out again at re-registration
+
+    def publish(self, topic: str, payload: Any) -> None:
+        self.send(protocol.K_EVENT, topic.encode(), protocol.encode(payload))
+
+    @contextlib.asynccontextmanager
+    async def build_slot(self) -> AsyncIterator[None]:
+        token = uuid.uuid4().hex
+        fut = self.slots[token] = asyncio.get_running_loop().create_future()
+        self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="acquire", id=token)))
+        try:
+            # A broker restart forgets waiting tokens; ask again rather than wait forever.
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), 5.0)
+                    break
+                except asyncio.TimeoutError:
+                    self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="acquire", id=token)))
+            yield
+        finally:
+            self.slots.pop(token, None)
+            self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
+
+
+class Worker:
+    def __init__(self, plugin: str):
+        self.plugin = plugin
+        self.link = BrokerLink(plugin)
+        self.devserver: DevServer | None = None
+        self.epoch = ""
+        self.last_heard = 0.0
+        self.serial = asyncio.Lock()
+        self.tasks: set[asyncio.Task] = set()
+
+    @property
+    def state(self) -> DevServerState:
+        if self.devserver is not None:
+            return self.devserver.ctx.state
+        return DevServerState(pluginID=self.plugin, workerPid=os.getpid(), workerStatus="up")
+
+    def register(self) -> None:
+        reg = protocol.Register(plugin=self.plugin, pid=os.getpid(), state=self.state)
+        self.link.send(protocol.K_REGISTER, protocol.encode(reg))
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            if not self.epoch or time.monotonic() - self.last_heard > protocol.HEARTBEAT_LIVENESS:
+                self.epoch = ""
+                self.register()
+            self.link.send(protocol.K_HEARTBEAT, protocol.encode(protocol.Heartbeat(plugin=self.plugin)))
+            await asyncio.sleep(protocol.HEARTBEAT_INTERVAL)
+
+    async def recv_loop(self) -> None:
+        while True:
+            frames = await self.link.sock.recv_multipart()
+            self.last_heard = time.monotonic()
+            kind, body = frames[0], frames[1:]
+            try:
+                if kind == protocol.K_WELCOME:
+                    await self.on_welcome(protocol.decode_welcome(body[0]))
+                elif kind == protocol.K_HEARTBEAT:
+                    hb = protocol.decode_broker_heartbeat(body[0])
+                    if self.epoch and hb.epoch != self.epoch:
+                        log.info("broker restarted (epoch %s): registering again", hb.epoch)
+                        self.epoch = ""
+                        self.register()
+                elif kind == protocol.K_COMMAND:
+                    self._spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
+                elif kind == protocol.K_TOKEN:
+                    token = protocol.decode_token(body[0])
+                    fut = self.link.slots.get(token.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                log.warning("bad message %r from broker: %s", kind, e)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def on_welcome(self, welcome: protocol.Welcome) -> None:
+        self.epoch = welcome.epoch
+        if self.devserver is None:
+            ctx = PluginContext(welcome.spec, self.link)
+            self.devserver = DevServer(ctx)
+            ctx.publish_status()
+        self._spawn(self._apply(welcome))
+
+    async def _apply(self, welcome: protocol.Welcome) -> None:
+        async with self.serial:
+            try:
+                await self.devserver.apply(welcome.desired, welcome.vitePort)
+            except CommandError as e:
+                self.devserver.ctx.set(lastError=e.reason)
+            except Exception as e:      # noqa: BLE001 - report, keep serving
+                log.exception("applying the desired state failed")
+                self.devserver.ctx.set(lastError=f"{type(e).__name__}: {e}")
+
+    async def on_command(self, req: protocol.Request) -> None:
+        try:
+            if req.command == "exit":       # the broker re-pointed this plugin: supervisord restarts us
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if self.devserver is None:
+                raise CommandError(ErrorCode.WORKER_UNAVAILABLE, "the worker has not been welcomed by the broker yet")
+            fn = COMMANDS.get(req.command)
+            if fn is None:
+                raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"the worker does not run {req.command!r}")
+            if req.command in SERIAL:
+                async with self.serial:
+                    result = await fn(self.devserver, req.properties)
+            else:
+                result = await fn(self.devserver, req.properties)
+            if result is None:
+                result = protocol.to_builtins(self.devserver.ctx.state)
+            reply = protocol.ok_reply(req.id, result)
+        except CommandError as e:
+            reply = protocol.error_reply(req.id, e.code, e.reason)
+        except Exception as e:      # noqa: BLE001 - a failing command is an error reply, never a dead worker
+            log.exception("command %s failed", req.command)
+            reply = protocol.error_reply(req.id, ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        self.link.send(protocol.K_REPLY, protocol.encode(reply))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(self.recv_loop()), asyncio.create_task(self.heartbeat_loop())]
+        await stop.wait()
+        log.info("stopping")
+        if self.devserver is not None:
+            try:
+                await asyncio.wait_for(self.devserver.shutdown(), 8.0)
+            except Exception:       # noqa: BLE001
+                log.exception("shutdown failed")
+            self.devserver.ctx.publish_status()
+        for task in tasks:
+            task.cancel()
+        self.link.zctx.destroy(linger=500)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omniworker", description="one plugin's worker (run by supervisord)")
+    parser.add_argument("--plugin", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s omniworker[{args.plugin}] %(levelname)s %(message)s")
+    if not protocol.valid_plugin_id(args.plugin):
+        log.error("invalid plugin id %r", args.plugin)
+        return 2
+    set_pdeathsig(signal.SIGTERM)   # supervisord SIGKILLed: stop our children cleanly, then go
+    killed = ChildRegistry(args.plugin).reap_leftovers()
+    if killed:
+        log.warning("killed process groups left by a previous worker: %s", killed)
+    asyncio.run(Worker(args.plugin).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
