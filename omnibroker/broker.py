@@ -49,6 +49,7 @@ class WorkerLink:
         self.last_seen = time.monotonic()
         self.alive = True
         self.lost_since = 0.0
+        self.pidfd = -1
 
 
 class BuildSlots:
@@ -163,6 +164,7 @@ class Broker:
         await self.sync_programs()
         link = self.workers.pop(plugin, None)
         if link is not None:
+            self._unwatch(link)
             self.slots.release_worker(link.identity)
         self._fail_pending(plugin, "the plugin was removed")
         self.events.forget(plugin)
@@ -296,9 +298,13 @@ class Broker:
         old = self.workers.get(reg.plugin)
         if old is not None and old.identity != identity:
             self.slots.release_worker(old.identity)
-        self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        if old is not None:
+            self._unwatch(old)
+        link = self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        self._watch_pid(reg.plugin, link)
         state = reg.state
         state.workerStatus, state.workerPid = "up", reg.pid
+        state.devPath = state.devPath or record.spec.path    # a new worker learns its path in the welcome
         vite_port = 0
         if record.desired.mode == "managed" and record.desired.vite:
             if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
@@ -313,6 +319,26 @@ class Broker:
                                    vitePort=vite_port)
         self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
         self.registered.setdefault(reg.plugin, asyncio.Event()).set()
+
+    def _watch_pid(self, plugin: str, link: WorkerLink) -> None:
+        """Notice a worker's death the moment it happens (pidfd), not at supervisord's next reap (up to 1 s)."""
+        try:
+            link.pidfd = os.pidfd_open(link.pid)
+        except (OSError, AttributeError):
+            return      # another pid namespace or an old kernel: supervisord's event and heartbeats still work
+
+        def died() -> None:
+            self._unwatch(link)
+            if self.workers.get(plugin) is link and link.alive:
+                self._worker_gone(plugin, "the worker process exited")
+        asyncio.get_running_loop().add_reader(link.pidfd, died)
+
+    @staticmethod
+    def _unwatch(link: WorkerLink) -> None:
+        if link.pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(link.pidfd)
+            os.close(link.pidfd)
+            link.pidfd = -1
 
     def _touch(self, identity: bytes) -> str | None:
         plugin = self._plugin_of_identity(identity)
@@ -354,6 +380,11 @@ class Broker:
         ev = protocol.decode_procstate(body[0])
         plugin = plugin_of(ev.name)
         if plugin is None or plugin not in self.registry.plugins:
+            return
+        link = self.workers.get(plugin)
+        # The listener and the worker race: a worker may register before its STARTING arrives, and a new
+        # incarnation may register before the old one's EXITED does. Only news about the current one counts.
+        if link is not None and link.alive and (ev.state == "STARTING" or (ev.pid and ev.pid != link.pid)):
             return
         if ev.state == "STARTING":
             self._set_worker_status(plugin, "starting")

@@ -1,0 +1,56 @@
+# omni: `make run` starts the service with the bundled example plugin; `make test` runs the test suite.
+# Every target installs what it needs, idempotently, on a fresh Debian machine.
+
+SHELL := /bin/bash
+PY := .venv/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_GO := golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
+UI := examples/hello-plugin/ui
+export OMNI_RUNTIME_DIR ?= $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/omni,/tmp/omni-$(shell id -u))
+export OMNIVIEW_HOME ?= $(HOME)/.omniview
+
+.PHONY: setup run test test-fast bench contract go node chromium clean
+
+setup: .venv/.installed go node
+
+.venv/.installed: pyproject.toml
+	@python3 -m venv --help >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv; }
+	python3 -m venv .venv
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+go:
+	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/hashicorp/go-plugin ]; then \
+		echo "installing Go and go-plugin from Debian"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_GO); fi
+
+node: $(UI)/node_modules/.package-lock.json
+
+$(UI)/node_modules/.package-lock.json: $(UI)/package-lock.json
+	cd $(UI) && npm ci --no-audit --no-fund
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+run: setup
+	@mkdir -p -m 700 "$(OMNI_RUNTIME_DIR)"
+	@echo "omni: runtime $(OMNI_RUNTIME_DIR), home $(OMNIVIEW_HOME); dashboard http://127.0.0.1:$${OMNI_BRIDGE_PORT:-15170}/"
+	@echo "omni: in another shell: PATH=$$PWD/.venv/bin:\$$PATH OMNI_RUNTIME_DIR=$(OMNI_RUNTIME_DIR) omnictl list"
+	PATH="$$PWD/.venv/bin:$$PATH" exec .venv/bin/supervisord -n -c supervisor.d/omni.conf
+
+test: setup chromium
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+contract: setup
+	$(PY) ../shared/tools/contract_check.py
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv build examples/hello-plugin/build tests/artifacts

@@ -1,0 +1,313 @@
+"""The bridge's one subscription to the broker, shared by every browser (fan-out happens here).
+
+Clone pattern (ZeroMQ guide; omnibroker/client.py): subscribe, `snapshot`, apply events with seq > snapshot.seq; a
+new epoch (the broker restarted) or a gap in seq (events lost at a high-water mark) → snapshot again and broadcast it
+to every browser, which then starts over from it.
+
+Besides the broker's snapshot (epoch, seq, plugins) the hub keeps, per plugin, the last LOG_LINES log entries and the
+current build errors, so a browser that connects late gets the build-output panel and the error overlay in its
+snapshot instead of an empty page.
+
+Each browser has a bounded queue of ready-to-send JSON texts. A slow browser never blocks the others: when its queue
+is full the queue is dropped and replaced by one fresh snapshot (which already contains everything the dropped events
+carried).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from omnibroker import protocol
+from omnibroker.client import AsyncClient, subscribe_socket
+
+log = logging.getLogger("omnibridge.hub")
+
+QUEUE_SIZE = 1000          # messages queued per browser before it gets a fresh snapshot instead
+LOG_LINES = 500            # log entries per plugin kept for late joiners
+IDLE_CHECK = 2.0           # seconds between checks of the broker (alive? same epoch? same plugin set?)
+RETRY = 1.0                # seconds between snapshot attempts while the broker is down
+
+# errors stay listed until a build succeeds (goStatus becomes ready), a reload completes, or an empty error event
+_CLEARING_GO = ("ready",)
+
+
+class BridgeClient(AsyncClient):
+    """AsyncClient plus a request whose properties are a dict (a property may be called `timeout`, as `invoke`'s)."""
+
+    async def request_props(self, command: str, props: dict[str, Any], timeout: float) -> protocol.Reply:
+        from omnibroker.client import _request_bytes      # the one place request bytes are built
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        rid, body = _request_bytes(command, props)
+        fut = self.pending[rid] = asyncio.get_running_loop().create_future()
+        await self.sock.send_multipart([b"", body])
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self.pending.pop(rid, None)
+            return protocol.error_reply(rid, protocol.ErrorCode.TIMEOUT,
+                                        f"no answer from the broker ({self.endpoint}) within {timeout:g}s")
+
+
+class Peer:
+    """One browser's outgoing queue (texts), drained by its sender task."""
+
+    def __init__(self, hub: "Hub", name: str, maxlen: int = QUEUE_SIZE):
+        self.hub = hub
+        self.name = name
+        self.maxlen = maxlen
+        self.queue: collections.deque[str] = collections.deque()
+        self.ready = asyncio.Event()
+        self.overflows = 0
+        self.sent = 0
+
+    def push(self, text: str, snapshot: Callable[[], str]) -> None:
+        if len(self.queue) >= self.maxlen:
+            self.queue.clear()
+            self.overflows += 1
+            self.hub.overflows += 1
+            log.warning("browser %s is too slow (%d queued): dropping its queue, sending a fresh snapshot",
+                        self.name, self.maxlen)
+            self.queue.append(snapshot())
+        else:
+            self.queue.append(text)
+        self.ready.set()
+
+    def push_now(self, text: str) -> None:
+        """Queue a message that must not be dropped (a snapshot the browser asked for)."""
+        self.queue.append(text)
+        self.ready.set()
+
+    async def next(self) -> str:
+        while not self.queue:
+            self.ready.clear()
+            await self.ready.wait()
+        return self.queue.popleft()
+
+
+class Hub:
+    def __init__(self, ctx: zmq.asyncio.Context | None = None, queue_size: int = QUEUE_SIZE,
+                 log_lines: int = LOG_LINES):
+        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.queue_size = queue_size
+        self.log_lines = log_lines
+        self.client = BridgeClient(context=self.ctx)
+        self.sub = subscribe_socket(self.ctx)
+        self.peers: set[Peer] = set()
+        # the state browsers start from
+        self.epoch = ""
+        self.seq = 0
+        self.plugins: dict[str, dict] = {}
+        self.logs: dict[str, collections.deque] = {}
+        self.errors: dict[str, list] = {}
+        self.broker_connected = False
+        self.synced = False
+        self._fetched: set[tuple] = set()      # log entries fetched with `logs` at first sync (de-dup vs events)
+        # counters (GET /stats)
+        self.events = 0
+        self.resyncs = 0
+        self.gaps = 0
+        self.overflows = 0
+        self.bad_events = 0
+        self._snapshot_text: str | None = None
+        self._check_soon = False
+        self.synced_event = asyncio.Event()
+
+    # --- browsers ----------------------------------------------------------------------------------------------
+    def add_peer(self, name: str) -> Peer:
+        peer = Peer(self, name, self.queue_size)
+        peer.push_now(self.snapshot_text())
+        self.peers.add(peer)
+        return peer
+
+    def remove_peer(self, peer: Peer) -> None:
+        self.peers.discard(peer)
+
+    def snapshot_message(self) -> dict:
+        return {"type": "snapshot", "epoch": self.epoch, "seq": self.seq, "plugins": self.plugins,
+                "logs": {pid: list(lines) for pid, lines in self.logs.items()},
+                "errors": self.errors, "broker": {"connected": self.broker_connected}}
+
+    def snapshot_text(self) -> str:
+        if self._snapshot_text is None:
+            self._snapshot_text = json.dumps(self.snapshot_message(), separators=(",", ":"))
+        return self._snapshot_text
+
+    def _changed(self) -> None:
+        self._snapshot_text = None
+
+    def broadcast(self, text: str) -> None:
+        for peer in list(self.peers):
+            peer.push(text, self.snapshot_text)
+
+    def broadcast_snapshot(self) -> None:
+        text = self.snapshot_text()
+        for peer in list(self.peers):
+            peer.push(text, self.snapshot_text)
+
+    def _set_broker(self, connected: bool) -> None:
+        if connected != self.broker_connected:
+            self.broker_connected = connected
+            self._changed()
+            self.broadcast(json.dumps({"type": "broker", "connected": connected}))
+
+    # --- control requests from browsers ------------------------------------------------------------------------
+    async def request(self, command: str, props: dict[str, Any], timeout: float) -> protocol.Reply:
+        reply = await self.client.request_props(command, props, timeout)
+        if reply.status == "ok" and command in ("remove", "add"):
+            self._check_soon = True     # no event says "removed": look at the broker's snapshot soon
+        return reply
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        last_check = time.monotonic()
+        while True:
+            if not self.synced:
+                if not await self.resync():
+                    await asyncio.sleep(RETRY)
+                last_check = time.monotonic()
+                continue
+            wait = 0 if self._check_soon else max(0.0, IDLE_CHECK - (time.monotonic() - last_check))
+            if await self.sub.poll(int(wait * 1000)):
+                # drain what is there (bounded) without going back to the poller for each event
+                for _ in range(256):
+                    try:
+                        frames = await self.sub.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    await self.handle(frames)
+            if self._check_soon or time.monotonic() - last_check >= IDLE_CHECK:
+                self._check_soon = False
+                await self.check()
+                last_check = time.monotonic()
+
+    async def check(self) -> None:
+        """Idle check: is the broker there, same epoch, same plugin set?"""
+        reply = await self.client.request_props("snapshot", {}, timeout=IDLE_CHECK)
+        if reply.status != "ok":
+            self._set_broker(False)
+            return
+        self._set_broker(True)
+        snap = reply.result
+        if snap["epoch"] != self.epoch:
+            log.info("broker epoch %s -> %s: resync", self.epoch, snap["epoch"])
+            await self.resync(snap)
+        elif snap["seq"] == self.seq and set(snap["plugins"]) != set(self.plugins):
+            await self.resync(snap)     # a plugin was removed (no event says so)
+
+    async def resync(self, snap: dict | None = None) -> bool:
+        if snap is None:
+            reply = await self.client.request_props("snapshot", {}, timeout=5.0)
+            if reply.status != "ok":
+                self._set_broker(False)
+                return False
+            snap = reply.result
+        first = not self.epoch
+        self.epoch, self.seq, self.plugins = snap["epoch"], snap["seq"], dict(snap["plugins"])
+        for gone in set(self.logs) - set(self.plugins):
+            self.logs.pop(gone, None)
+        for gone in set(self.errors) - set(self.plugins):
+            self.errors.pop(gone, None)
+        if first:
+            await self._fetch_logs()
+        self.resyncs += 1
+        self.synced = True
+        self.broker_connected = True
+        self._changed()
+        self.broadcast_snapshot()
+        self.synced_event.set()
+        return True
+
+    async def _fetch_logs(self) -> None:
+        """At the first sync only: the log tails the workers already have (later, events keep them current)."""
+        async def one(pid: str) -> None:
+            reply = await self.client.request_props("logs", {"plugin": pid, "count": self.log_lines}, timeout=3.0)
+            if reply.status == "ok" and isinstance(reply.result, dict):
+                entries = reply.result.get("entries") or []
+                buf = self.logs.setdefault(pid, collections.deque(maxlen=self.log_lines))
+                for e in entries:
+                    buf.append(e)
+                    self._fetched.add(_log_key(e))
+        await asyncio.gather(*(one(pid) for pid in self.plugins))
+
+    async def handle(self, frames: list[bytes]) -> None:
+        if len(frames) != 3:
+            self.bad_events += 1
+            return
+        try:
+            topic = frames[0].decode()
+            meta = protocol.decode_meta(frames[2])
+            payload = msgspec.json.decode(frames[1])
+        except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+            self.bad_events += 1
+            return
+        if meta.epoch != self.epoch:
+            if not await self.resync():
+                self.synced = False
+                return
+            if meta.epoch != self.epoch or meta.seq <= self.seq:
+                return
+        elif meta.seq <= self.seq:
+            return                  # already in the snapshot
+        elif meta.seq != self.seq + 1:
+            self.gaps += meta.seq - self.seq - 1
+            log.warning("missed %d events (seq %d -> %d): resync", meta.seq - self.seq - 1, self.seq, meta.seq)
+            if not await self.resync():
+                self.synced = False
+                return
+            if meta.seq <= self.seq:
+                return
+        self.seq = meta.seq
+        self.events += 1
+        self._apply(topic, payload, meta.pluginID)
+        self._changed()
+        text = ('{"type":"event","topic":' + json.dumps(topic) + ',"payload":' + frames[1].decode()
+                + ',"meta":' + frames[2].decode() + '}')
+        self.broadcast(text)
+
+    def _apply(self, topic: str, payload: Any, plugin: str) -> None:
+        if topic == protocol.STATUS and isinstance(payload, dict):
+            prev = self.plugins.get(plugin) or {}
+            self.plugins[plugin] = payload
+            if payload.get("goStatus") in _CLEARING_GO and prev.get("goStatus") not in _CLEARING_GO:
+                self.errors.pop(plugin, None)
+        elif topic == protocol.LOG and isinstance(payload, list):
+            buf = self.logs.setdefault(plugin, collections.deque(maxlen=self.log_lines))
+            for e in payload:
+                if self._fetched:
+                    key = _log_key(e)
+                    if key in self._fetched:
+                        self._fetched.discard(key)
+                        continue
+                buf.append(e)
+        elif topic == protocol.ERROR and isinstance(payload, dict):
+            errors = payload.get("errors") or []
+            if errors:
+                self.errors[plugin] = errors
+            else:
+                self.errors.pop(plugin, None)
+        elif topic == protocol.RELOAD_COMPLETE:
+            self.errors.pop(plugin, None)
+
+    def stats(self) -> dict:
+        return {"epoch": self.epoch, "seq": self.seq, "plugins": len(self.plugins), "browsers": len(self.peers),
+                "events": self.events, "resyncs": self.resyncs, "gaps": self.gaps, "overflows": self.overflows,
+                "badEvents": self.bad_events, "brokerConnected": self.broker_connected, "time": time.time()}
+
+    def close(self) -> None:
+        self.client.close()
+        self.sub.close(0)
+
+
+def _log_key(e: Any) -> tuple:
+    if not isinstance(e, dict):
+        return ()
+    return (e.get("timestamp"), e.get("source"), e.get("message"))

@@ -1,0 +1,446 @@
+"""`omnictl run-external <id> [--vite] -- <command…>`: run a go-plugin plugin yourself, in Mode B.
+
+For plugins whose SDK does not write `.devinfo`: runs any go-plugin binary (or `go run ./pkg`) with the magic cookie
+and go-plugin's environment, reads its handshake line from stdout, writes `<home>/plugins/<id>/.devinfo`
+atomically (mode 0600) so `omnictl attach <id>` (or a worker already attached) connects to it, forwards the plugin's
+output to our stdout/stderr, and removes `.devinfo` when the plugin exits (if it still names the plugin).
+
+SIGINT/SIGTERM/SIGHUP are forwarded to the plugin's process group (go-plugin ignores SIGINT, so a SIGTERM follows
+after a moment, then SIGKILL after `--grace`). The plugin dies with us even if we are killed (PR_SET_PDEATHSIG).
+`--vite` also runs the UI's Vite dev server (`<dir>/ui/node_modules/.bin/vite`) and records its port in `.devinfo`.
+
+`OMNIVIEW_DEV` is removed from the plugin's environment: this command is the only `.devinfo` writer.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import psutil
+
+from omnibroker import protocol
+
+PROG = "omnictl run-external"
+VITE_PORTS = range(15173, 15274)        # 15173–15273
+SUPPORTED_APP_VERSIONS = (1,)
+MAX_LINE = 64 * 1024
+
+
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"{PROG}: {message}\n")
+        sys.stderr.flush()
+
+
+@dataclass
+class Handshake:
+    core: int
+    app: int
+    network: str
+    addr: str
+    protocol: str
+    cert: str = ""
+
+
+def parse_handshake(line: str) -> Handshake:
+    """go-plugin's `CORE|APP|NETWORK|ADDR|PROTOCOL` line, or the 6-field form with a trailing (maybe empty) cert."""
+    parts = line.strip().split("|")
+    if len(parts) not in (5, 6):
+        raise ValueError(f"not a go-plugin handshake (want 5 or 6 '|'-separated fields): {line.strip()[:200]!r}")
+    try:
+        core, app = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise ValueError(f"handshake versions are not numbers: {line.strip()[:200]!r}") from None
+    network, addr, proto = parts[2], parts[3], parts[4] or "netrpc"
+    if network not in ("unix", "tcp") or not addr:
+        raise ValueError(f"handshake network {network!r} / address {addr!r} not supported (unix or tcp)")
+    return Handshake(core, app, network, addr, proto, parts[5] if len(parts) == 6 else "")
+
+
+def write_devinfo(path: str, info: protocol.DevInfo) -> None:
+    """Atomically (temp file in the same directory + rename), mode 0600, directory 0700."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".devinfo.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(protocol.encode(info) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def remove_devinfo(path: str, pid: int) -> bool:
+    """Remove `.devinfo` only if it names `pid` (a newer instance may have replaced it)."""
+    try:
+        st = os.lstat(path)
+        if not os.path.isfile(path) or os.path.islink(path) or st.st_size > 64 * 1024:
+            return False
+        with open(path, "rb") as f:
+            named = protocol.decode_devinfo(f.read()).pid
+        if named != pid:
+            return False
+        os.unlink(path)
+        return True
+    except Exception:
+        return False
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_vite_port() -> int | None:
+    return next((p for p in VITE_PORTS if port_free(p)), None)
+
+
+def serving_pid(root_pid: int, hs: Handshake) -> int:
+    """The process that listens on the handshake address: the command itself, or a descendant (`go run` execs the
+    compiled binary as its child). Falls back to the command's pid."""
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return root_pid
+    for proc in procs:
+        try:
+            if hs.network == "unix":
+                conns = proc.net_connections(kind="unix")
+                if any(c.laddr == hs.addr for c in conns):
+                    return proc.pid
+            else:
+                host, _, port = hs.addr.rpartition(":")
+                conns = proc.net_connections(kind="tcp")
+                if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(port) for c in conns):
+                    return proc.pid
+        except (psutil.Error, ValueError):
+            continue
+    return root_pid
+
+
+def _preexec() -> None:
+    from omniworker.children import set_pdeathsig
+    set_pdeathsig(signal.SIGKILL)
+
+
+def _write_out(stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.flush()
+    except (OSError, ValueError):
+        pass        # our stdout went away: keep draining the child anyway
+
+
+async def _pump(reader: asyncio.StreamReader | None, out, prefix: bytes = b"") -> None:
+    if reader is None:
+        return
+    at_line_start = True
+    while True:
+        try:
+            chunk = await reader.read(65536)
+        except (OSError, ValueError):
+            return
+        if not chunk:
+            return
+        if prefix:
+            lines = chunk.split(b"\n")
+            text = b""
+            for i, line in enumerate(lines):
+                if i:
+                    text += b"\n"
+                    at_line_start = True
+                if line:
+                    text += (prefix if at_line_start else b"") + line
+                    at_line_start = False
+            chunk = text
+        _write_out(out, chunk)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Run a go-plugin plugin yourself and publish it for external mode (.devinfo).",
+        epilog=f"example: {PROG} my-plugin --vite -- go run ./pkg")
+    p.add_argument("plugin", help="plugin id (the .devinfo directory name; also the default cookie value)")
+    p.add_argument("--vite", action="store_true", help="also run <dir>/ui's Vite dev server and record its port")
+    p.add_argument("--vite-port", type=int, default=0, help="Vite port (default: the first free in 15173-15273)")
+    p.add_argument("--dir", default=None, help="plugin source directory, where the command runs (default: cwd)")
+    p.add_argument("--cookie-key", default="OMNIVIEW", help="go-plugin magic cookie key (default OMNIVIEW)")
+    p.add_argument("--cookie-value", default=None, help="magic cookie value (default: the plugin id)")
+    p.add_argument("--min-port", type=int, default=10000, help="PLUGIN_MIN_PORT (tcp plugins)")
+    p.add_argument("--max-port", type=int, default=25000, help="PLUGIN_MAX_PORT (tcp plugins)")
+    p.add_argument("--handshake-timeout", type=float, default=60.0,
+                   help="seconds to wait for the handshake line (go run compiles first; default 60)")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL at stop")
+    p.add_argument("--plugin-version", default="", help="the `version` field written to .devinfo")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the plugin command and its arguments")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    if "--" in argv:
+        i = argv.index("--")
+        args = parser.parse_args(argv[:i])
+        args.command = argv[i + 1:]
+    else:
+        args = parser.parse_args(argv)
+    if not args.command:
+        parser.error("no command: give it after `--`, e.g. -- go run ./pkg")
+    if not protocol.valid_plugin_id(args.plugin):
+        parser.error(f"invalid plugin id {args.plugin!r}")
+    if args.vite_port and not 0 < args.vite_port < 65536:
+        parser.error("--vite-port must be a port number")
+    return args
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.dir = os.path.abspath(args.dir or os.getcwd())
+        self.devinfo_path = os.path.join(protocol.plugin_home(args.plugin), ".devinfo")
+        self.plugin: asyncio.subprocess.Process | None = None
+        self.vite: asyncio.subprocess.Process | None = None
+        self.vite_port = 0
+        self.written_pid = 0
+        self.stop_signal = 0
+        self.refused = False
+        self._escalation: list[asyncio.TimerHandle] = []
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        pumps: list[asyncio.Task] = []
+        try:
+            if self.args.vite:
+                rc = await self._start_vite(pumps)
+                if rc:
+                    return rc
+            return await self._run_plugin(pumps)
+        finally:
+            for handle in self._escalation:
+                handle.cancel()
+            if self.written_pid and remove_devinfo(self.devinfo_path, self.written_pid):
+                _say(f"removed {self.devinfo_path}")
+            if self.plugin is not None:
+                _killpg(self.plugin.pid, signal.SIGKILL)     # leftovers of the plugin's group (go run's binary)
+            await self._stop_vite()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    # --- signals ----------------------------------------------------------------------------------------------
+    def _on_signal(self, sig: int) -> None:
+        if self.stop_signal:            # a second Ctrl-C: no more patience
+            if self.plugin is not None:
+                _killpg(self.plugin.pid, signal.SIGKILL)
+            return
+        self.stop_signal = sig
+        _say(f"got {signal.Signals(sig).name}: stopping the plugin")
+        if self.plugin is None or self.plugin.returncode is not None:
+            return
+        pid = self.plugin.pid
+        _killpg(pid, sig)
+        loop = asyncio.get_running_loop()
+        if sig != signal.SIGTERM:       # go-plugin ignores SIGINT
+            self._escalation.append(loop.call_later(min(2.0, self.args.grace), _killpg, pid, signal.SIGTERM))
+        self._escalation.append(loop.call_later(self.args.grace, _killpg, pid, signal.SIGKILL))
+
+    # --- Vite -------------------------------------------------------------------------------------------------
+    async def _start_vite(self, pumps: list[asyncio.Task]) -> int:
+        ui = os.path.join(self.dir, "ui")
+        vite_bin = os.path.join(ui, "node_modules", ".bin", "vite")
+        if not os.path.exists(vite_bin):
+            _say(f"--vite: {vite_bin} not found (run `npm install` in {ui})")
+            return 2
+        port = self.args.vite_port or pick_vite_port()
+        if not port:
+            _say("--vite: no free port in 15173-15273")
+            return 2
+        if self.args.vite_port and not port_free(port):
+            _say(f"--vite: port {port} is already in use")
+            return 2
+        self.vite_port = port
+        argv = [vite_bin, "--host", "127.0.0.1", "--port", str(port), "--strictPort", "--cors"]
+        self.vite = await asyncio.create_subprocess_exec(
+            *argv, cwd=ui, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, preexec_fn=_preexec)
+        pumps.append(asyncio.create_task(_pump(self.vite.stdout, sys.stdout.buffer, b"vite | ")))
+        pumps.append(asyncio.create_task(_pump(self.vite.stderr, sys.stderr.buffer, b"vite | ")))
+        _say(f"Vite (pid {self.vite.pid}) on http://127.0.0.1:{port}")
+        return 0
+
+    async def _stop_vite(self) -> None:
+        if self.vite is None:
+            return
+        if self.vite.returncode is None:
+            _killpg(self.vite.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.vite.wait(), 3.0)
+            except asyncio.TimeoutError:
+                pass
+        _killpg(self.vite.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.vite.wait(), 3.0)
+
+    # --- the plugin -------------------------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("OMNIVIEW_DEV", None)
+        env[self.args.cookie_key] = self.args.cookie_value if self.args.cookie_value is not None else self.args.plugin
+        env["PLUGIN_PROTOCOL_VERSIONS"] = ",".join(map(str, SUPPORTED_APP_VERSIONS))
+        env["PLUGIN_MIN_PORT"] = str(self.args.min_port)
+        env["PLUGIN_MAX_PORT"] = str(self.args.max_port)
+        if self.vite_port:
+            env["OMNIVIEW_VITE_PORT"] = str(self.vite_port)
+        return env
+
+    async def _run_plugin(self, pumps: list[asyncio.Task]) -> int:
+        try:
+            self.plugin = proc = await asyncio.create_subprocess_exec(
+                *self.args.command, cwd=self.dir, env=self._env(), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                preexec_fn=_preexec, limit=MAX_LINE)
+        except OSError as e:
+            _say(f"cannot run {self.args.command[0]!r}: {e.strerror or e}")
+            return 127
+        stderr_tail: list[bytes] = []
+
+        async def pump_stderr() -> None:
+            assert proc.stderr is not None
+            while True:
+                try:
+                    line = await proc.stderr.readline()
+                except ValueError:
+                    line = await proc.stderr.read(MAX_LINE)
+                except OSError:
+                    return
+                if not line:
+                    return
+                stderr_tail.append(line)
+                del stderr_tail[:-20]
+                _write_out(sys.stderr.buffer, line)
+
+        pumps.append(asyncio.create_task(pump_stderr()))
+        if self.stop_signal:
+            self._on_signal_late()
+        hs = await self._read_handshake(proc)
+        if hs is None:
+            rc = await proc.wait()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            tail = b"".join(stderr_tail).decode("utf-8", "replace")
+            if "not meant to be executed directly" in tail or "This binary is a plugin" in tail:
+                _say(f"the plugin refused to start: its magic cookie is not {self.args.cookie_key}="
+                     f"{self.args.cookie_value or self.args.plugin} (go-plugin's 'not meant to be executed directly')"
+                     "; pass --cookie-key/--cookie-value")
+            elif not self.stop_signal and not self.refused:
+                _say(f"the plugin exited with {_rc_text(rc)} before its handshake")
+            return _exit_code(rc) or 1
+        pumps.append(asyncio.create_task(_pump(proc.stdout, sys.stdout.buffer)))
+        if not self.stop_signal:
+            self._publish(proc, hs)
+        rc = await proc.wait()
+        if not self.stop_signal:
+            _say(f"the plugin exited with {_rc_text(rc)}")
+        return _exit_code(rc)
+
+    def _on_signal_late(self) -> None:
+        sig, self.stop_signal = self.stop_signal, 0
+        self._on_signal(sig)
+
+    async def _read_handshake(self, proc: asyncio.subprocess.Process) -> Handshake | None:
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.args.handshake_timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                _say(f"no go-plugin handshake on stdout within {self.args.handshake_timeout:g}s: stopping the plugin")
+                self.refused = True
+                _killpg(proc.pid, signal.SIGKILL)
+                return None
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            except ValueError:
+                raw = await proc.stdout.read(MAX_LINE)
+            if not raw:
+                return None
+            _write_out(sys.stdout.buffer, raw)
+            line = raw.decode("utf-8", "replace")
+            try:
+                hs = parse_handshake(line)
+            except ValueError:
+                continue            # something printed before go-plugin's line
+            problems = []
+            if hs.core != 1:
+                problems.append(f"core protocol version {hs.core} (want 1)")
+            if hs.app not in SUPPORTED_APP_VERSIONS:
+                problems.append(f"app protocol version {hs.app} (want {SUPPORTED_APP_VERSIONS})")
+            if hs.protocol != "grpc":
+                problems.append(f"protocol {hs.protocol!r} (only grpc is supported)")
+            if problems:
+                self.refused = True
+                _say("the plugin's handshake is not usable: " + "; ".join(problems) + "; stopping it")
+                _killpg(proc.pid, signal.SIGTERM)
+                asyncio.get_running_loop().call_later(self.args.grace, _killpg, proc.pid, signal.SIGKILL)
+                return None
+            return hs
+
+    def _publish(self, proc: asyncio.subprocess.Process, hs: Handshake) -> None:
+        pid = serving_pid(proc.pid, hs)
+        info = protocol.DevInfo(pid=pid, protocol="grpc", protocolVersion=hs.app, addr=hs.addr,
+                                pluginId=self.args.plugin, vitePort=self.vite_port,
+                                version=self.args.plugin_version, startedAt=protocol.now_rfc3339())
+        try:
+            write_devinfo(self.devinfo_path, info)
+        except OSError as e:
+            _say(f"cannot write {self.devinfo_path}: {e.strerror or e}")
+            return
+        self.written_pid = pid
+        _say(f"{self.args.plugin}: pid {pid} serving {hs.network}:{hs.addr}; wrote {self.devinfo_path}")
+
+
+def _rc_text(rc: int) -> str:
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-rc).name}"
+        return f"signal {-rc}"
+    return f"status {rc}"
+
+
+def _exit_code(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return asyncio.run(Runner(args).run())
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,445 @@
+"""Go builds for the managed Go path: run the build command, stream its output, parse its errors, install the binary.
+
+- `parse_go_errors(output, plugin_dir, build_dir=None)` turns the Go toolchain's output into BuildErrors.
+  File paths: RELATIVE TO THE PLUGIN DIR (posix separators, e.g. "pkg/greeting.go") when the file lies inside the
+  plugin dir, ABSOLUTE otherwise (a dependency in GOPATH, GOROOT); positionless errors (go.mod, linker, "cannot find
+  package" without a position, "too many errors") have file "" and line/column 0. So `os.path.join(plugin_dir, file)`
+  always resolves. Relative paths in the output are taken relative to `build_dir` (the build's cwd, default the plugin
+  dir), which is what the go tool prints them relative to.
+- `Builder(ctx)` runs `[build] command` (default `go build -o build/bin/plugin ./pkg`) in `[build] dir` (relative to
+  the plugin dir) with `os.environ` + `[build] env`, inside a broker-wide build slot; lines are streamed as log events
+  (source go-build; stdout -> info; stderr -> error, except go's progress lines "go: downloading/finding..." -> info:
+  the go tool writes its errors to stderr). Cancellable: `cancel()` or cancelling the awaiting task kills the build's
+  process group (go, compile, link, asm, cgo) at once; the go tool's WORK dir is put under a GOTMPDIR of ours that is
+  removed afterwards, so a killed build leaves no /tmp/go-build* behind.
+- `install(binary, dest_dir)` copies atomically to `<dest_dir>/plugin` (temp file in the same dir, fsync, rename) and
+  keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev` back.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from omnibroker.protocol import BuildError
+
+from .children import Child
+from .context import PluginContext, strip_ansi
+
+DEFAULT_BUILD_COMMAND = ["go", "build", "-o", "build/bin/plugin", "./pkg"]
+DEFAULT_OUTPUT = "build/bin/plugin"
+BINARY_NAME = "plugin"
+PREV_SUFFIX = ".prev"
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+
+# file:line:col: message     (the file part has no colon and does not start with a blank)
+_POS3 = re.compile(r"^(?P<file>[^\s:][^:]*?):(?P<line>\d+):(?P<col>\d+):\s?(?P<msg>.*)$")
+# file:line: message
+_POS2 = re.compile(r"^(?P<file>[^\s:][^:]*?):(?P<line>\d+):\s?(?P<msg>.*)$")
+# tool prefixes that may precede a position ("vet: pkg/x.go:1:2: ...")
+_TOOL_PREFIX = re.compile(r"^(?:vet|gofmt|go vet|compile|asm|cgo):\s+")
+_PROGRESS = re.compile(r"^go: (?:downloading|finding|extracting|found|added|upgraded|creating|to add)\b")
+_TOO_MANY = "too many errors"
+_MAX_FILE_LEN = 4096
+
+
+def _looks_like_file(path: str) -> bool:
+    """A position's file part: a path with an extension or a slash, not a URL or a Go symbol."""
+    if not path or len(path) > _MAX_FILE_LEN or "://" in path or path.startswith("go "):
+        return False
+    if "/" in path or os.sep in path:
+        return True
+    base = path.rsplit(".", 1)
+    return len(base) == 2 and base[1] in {"go", "s", "c", "h", "cc", "cpp", "mod", "sum", "work", "proto", "syso"}
+
+
+def _resolve(path: str, plugin_dir: str, build_dir: str) -> str:
+    try:
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(build_dir, path))
+        rel = os.path.relpath(full, plugin_dir)
+    except ValueError:
+        return path
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        return full
+    return rel.replace(os.sep, "/")
+
+
+def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) -> list[BuildError]:
+    """Parse the go tool's output into BuildErrors (never raises; see the module docstring for the path rule).
+
+    Handles `file:line:col: msg`, `file:line: msg`, tab-indented continuation lines (appended to the previous error's
+    message), `# package` headers (skipped), "too many errors" (one positionless entry), `go: ...` errors (go.mod,
+    module lookup), linker errors and anything else unpositioned (file "", line 0).
+    """
+    errors: list[BuildError] = []
+    try:
+        plugin_dir = os.path.abspath(plugin_dir or ".")
+        base = os.path.abspath(os.path.join(plugin_dir, build_dir)) if build_dir else plugin_dir
+        pending_header: str | None = None      # e.g. "go: errors parsing go.mod:" (its detail follows)
+        last: BuildError | None = None
+        too_many = False
+        for raw in (output or "").splitlines():
+            line = strip_ansi(raw).rstrip()
+            if not line.strip():
+                continue
+            if line[0] in " \t":                       # continuation of the previous message
+                text = line.strip()
+                if last is not None:
+                    last.message = f"{last.message}\n\t{text}"
+                elif pending_header is not None:
+                    pending_header = f"{pending_header}\n\t{text}"
+                else:
+                    last = BuildError(message=text)
+                    errors.append(last)
+                continue
+            if line.startswith("# "):                  # "# _/tmp/x/pkg" / "# command-line-arguments"
+                last = None
+                continue
+            if _PROGRESS.match(line):
+                continue
+            body = _TOOL_PREFIX.sub("", line)
+            m = _POS3.match(body) or _POS2.match(body)
+            if m and _looks_like_file(m.group("file")):
+                msg = m.group("msg").strip()
+                if msg == _TOO_MANY:
+                    too_many = True
+                    last = None
+                    continue
+                # "go: errors parsing go.mod:" + "/x/go.mod:4: unknown directive": the detail says it all
+                pending_header = None
+                try:
+                    line_no = int(m.group("line"))
+                    col = int(m.groupdict().get("col") or 0)
+                except (TypeError, ValueError, OverflowError):
+                    line_no, col = 0, 0
+                last = BuildError(file=_resolve(m.group("file"), plugin_dir, base), line=min(line_no, 2**31 - 1),
+                                  column=min(col, 2**31 - 1), message=msg or line)
+                errors.append(last)
+                continue
+            if line.strip() == _TOO_MANY:
+                too_many = True
+                last = None
+                continue
+            if pending_header is not None:             # the header had no positioned detail: keep it as an error
+                errors.append(BuildError(message=pending_header))
+                pending_header = None
+            if line.startswith("go: ") and line.endswith(":"):
+                pending_header = line
+                last = None
+                continue
+            last = BuildError(message=line.strip())
+            errors.append(last)
+        if pending_header is not None:
+            errors.append(BuildError(message=pending_header))
+        if too_many:
+            errors.append(BuildError(message="too many errors: the compiler stopped early; "
+                                             "fix the errors above and build again to see the rest"))
+    except Exception as e:     # the parser must never break a build report
+        errors.append(BuildError(message=f"(could not parse the go output: {e})"))
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building
+
+@dataclass
+class BuildResult:
+    ok: bool
+    cancelled: bool = False
+    returncode: int | None = None
+    duration: float = 0.0          # seconds the build command ran (slot wait excluded)
+    queued: float = 0.0            # seconds spent waiting for a broker-wide build slot
+    output: str = ""               # stdout + stderr lines, in arrival order
+    errors: list[BuildError] = field(default_factory=list)
+    binary: str = ""               # absolute path of the produced binary
+    started: float = 0.0           # loop.time() when the command was spawned
+    finished: float = 0.0          # loop.time() when it ended
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"build succeeded in {self.duration:.2f}s"
+        if self.cancelled:
+            return "build cancelled"
+        first = next((e for e in self.errors), None)
+        if first is None:
+            return f"build failed (exit code {self.returncode})"
+        where = f"{first.file}:{first.line}:{first.column}: " if first.file else ""
+        more = f" (+{len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return f"build failed: {where}{first.message.splitlines()[0]}{more}"
+
+
+def _output_from_command(command: list[str]) -> str | None:
+    for i, arg in enumerate(command):
+        if arg == "-o" and i + 1 < len(command):
+            return command[i + 1]
+        if arg.startswith("-o="):
+            return arg[3:]
+    return None
+
+
+def _stderr_level(line: str) -> str:
+    return "info" if _PROGRESS.match(line) else "error"
+
+
+class Builder:
+    """Runs the plugin's build command. One build at a time per Builder."""
+
+    def __init__(self, ctx: PluginContext):
+        self.ctx = ctx
+        self._child: Child | None = None
+        self._cancelled = False
+        self.last: BuildResult | None = None
+
+    # --- configuration (read at each build, so settings changes apply) ------------------------------------------
+    @property
+    def command(self) -> list[str]:
+        cmd = self.ctx.setting("build", "command", DEFAULT_BUILD_COMMAND)
+        if isinstance(cmd, str):
+            cmd = cmd.split()
+        return [str(a) for a in cmd] or list(DEFAULT_BUILD_COMMAND)
+
+    @property
+    def cwd(self) -> str:
+        sub = self.ctx.setting("build", "dir", "") or ""
+        return os.path.normpath(os.path.join(self.ctx.dir, str(sub)))
+
+    @property
+    def output(self) -> str:
+        out = self.ctx.setting("build", "output", None) or _output_from_command(self.command) or DEFAULT_OUTPUT
+        return os.path.normpath(os.path.join(self.cwd, str(out)))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        extra = self.ctx.setting("build", "env", {}) or {}
+        if isinstance(extra, dict):
+            for k, v in extra.items():
+                env[str(k)] = os.path.expandvars(str(v))
+        return env
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.running
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid if self._child is not None else 0
+
+    def cancel(self) -> bool:
+        """Kill the running build's process group now; `build()` then returns a result with cancelled=True."""
+        child = self._child
+        if child is None or not child.running:
+            return False
+        self._cancelled = True
+        child.signal_group(signal.SIGKILL)
+        return True
+
+    async def build(self) -> BuildResult:
+        """Run the build command inside a build slot. Cancelling the awaiting task kills the build and re-raises."""
+        loop = asyncio.get_running_loop()
+        t_queue = loop.time()
+        async with self.ctx.build_slot():
+            return await self._run(loop, loop.time() - t_queue)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, queued: float) -> BuildResult:
+        ctx = self.ctx
+        argv, cwd, output = self.command, self.cwd, self.output
+        env = self.env()
+        lines: list[str] = []
+
+        def on_line(stream: str, line: str) -> None:
+            lines.append(line)
+            ctx.log("go-build", "info" if stream == "stdout" else _stderr_level(line), line)
+
+        try:
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+        except OSError as e:
+            msg = f"cannot create the build output dir {os.path.dirname(output)}: {e.strerror or e}"
+            ctx.log("go-build", "error", msg)
+            return BuildResult(ok=False, errors=[BuildError(message=msg)], binary=output, queued=queued)
+        own_tmp = None
+        if "GOTMPDIR" not in env:
+            try:
+                base = os.path.join(ctx.home, "tmp")
+                os.makedirs(base, exist_ok=True)
+                own_tmp = tempfile.mkdtemp(prefix="go-build-", dir=base)
+                env["GOTMPDIR"] = own_tmp
+            except OSError:
+                own_tmp = None
+        self._cancelled = False
+        ctx.log("go-build", "info", f"$ {' '.join(argv)}  (in {cwd})")
+        started = loop.time()
+        try:
+            spawn = asyncio.ensure_future(Child.spawn("go-build", argv, cwd=cwd, env=env, on_line=on_line,
+                                                      registry=ctx.children, tail=200))
+            try:
+                child = await asyncio.shield(spawn)
+            except asyncio.CancelledError:
+                # the process may exist already: kill it before going away
+                try:
+                    child = await spawn
+                    child.signal_group(signal.SIGKILL)
+                    await asyncio.wait_for(child.wait(), 5)
+                except BaseException:
+                    pass
+                raise
+            except OSError as e:
+                msg = f"cannot run the build command {argv[0]!r}: {e.strerror or e}"
+                ctx.log("go-build", "error", msg)
+                return BuildResult(ok=False, errors=[BuildError(message=msg)], binary=output, queued=queued,
+                                   started=started, finished=loop.time())
+            self._child = child
+            try:
+                rc = await child.wait()
+            except asyncio.CancelledError:
+                child.signal_group(signal.SIGKILL)
+                try:
+                    await asyncio.wait_for(child.wait(), 5)
+                except BaseException:
+                    pass
+                ctx.log("go-build", "info", "build cancelled")
+                raise
+            finally:
+                self._child = None
+        finally:
+            if own_tmp:
+                shutil.rmtree(own_tmp, ignore_errors=True)
+        finished = loop.time()
+        text = "\n".join(lines)
+        if self._cancelled:
+            ctx.log("go-build", "info", "build cancelled")
+            res = BuildResult(ok=False, cancelled=True, returncode=rc, duration=finished - started, queued=queued,
+                              output=text, binary=output, started=started, finished=finished)
+        elif rc == 0 and os.path.isfile(output):
+            res = BuildResult(ok=True, returncode=0, duration=finished - started, queued=queued, output=text,
+                              binary=output, started=started, finished=finished)
+        else:
+            errs = parse_go_errors(text, ctx.dir, cwd)
+            if rc == 0:
+                errs.append(BuildError(message=f"the build command succeeded but produced no binary at {output}"))
+            elif not errs:
+                errs = [BuildError(message=f"the build command exited with code {rc} and printed nothing")]
+            res = BuildResult(ok=False, returncode=rc, duration=finished - started, queued=queued, output=text,
+                              errors=errs, binary=output, started=started, finished=finished)
+        self.last = res
+        return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Installing
+
+class InstallError(Exception):
+    """The binary could not be installed; the previously installed one is untouched."""
+
+
+_ERRNO_WORDS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
+    """Install `binary` as `<dest_dir>/<name>` atomically; keep the previous one as `<name>.prev`. Returns the path.
+
+    The new bytes go to a new inode (temp file in dest_dir, fsync, rename), so a running plugin is never written to
+    (no ETXTBSY) and a reader sees either the old or the new binary. On any error (ENOSPC, EROFS, ...) the temp file
+    is removed, the installed binary is left as it was, and InstallError explains it in words.
+    """
+    dest = os.path.join(dest_dir, name)
+    prev = dest + PREV_SUFFIX
+    tmp = None
+    try:
+        os.makedirs(dest_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest_dir)
+        with open(binary, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fchmod(dst.fileno(), 0o755)
+            os.fsync(dst.fileno())
+        if os.path.lexists(dest):
+            # plugin.prev <- the current binary, by hard link (atomic replace of any older .prev)
+            link_tmp = f"{prev}.{os.getpid()}.tmp"
+            try:
+                if os.path.lexists(link_tmp):
+                    os.unlink(link_tmp)
+                os.link(dest, link_tmp)
+                os.replace(link_tmp, prev)
+            except OSError:
+                try:
+                    os.unlink(link_tmp)
+                except OSError:
+                    pass
+                shutil.copy2(dest, prev)
+        os.replace(tmp, dest)
+        tmp = None
+        _fsync_dir(dest_dir)
+        return dest
+    except OSError as e:
+        words = _ERRNO_WORDS.get(e.errno or 0, e.strerror or str(e))
+        raise InstallError(f"cannot install the new plugin binary into {dest_dir}: {words}; "
+                           f"the previously installed binary is kept") from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def rollback(dest_dir: str, name: str = BINARY_NAME) -> bool:
+    """Put `<name>.prev` back as `<name>` (atomically; .prev is kept). False when there is no previous binary."""
+    dest = os.path.join(dest_dir, name)
+    prev = dest + PREV_SUFFIX
+    if not os.path.isfile(prev):
+        return False
+    tmp = f"{dest}.{os.getpid()}.rollback"
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        try:
+            os.link(prev, tmp)
+        except OSError:
+            shutil.copy2(prev, tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(dest_dir)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+__all__: Iterable[str] = ["BuildResult", "Builder", "InstallError", "install", "rollback", "parse_go_errors",
+                          "DEFAULT_BUILD_COMMAND"]

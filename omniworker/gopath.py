@@ -1,0 +1,462 @@
+"""The managed Go path (Mode A's backend half): watch -> debounce -> build -> install -> reload the go-plugin.
+
+`GoPath(ctx)` owns a GoWatcher, a Builder and the serving PluginHost. Choices (settings in `[plugins.<id>.go]`):
+- `start()` ALWAYS builds first (`build_on_start = "always"`, the default): the sources may have changed while we were
+  stopped, and an unchanged tree costs a no-op `go build` (~0.2 s, nothing is relinked). `"missing"` builds only when
+  no binary is installed at `<home>/bin/plugin`. If that first build fails but a binary is installed, the installed
+  one is started anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
+- Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
+  keeps serving, switches invokes to the new one, then drains and stops the old one: invokes never wait, and a new
+  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` is the seed's
+  order (stop old, start new); invokes wait for the new one meanwhile; on failure the previous binary is restarted.
+  Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
+- A change seen during a build cancels that build at once (its process group is killed) and a new build starts
+  after the debounce. Install and the switch are never cancelled by changes (they take milliseconds).
+- `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
+  after a crash) the call waits for it, bounded by `timeout` overall; a call that hit a plugin being replaced is
+  retried on the new one. Errors are `protocol.CommandError` (codes not_running, timeout, rpc_error).
+- A plugin killed from outside is noticed at once (the child watcher), grpcConnected goes false, and it is restarted
+  from the installed binary with exponential backoff (`restart_backoff` 0.25 s doubling up to `restart_backoff_max`
+  10 s; the streak resets after the plugin ran `restart_reset` 10 s).
+- A plugin dir without `pkg/` (and no `[go] watch`/`[build] command` of its own): GoPath does nothing, goStatus "idle".
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+import grpc
+
+from omnibroker import protocol
+from omnibroker.protocol import BuildError, CommandError, ErrorCode
+
+from .context import PluginContext
+from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
+from .goplugin import PluginError, PluginHost
+from .gowatch import GoWatcher, WatchError
+
+_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+class GoPath:
+    def __init__(self, ctx: PluginContext):
+        self.ctx = ctx
+        has_pkg = os.path.isdir(os.path.join(ctx.dir, "pkg"))
+        explicit = ctx.setting("build", "command", None) is not None and ctx.setting("go", "watch", None) is not None
+        self.enabled: bool = bool(ctx.setting("go", "enabled", has_pkg or explicit))
+        self.builder = Builder(ctx)
+        self.bin_dir = os.path.join(ctx.home, "bin")
+        self.installed = os.path.join(self.bin_dir, BINARY_NAME)
+        self.plugin: PluginHost | None = None
+        self.watcher: GoWatcher | None = None
+        self.last_cycle: dict[str, Any] = {}          # timings (loop.time()) of the last build/reload cycle
+        self.cycles = 0                                 # completed (not cancelled) cycles
+        self._lock = asyncio.Lock()                     # serialises every change of self.plugin
+        self._want = asyncio.Event()
+        self._want_reason = ""
+        self._runner: asyncio.Task | None = None
+        self._cycle_task: asyncio.Task | None = None
+        self._restart_task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._changed = asyncio.Event()                 # replaced (after being set) each time self.plugin changes
+        self._phase = "idle"                            # idle | building | installing | switching
+        self._waiters: list[asyncio.Future] = []        # rebuild(wait=True) callers for the next cycle
+        self._cycle_waiters: list[asyncio.Future] = []
+        self._stopping = False
+        self._started = False
+        self._crash_streak = 0
+        self._burst_first: float | None = None
+        self._reload_open = False                       # a dev_reload_start awaits its complete/error
+
+    # --- settings ------------------------------------------------------------------------------------------------
+    def _s(self, key: str, default: Any) -> Any:
+        return self.ctx.setting("go", key, default)
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Watch, build (see module doc), launch. Returns once the plugin is ready or the first attempt failed
+        (the failure is reported as events and status, never raised). Idempotent."""
+        ctx = self.ctx
+        if not self.enabled:
+            ctx.set(goStatus="idle")
+            return
+        if self._started:
+            return
+        self._started = True
+        self._stopping = False
+        ctx.set(goStatus="starting", lastError="")
+        output_rel = os.path.relpath(os.path.dirname(self.builder.output), ctx.dir)
+        ignore = list(self._s("ignore", []) or [])
+        if not output_rel.startswith(os.pardir):
+            ignore.append(output_rel.replace(os.sep, "/") + "/**")
+        self.watcher = GoWatcher(ctx, self._on_change, on_event=self._on_event, on_error=self._on_watch_error,
+                                 ignore=ignore)
+        try:
+            self.watcher.start()
+        except WatchError as e:
+            # keep going without watching: rebuild still works; the reason is visible
+            ctx.log("go-watch", "error", str(e))
+            ctx.errors([BuildError(message=str(e))])
+            self.watcher = None
+        self._runner = asyncio.create_task(self._run())
+        policy = str(self._s("build_on_start", "always"))
+        if policy == "missing" and os.path.isfile(self.installed):
+            await self._switch("start", None)
+            if self.plugin is None and not self._stopping:
+                await self._request_and_wait("start")
+        else:
+            await self._request_and_wait("start")
+
+    async def stop(self) -> None:
+        """Stop watching, cancel any build (killing it), stop the plugin(s). goStatus "stopped"."""
+        ctx = self.ctx
+        if not self.enabled:
+            return
+        self._stopping = True
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
+        tasks = [t for t in (self._cycle_task, self._runner, self._restart_task) if t is not None and not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._runner = self._cycle_task = self._restart_task = None
+        async with self._lock:
+            host = self.plugin
+            self._set_plugin(None)
+        stops = [self._stop_host(host)] if host is not None else []
+        if self._background:
+            stops.append(asyncio.gather(*list(self._background), return_exceptions=True))
+        if stops:
+            await asyncio.gather(*stops, return_exceptions=True)
+        for fut in self._waiters + self._cycle_waiters:
+            if not fut.done():
+                fut.set_result(False)
+        self._waiters, self._cycle_waiters = [], []
+        self._phase = "idle"
+        self._started = False
+        self._reload_open = False
+        ctx.set(goStatus="stopped", grpcConnected=False, pluginPid=0, buildQueued=False)
+
+    async def rebuild(self, wait: bool = True) -> bool:
+        """Force a build + reload now (no debounce; a running build is cancelled). With wait, returns whether the
+        cycle ended with the new plugin serving."""
+        if not self.enabled:
+            self.ctx.log("manager", "info", "rebuild ignored: this plugin has no Go backend (no pkg/ dir)")
+            return False
+        if not self._started:
+            await self.start()
+            return self.plugin is not None and self.ctx.state.goStatus == "ready"
+        self._cancel_build("rebuild requested")
+        if wait:
+            return await self._request_and_wait("rebuild")
+        self._request("rebuild")
+        return True
+
+    # --- invoke ----------------------------------------------------------------------------------------------------
+    def _coming(self) -> bool:
+        """A plugin is on its way (a build/switch cycle or a crash restart is pending)."""
+        if self._stopping or not self._started:
+            return False
+        return (self._phase != "idle" or self._want.is_set()
+                or (self._restart_task is not None and not self._restart_task.done()))
+
+    async def invoke(self, method: str, request: bytes, timeout: float = 10.0) -> bytes:
+        """Forward a raw unary gRPC call to the plugin; waits (within `timeout`) across reloads and restarts."""
+        if not self.enabled:
+            raise CommandError(ErrorCode.NOT_RUNNING, "this plugin has no Go backend (no pkg/ dir)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_error = ""
+        while True:
+            host = self.plugin
+            remaining = deadline - loop.time()
+            if host is None or not host.connected:
+                if not self._coming():
+                    why = self.ctx.state.lastError or last_error or "the Go plugin is not running"
+                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {why}")
+                if remaining <= 0:
+                    raise CommandError(ErrorCode.TIMEOUT, f"no Go plugin became ready within {timeout:g} s")
+                changed = self._changed
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, 0.5))
+                continue
+            if remaining <= 0:
+                raise CommandError(ErrorCode.TIMEOUT, f"the call did not complete within {timeout:g} s")
+            try:
+                return await host.invoke(method, request, remaining)
+            except PluginError as e:         # it went away between our check and the call
+                last_error = str(e)
+                if host is self.plugin and not self._coming():
+                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {e}") from None
+                continue
+            except grpc.aio.AioRpcError as e:
+                replaced = host is not self.plugin or not host.connected
+                if e.code() in _RETRY_CODES and (replaced or self._coming()) and deadline - loop.time() > 0:
+                    last_error = f"{e.code().name}: {e.details()}"
+                    if not replaced:
+                        # the plugin we called is still current: let it die or be replaced before retrying
+                        changed = self._changed
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
+                    continue
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
+                        from None
+                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
+
+    # --- internals: plugin bookkeeping ---------------------------------------------------------------------------------
+    def _set_plugin(self, host: PluginHost | None) -> None:
+        self.plugin = host
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    def _new_host(self) -> PluginHost:
+        return PluginHost(self.ctx, on_exit=self._on_plugin_exit)
+
+    async def _stop_host(self, host: PluginHost) -> None:
+        grace = float(self._s("stop_grace", 2.0))
+        await host.drain(float(self._s("drain_timeout", 2.0)))
+        await host.stop(grace)
+
+    def _bg(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- internals: watcher callbacks -------------------------------------------------------------------------------
+    def _on_event(self, rel: str) -> None:
+        if self._burst_first is None:
+            self._burst_first = asyncio.get_running_loop().time()
+        self._cancel_build(f"{rel} changed")
+
+    def _on_change(self, paths: list[str]) -> None:
+        self._request("change")
+
+    def _on_watch_error(self, message: str) -> None:
+        self.ctx.set(lastError=message)
+
+    def _cancel_build(self, why: str) -> None:
+        task = self._cycle_task
+        if task is not None and not task.done() and self._phase == "building":
+            self.ctx.log("go-build", "info", f"cancelling the running build: {why}")
+            task.cancel()
+
+    def _request(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._want_reason = reason
+        self._want.set()
+
+    async def _request_and_wait(self, reason: str) -> bool:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._request(reason)
+        return await fut
+
+    # --- internals: the cycle runner --------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            await self._want.wait()
+            self._want.clear()
+            reason = self._want_reason
+            waiters, self._waiters = self._waiters, []
+            self._cycle_waiters = waiters
+            first = self._burst_first
+            self._burst_first = None
+            task = asyncio.create_task(self._cycle(reason, first))
+            self._cycle_task = task
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            finally:
+                self._phase = "idle"
+            if task.cancelled():
+                # a change (or rebuild) cancelled this build: another cycle follows; its waiters carry over
+                self._waiters = waiters + self._waiters
+                self._cycle_waiters = []
+                if not self._want.is_set() and not self._stopping:
+                    # cancelled by a change whose debounce has not fired yet: it will request; keep "building"
+                    pass
+                continue
+            ok = bool(task.result()) if task.exception() is None else False
+            if task.exception() is not None:
+                self.ctx.log("manager", "error", f"internal error in the Go reload cycle: {task.exception()!r}")
+                self.ctx.set(goStatus="error", lastError=f"internal error: {task.exception()!r}")
+            self.cycles += 1
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(ok)
+            self._cycle_waiters = []
+
+    async def _cycle(self, reason: str, first_event: float | None) -> bool:
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        burst = self.watcher.last_burst if self.watcher is not None and reason == "change" else None
+        t = {"reason": reason, "start": loop.time(),
+             "first_event": burst[0] if burst else first_event, "fired": burst[1] if burst else None}
+        self.last_cycle = t
+        is_reload = reason != "start"
+        if is_reload and not self._reload_open:
+            # one dev_reload_start per reload, even when a change cancels its build and a new one follows
+            self._reload_open = True
+            ctx.reload_start()
+        self._phase = "building"
+        ctx.set(goStatus="building")
+        result: BuildResult = await self.builder.build()
+        t["build_start"], t["build_end"], t["queued"] = result.started, result.finished, result.queued
+        if result.cancelled:
+            raise asyncio.CancelledError()
+        ctx.set(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
+        if not result.ok:
+            msg = result.summary()
+            ctx.log("go-build", "error", msg)
+            self._fail(msg, result.errors, reload=is_reload)
+            if self.plugin is None and reason == "start" and os.path.isfile(self.installed):
+                # nothing serving yet: run the installed (older) binary meanwhile
+                await self._switch("start-stale", t, keep_error=True)
+            t["end"] = loop.time()
+            return False
+        ctx.log("go-build", "info", result.summary())
+        self._phase = "installing"
+        try:
+            await asyncio.to_thread(install, result.binary, self.bin_dir)
+        except InstallError as e:
+            self._fail(str(e), [BuildError(message=str(e))], reload=is_reload)
+            t["end"] = loop.time()
+            return False
+        t["installed"] = loop.time()
+        self._phase = "switching"
+        ok = await asyncio.shield(self._switch(reason, t))
+        t["end"] = loop.time()
+        return ok
+
+    def _fail(self, message: str, errors: list[BuildError], *, reload: bool = True) -> None:
+        ctx = self.ctx
+        ctx.errors(errors or [BuildError(message=message)])
+        ctx.set(goStatus="error", lastError=message)
+        if reload:
+            self._reload_open = False
+            ctx.reload_error(message)
+
+    async def _switch(self, reason: str, t: dict | None, *, keep_error: bool = False) -> bool:
+        """Start the installed binary and make it the serving plugin (see module doc for the order)."""
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        order = str(self._s("reload_order", "start-first"))
+        async with self._lock:
+            if self._stopping:
+                return False
+            old = self.plugin
+            if old is not None and order == "stop-first":
+                self._set_plugin(None)
+                ctx.set(grpcConnected=False, pluginPid=0)
+                await self._stop_host(old)
+                old = None
+            if not keep_error:
+                ctx.set(goStatus="starting")
+            new = self._new_host()
+            if t is not None:
+                t["plugin_start"] = loop.time()
+            try:
+                await new.start(self.installed)
+            except PluginError as e:
+                return await self._start_failed(e, reason, keep_error)
+            if self._stopping:
+                await new.stop()
+                return False
+            if t is not None:
+                t.update({f"plugin_{k}": v for k, v in new.timings.items()})
+            self._set_plugin(new)
+            self._crash_streak = 0 if old is None else self._crash_streak
+            if keep_error:
+                ctx.set(grpcConnected=True, pluginPid=new.pid)
+            else:
+                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=new.pid, lastError="")
+            if t is not None:
+                t["ready"] = loop.time()
+            if reason not in ("start", "start-stale", "restart"):
+                self._reload_open = False
+                ctx.reload_complete()
+        if old is not None:
+            self._bg(self._stop_host(old))
+        return not keep_error
+
+    async def _start_failed(self, e: PluginError, reason: str, keep_error: bool) -> bool:
+        """The new binary did not come up: roll back to plugin.prev, report, keep (or bring back) the old one."""
+        ctx = self.ctx
+        rolled = False
+        if reason not in ("start-stale", "restart"):
+            rolled = await asyncio.to_thread(rollback, self.bin_dir)
+        msg = f"the new plugin binary failed to start: {e}"
+        if rolled:
+            msg += "\n(rolled back to the previous binary; " + (
+                "the previous plugin keeps serving)" if self.plugin is not None else "restarting it)")
+        ctx.log("manager", "error", msg)
+        self._fail(msg, [BuildError(message=msg)], reload=reason not in ("start", "start-stale", "restart"))
+        if self.plugin is None and rolled and not self._stopping:
+            prev = self._new_host()
+            try:
+                await prev.start(self.installed)
+            except PluginError as e2:
+                ctx.log("manager", "error", f"the previous plugin binary failed to start too: {e2}")
+                ctx.set(grpcConnected=False, pluginPid=0)
+                return False
+            self._set_plugin(prev)
+            ctx.set(grpcConnected=True, pluginPid=prev.pid)
+        elif self.plugin is None:
+            ctx.set(grpcConnected=False, pluginPid=0)
+        return False
+
+    # --- internals: crashes -------------------------------------------------------------------------------------------
+    def _on_plugin_exit(self, host: PluginHost, rc: int | None) -> None:
+        if self._stopping or host is not self.plugin:
+            return                      # a plugin we replaced or are stopping
+        ctx = self.ctx
+        loop = asyncio.get_running_loop()
+        self._set_plugin(None)
+        uptime = loop.time() - (host.timings.get("healthy") or loop.time())
+        if uptime > float(self._s("restart_reset", 10.0)):
+            self._crash_streak = 0
+        tail = host.stderr_tail
+        msg = f"the plugin (pid {host.pid}) exited unexpectedly with code {rc}" + (
+            f"; its last output:\n{tail}" if tail else "")
+        ctx.log("manager", "error", msg)
+        ctx.set(grpcConnected=False, pluginPid=0, lastError=msg)
+        if self._restart_task is None or self._restart_task.done():
+            self._restart_task = asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        ctx = self.ctx
+        base = float(self._s("restart_backoff", 0.25))
+        cap = float(self._s("restart_backoff_max", 10.0))
+        while not self._stopping:
+            delay = min(cap, base * (2 ** self._crash_streak))
+            self._crash_streak += 1
+            ctx.set(goStatus="starting")
+            ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._crash_streak})")
+            await asyncio.sleep(delay)      # backoff, not synchronisation
+            async with self._lock:
+                if self._stopping or self.plugin is not None:
+                    return                  # a reload brought up a new one meanwhile
+                if not os.path.isfile(self.installed):
+                    break
+                host = self._new_host()
+                try:
+                    await host.start(self.installed)
+                except PluginError as e:
+                    ctx.set(goStatus="error", lastError=f"restart failed: {e}")
+                    ctx.log("manager", "error", f"restart failed: {e}")
+                    continue
+                self._set_plugin(host)
+                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=host.pid, lastError="",
+                        restarts=ctx.state.restarts + 1)
+                return
+        if not self._stopping:
+            self._request("restart")            # no installed binary: build one
