@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from . import protocol
 from .commands import COMMANDS, Command
@@ -31,6 +30,7 @@ from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
 from .registry import Registry
 from .supervisor_link import SupervisorLink, plugin_of
+from .zstream import Stream
 
 log = logging.getLogger("omnibroker")
 
@@ -86,7 +86,7 @@ class BuildSlots:
 class Broker:
     def __init__(self) -> None:
         self.runtime = protocol.ensure_runtime_dir()
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.registry = Registry(protocol.config_path(), os.path.join(self.runtime, "state.json"))
         service = self.registry.service
         vite_range = service.get("vite_ports", [15173, 15273])
@@ -213,21 +213,12 @@ class Broker:
                                                     f"the worker for {plugin!r} went away: {why}"))
 
     # --- control socket --------------------------------------------------------------------------------------------
-    async def control_loop(self) -> None:
-        while True:
-            frames = await self.control.recv_multipart()
-            if len(frames) >= 2 and frames[1] == b"":
-                envelope, body = frames[:2], frames[2:]     # REQ client
-            else:
-                envelope, body = frames[:1], frames[1:]     # DEALER client without delimiter
-            self._spawn(self.handle_request(envelope, body))
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def handle_request(self, envelope: list[bytes], body: list[bytes]) -> None:
+    def on_control(self, frames: list[bytes]) -> None:
+        """One request: reads of the broker's state are answered on the spot; the rest run in their own task."""
+        if len(frames) >= 2 and frames[1] == b"":
+            envelope, body = frames[:2], frames[2:]     # REQ client
+        else:
+            envelope, body = frames[:1], frames[1:]     # DEALER client without delimiter
         rid: Any = None
         try:
             request = protocol.decode_request(body)
@@ -237,6 +228,19 @@ class Broker:
                 raise CommandError(ErrorCode.UNKNOWN_COMMAND,
                                    f"unknown command {request.command!r}; known: {', '.join(COMMANDS)}")
             props = cmd.validate(request.properties)
+            if not cmd.immediate:
+                self._spawn(self._execute(envelope, rid, cmd, props))
+                return
+            reply = protocol.ok_reply(rid, cmd.run(self, props))
+        except CommandError as e:
+            reply = protocol.error_reply(rid if rid is not None else protocol.request_id_of(body), e.code, e.reason)
+        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
+            log.exception("command failed")
+            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
+        self._reply(envelope, reply)
+
+    async def _execute(self, envelope: list[bytes], rid: Any, cmd: Command, props: dict[str, Any]) -> None:
+        try:
             plugin = props.get("plugin")
             if cmd.name in EXCLUSIVE and isinstance(plugin, str):
                 async with self.locks.setdefault(plugin, asyncio.Lock()):
@@ -245,21 +249,25 @@ class Broker:
                 result = await cmd.execute(self, props)
             reply = protocol.ok_reply(rid, result)
         except CommandError as e:
-            reply = protocol.error_reply(rid if rid is not None else protocol.request_id_of(body), e.code, e.reason)
+            reply = protocol.error_reply(rid, e.code, e.reason)
         except Exception as e:      # noqa: BLE001 - the broker never dies from a request
-            log.exception("command failed")
+            log.exception("command %s failed", cmd.name)
             reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
-        try:
-            await self.control.send_multipart(envelope + [protocol.encode(reply)])
-        except zmq.ZMQError as e:
-            log.warning("could not send a reply: %s", e)
+        self._reply(envelope, reply)
+
+    def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
+        if not self.control_stream.send(envelope + [protocol.encode(reply)]):
+            log.warning("could not send reply %r: the client is gone", reply.id)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # --- worker socket ---------------------------------------------------------------------------------------------
     def _send_worker(self, identity: bytes, kind: bytes, body: bytes) -> None:
-        try:
-            self.worker_sock.send_multipart([identity, kind, body], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            log.warning("could not reach worker %r: %s", identity, e)
+        if not self.worker_stream.send([identity, kind, body]):
+            log.warning("could not reach worker %r", identity)
 
     def _grant_slot(self, identity: bytes, token: str) -> None:
         self._send_worker(identity, protocol.K_TOKEN, protocol.encode(protocol.Token(op="granted", id=token)))
@@ -271,23 +279,18 @@ class Broker:
                 return plugin
         return None
 
-    async def worker_loop(self) -> None:
-        handlers = {protocol.K_REGISTER: self.on_register, protocol.K_HEARTBEAT: self.on_heartbeat,
-                    protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
-                    protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate}
-        while True:
-            frames = await self.worker_sock.recv_multipart()
-            if len(frames) < 3:
-                continue
-            handler = handlers.get(frames[1])
-            if handler is None:
-                continue
-            try:
-                handler(frames[0], frames[2:])
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
-                log.warning("bad %s message from %r: %s", frames[1], frames[0], e)
-            except Exception:       # noqa: BLE001 - one bad worker message must not stop the loop
-                log.exception("worker message %s failed", frames[1])
+    def on_worker(self, frames: list[bytes]) -> None:
+        if len(frames) < 3:
+            return
+        handler = self.worker_handlers.get(frames[1])
+        if handler is None:
+            return
+        try:
+            handler(frames[0], frames[2:])
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as e:
+            log.warning("bad %s message from %r: %s", frames[1], frames[0], e)
+        except Exception:       # noqa: BLE001 - one bad worker message must not stop the loop
+            log.exception("worker message %s failed", frames[1])
 
     def on_register(self, identity: bytes, body: list[bytes]) -> None:
         reg = protocol.decode_register(body[0])
@@ -437,15 +440,19 @@ class Broker:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        self.worker_handlers = {
+            protocol.K_REGISTER: self.on_register, protocol.K_HEARTBEAT: self.on_heartbeat,
+            protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply, protocol.K_TOKEN: self.on_token,
+            protocol.K_PROCSTATE: self.on_procstate}
+        self.control_stream = Stream(self.control, self.on_control)
+        self.worker_stream = Stream(self.worker_sock, self.on_worker)
+        self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
-        runners = [asyncio.create_task(c) for c in (self.control_loop(), self.worker_loop(), self.liveness_loop())]
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait(runners + [waiter], return_when=asyncio.FIRST_COMPLETED)
-        for task in runners + [waiter]:
-            task.cancel()
-        for task in done:
-            if task is not waiter and task.exception():
-                raise task.exception()
+        liveness = asyncio.create_task(self.liveness_loop())
+        await stop.wait()
+        liveness.cancel()
+        for stream in (self.control_stream, self.worker_stream, self.events_stream):
+            stream.close()
         self.ctx.destroy(linger=0)
 
     async def _initial_sync(self) -> None:

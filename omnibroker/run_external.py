@@ -178,7 +178,7 @@ def _killpg(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_command: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Run a go-plugin plugin yourself and publish it for external mode (.devinfo).",
         epilog=f"example: {PROG} my-plugin --vite -- go run ./pkg")
@@ -194,18 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the handshake line (go run compiles first; default 60)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL at stop")
     p.add_argument("--plugin-version", default="", help="the `version` field written to .devinfo")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the plugin command and its arguments")
+    if with_command:
+        p.add_argument("command", nargs=argparse.REMAINDER, help="-- the plugin command and its arguments")
     return p
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = build_parser()
     if "--" in argv:
         i = argv.index("--")
+        parser = build_parser(with_command=False)
         args = parser.parse_args(argv[:i])
         args.command = argv[i + 1:]
     else:
+        parser = build_parser(with_command=False)
         args = parser.parse_args(argv)
+        args.command = []
     if not args.command:
         parser.error("no command: give it after `--`, e.g. -- go run ./pkg")
     if not protocol.valid_plugin_id(args.plugin):
@@ -350,9 +353,9 @@ class Runner:
             await asyncio.gather(*pumps, return_exceptions=True)
             tail = b"".join(stderr_tail).decode("utf-8", "replace")
             if "not meant to be executed directly" in tail or "This binary is a plugin" in tail:
-                _say(f"the plugin refused to start: its magic cookie is not {self.args.cookie_key}="
-                     f"{self.args.cookie_value or self.args.plugin} (go-plugin's 'not meant to be executed directly')"
-                     "; pass --cookie-key/--cookie-value")
+                _say(f"the plugin refused the magic cookie {self.args.cookie_key}="
+                     f"{self.args.cookie_value or self.args.plugin} (go-plugin: 'not meant to be executed directly'); "
+                     "pass the cookie its HandshakeConfig expects with --cookie-key/--cookie-value")
             elif not self.stop_signal and not self.refused:
                 _say(f"the plugin exited with {_rc_text(rc)} before its handshake")
             return _exit_code(rc) or 1

@@ -30,6 +30,8 @@ class Command:
     forward: bool = False
     # How long the broker waits for the worker's answer.
     timeout: float = 10.0
+    # Answered on the spot by `run` (no task, no await): reads of the broker's own state.
+    immediate: bool = False
 
     def validate(self, props: dict[str, Any]) -> dict[str, Any]:
         """Check property names and types; fill defaults. Unknown properties are refused (typos are bugs)."""
@@ -59,6 +61,10 @@ class Command:
                                    f"{self.name}: property {key!r} must be {names}, not {type(value).__name__}")
             out[key] = value
         return out
+
+    def run(self, broker: "Broker", props: dict[str, Any]) -> Any:
+        """The whole command, for `immediate` ones."""
+        raise NotImplementedError
 
     async def execute(self, broker: "Broker", props: dict[str, Any]) -> Any:
         """Default for forwarded commands: hand the request to the plugin's worker and return its result."""

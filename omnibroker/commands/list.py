@@ -7,7 +7,8 @@ class List(Command):
     """Every registered plugin's DevServerState (Omniview: ListDevServerStates)."""
     name = "list"
     properties = {}
+    immediate = True
 
-    async def execute(self, broker, props):
+    def run(self, broker, props):
         return {"plugins": [protocol.to_builtins(broker.state_of(p)) for p in sorted(broker.registry.plugins)]}
 

@@ -7,7 +7,8 @@ class Ping(Command):
     """Is the broker there? Returns its epoch (changes at each broker start) and version."""
     name = "ping"
     properties = {}
+    immediate = True
 
-    async def execute(self, broker, props):
+    def run(self, broker, props):
         return {"epoch": broker.events.epoch, "version": protocol.VERSION}
 

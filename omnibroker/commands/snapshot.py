@@ -7,7 +7,8 @@ class Snapshot(Command):
     """Epoch, last seq and every plugin's state: what a late subscriber applies events on top of."""
     name = "snapshot"
     properties = {}
+    immediate = True
 
-    async def execute(self, broker, props):
+    def run(self, broker, props):
         return broker.events.snapshot()
 

@@ -7,8 +7,9 @@ class Status(Command):
     """One plugin's DevServerState (Omniview: GetDevServerState)."""
     name = "status"
     properties = {"plugin": PLUGIN}
+    immediate = True
 
-    async def execute(self, broker, props):
+    def run(self, broker, props):
         broker.registry.get(props["plugin"])
         return protocol.to_builtins(broker.state_of(props["plugin"]))
 

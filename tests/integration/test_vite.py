@@ -419,6 +419,39 @@ def test_broken_vite_config_gives_error_event_with_position(example_ui, tmp_path
         ports.release("badcfg")
 
 
+def test_config_broken_while_running_gives_error_event_and_keeps_serving(example_ui, tmp_path, ports):
+    plugin = make_plugin(example_ui, tmp_path / "livecfg")
+    cfg = plugin / "ui" / "vite.config.ts"
+    good = cfg.read_text()
+    assert "plugins: [react()]," in good
+    vite, sink, ctx = new_vite(plugin)
+    port = ports.allocate("livecfg")
+
+    async def body():
+        await vite.start(port)
+        assert await vite.wait_running(30)
+        mark = len(sink.events)
+        cfg.write_text(good.replace("plugins: [react()],", "plugins: [react(),, ]],"))
+        i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 15, after=mark)
+        err = sink.events[i][1]["errors"][0]
+        line = 1 + good.splitlines().index(next(x for x in good.splitlines() if "plugins: [react()]," in x))
+        assert err["file"] == str(cfg) and err["line"] == line and err["column"] > 0
+        # Vite keeps the old config and goes on serving
+        assert ctx.state.viteStatus == "running"
+        status, _, _ = await aget(f"http://127.0.0.1:{port}/src/entry.tsx")
+        assert status == 200
+        mark = len(sink.events)
+        cfg.write_text(good)
+        await wait_event(sink, lambda t, p: t == protocol.LOG and "server restarted" in p[0]["message"], 15,
+                         after=mark)
+        assert ctx.state.viteStatus == "running"
+
+    try:
+        run(body(), vite)
+    finally:
+        ports.release("livecfg")
+
+
 def test_config_that_throws_names_the_config_file(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "throwcfg")
     (plugin / "ui" / "vite.config.ts").unlink()

@@ -1,0 +1,58 @@
+"""A ZeroMQ socket on the asyncio loop without a future per message (circus's ZMQStream, minus tornado).
+
+zmq.asyncio wraps every recv and send in a future and a loop round trip (~60 µs each here). The broker instead
+watches the socket's FD and drains every ready message in one callback. ZeroMQ's FD is edge-triggered: after any
+send or recv, ready messages may be pending without a new edge, so `kick()` re-checks on the next loop turn.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+import zmq
+
+MAX_BATCH = 1000     # messages handled per callback before yielding the loop to others
+
+
+class Stream:
+    def __init__(self, sock: zmq.Socket, on_recv: Callable[[list[bytes]], None],
+                 loop: asyncio.AbstractEventLoop | None = None):
+        self.sock = sock
+        self.on_recv = on_recv
+        self.loop = loop or asyncio.get_running_loop()
+        self._scheduled = False
+        self.loop.add_reader(sock.getsockopt(zmq.FD), self._ready)
+        self.kick()
+
+    def kick(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._ready)
+
+    def _ready(self) -> None:
+        self._scheduled = False
+        sock = self.sock
+        for _ in range(MAX_BATCH):
+            if sock.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_recv(frames)
+        self.kick()     # more waiting: continue after other callbacks had their turn
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Send without blocking; False when the peer's queue is full or it is gone (ROUTER drops)."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+        finally:
+            self.kick()
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            self.sock.close(0)
