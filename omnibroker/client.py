@@ -4,15 +4,16 @@ Used by omnictl, the bridge, the tests and the benchmarks; nothing else builds c
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import zmq
 
 from . import protocol
+
+if TYPE_CHECKING:       # asyncio is imported only by AsyncClient users: omnictl starts faster without it
+    import asyncio
 
 
 class BrokerUnavailable(Exception):
@@ -95,6 +96,7 @@ class AsyncClient:
     """asyncio control client on a DEALER: many requests in flight, matched by id."""
 
     def __init__(self, endpoint: str | None = None, context: Any = None):
+        import asyncio  # noqa: F401
         import zmq.asyncio
         self.endpoint = endpoint or protocol.endpoint("control")
         self.ctx = context or zmq.asyncio.Context.instance()
@@ -116,6 +118,7 @@ class AsyncClient:
                 fut.set_result(reply)
 
     async def request(self, command: str, timeout: float = 30.0, **props: Any) -> protocol.Reply:
+        import asyncio
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         rid, body = _request_bytes(command, props)
@@ -137,8 +140,7 @@ class AsyncClient:
         self.sock.close(0)
 
 
-@dataclass
-class Event:
+class Event(NamedTuple):
     topic: str
     payload: Any
     meta: protocol.EventMeta

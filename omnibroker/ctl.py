@@ -41,7 +41,8 @@ def _human(command: str, result: Any) -> str:
     return json.dumps(result, indent=2)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Full help lists every command; otherwise only the invoked one gets its options built (start-up time)."""
     from .commands import COMMANDS
 
     parser = argparse.ArgumentParser(prog="omnictl", description="control the omni dev-server broker")
@@ -49,7 +50,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", help="control socket (default: $OMNI_CONTROL or ipc://<runtime>/control.sock)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per try (default 5)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = {a.replace("-", "_") for a in argv if not a.startswith("-")}
     for name, cmd in COMMANDS.items():
+        if wanted & set(COMMANDS) and name not in wanted:
+            sub.add_parser(name.replace("_", "-"), help=(cmd.__doc__ or "").split("\n")[0])
+            continue
         p = sub.add_parser(name.replace("_", "-"), help=(cmd.__doc__ or "").split("\n")[0], description=cmd.__doc__)
         p.set_defaults(command_name=name)
         for key, prop in cmd.properties.items():
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("run-external")
         from .run_external import main as run_external
         return run_external(argv[i + 1:])
-    args = _build_parser().parse_args(argv)
+    args = _build_parser(argv).parse_args(argv)
     from .client import BrokerUnavailable, Client, CommandFailed
     from .commands import COMMANDS
 

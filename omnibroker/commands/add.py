@@ -1,6 +1,5 @@
 """`add` control command."""
 from .. import protocol
-from ..registry import check_plugin_id, validate_plugin_dir
 from .base import PLUGIN, Command, Prop
 
 
@@ -11,6 +10,7 @@ class Add(Command):
                   "settings": Prop(dict, "per-plugin settings, as in omni.toml [plugins.<id>]", default={})}
 
     async def execute(self, broker, props):
+        from ..registry import check_plugin_id, validate_plugin_dir
         plugin = check_plugin_id(props["plugin"])
         path = validate_plugin_dir(props["path"])
         await broker.add_plugin(plugin, path, props.get("settings") or {})

@@ -1,6 +1,5 @@
 """`start` control command."""
 from ..protocol import Desired
-from ..registry import check_plugin_id, validate_plugin_dir
 from .base import PLUGIN, Command, Prop
 
 
@@ -14,6 +13,7 @@ class Start(Command):
     timeout = 30.0
 
     async def execute(self, broker, props):
+        from ..registry import check_plugin_id, validate_plugin_dir
         plugin = check_plugin_id(props["plugin"])
         if "path" in props:
             await broker.add_plugin(plugin, validate_plugin_dir(props.pop("path")), None)
