@@ -41,7 +41,9 @@ class DevServer:
             from .gopath import GoPath
             self.go = GoPath(self.ctx)
             await self.go.start()
-        if vite:
+        if vite and not vite_port:
+            self.ctx.set(viteStatus="error", lastError="no Vite port was allocated (see the broker's no_port error)")
+        elif vite:
             from .vite import ViteServer
             self.vite = ViteServer(self.ctx)
             await self.vite.start(vite_port)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 import ipaddress
 import os
 import stat
@@ -380,9 +381,24 @@ async def http_answers(port: int, timeout: float = 1.0) -> bool:
                 await writer.wait_closed()
 
 
+class ChannelClosed(Exception):
+    """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,
+    which surfaces as CancelledError in the caller even though the caller's task was not cancelled)."""
+
+
+async def _call(coro) -> Any:
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise                       # a real cancellation of our task
+        raise ChannelClosed("the gRPC channel was closed during the call") from None
+
+
 def _default_host_factory(ctx: PluginContext) -> Any:
     from .goplugin import PluginHost
-    return PluginHost(ctx)
+    return PluginHost(ctx, name="external")
 
 
 @dataclass
@@ -414,8 +430,10 @@ class External:
         self._valid: ValidDevInfo | None = None
         self._conn: _Conn | None = None
         self._connected = asyncio.Event()
+        self._conn_changed = asyncio.Event()      # replaced (and the old one set) whenever _conn changes
         self._ever_connected = False
         self._observer: Any = None
+        self._dir_key: tuple | None = None
         self._main_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._file_dirty = False
@@ -436,6 +454,9 @@ class External:
         self._ever_connected = False
         self._reported = None
         os.makedirs(self.ctx.home, mode=0o700, exist_ok=True)
+        if self._host_factory is _default_host_factory:
+            # grpc's import costs a few hundred ms: pay it now, off the loop, not when the plugin shows up
+            await asyncio.to_thread(importlib.import_module, "omniworker.goplugin")
         self.ctx.set(mode="external", grpcConnected=False, pluginPid=0)
         self.ctx.log("manager", "info", f"external mode: following {self.path}")
         await asyncio.to_thread(self._start_observer)
@@ -471,22 +492,60 @@ class External:
         self.ctx.log("manager", "info", "external mode: detached (the plugin process was left running)")
 
     async def invoke(self, method: str, request: bytes, timeout: float = 10.0) -> bytes:
-        """A unary call on the attached plugin; waits (within `timeout`) for a connection during a restart."""
-        if not self.attached:
-            raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
-        deadline = time.monotonic() + timeout
-        conn = self._conn
-        if conn is None or not conn.healthy:
-            try:
-                await asyncio.wait_for(self._connected.wait(), max(0.0, timeout))
-            except asyncio.TimeoutError:
-                why = self.ctx.state.lastError or f"no valid {self.path}"
-                raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
-                                   f"({why})") from None
+        """A unary call (raw bytes) on the attached plugin. Waits, within `timeout`, for a connection when the plugin
+        is being restarted; CommandError not_running / timeout / rpc_error otherwise."""
+        import grpc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = ""
+        while True:
+            if not self.attached:
+                raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
+            remaining = deadline - loop.time()
             conn = self._conn
-            if conn is None:
-                raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} went away")
-        return await conn.host.invoke(method, request, max(0.001, deadline - time.monotonic()))
+            if conn is None or not conn.healthy:
+                if not self._ever_connected and self._valid is None:
+                    why = self.ctx.state.lastError or f"no {self.path} yet"
+                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
+                                       f"({why})")
+                try:
+                    await asyncio.wait_for(self._connected.wait(), max(0.0, min(remaining, 0.5)))
+                except asyncio.TimeoutError:
+                    if deadline - loop.time() > 0:
+                        continue
+                    why = self.ctx.state.lastError or last or f"no valid {self.path}"
+                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
+                                       f"({why})") from None
+                continue
+            if remaining <= 0:
+                raise CommandError(ErrorCode.TIMEOUT, f"{method}: no answer within {timeout:g} s")
+            changed = self._conn_changed
+            try:
+                return await _call(conn.host.invoke(method, request, remaining))
+            except ChannelClosed as e:      # our connection was closed under the call: death or restart
+                last = str(e)
+                continue
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
+                        and deadline - loop.time() > 0:
+                    # the plugin went away (or is going): wait for the death/restart to be seen, then try again
+                    last = f"{e.code().name}: {e.details()}"
+                    if conn is self._conn:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
+                        if conn is self._conn and conn.healthy:
+                            raise CommandError(ErrorCode.RPC, f"{method}: {last}") from None
+                    continue
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
+                        from None
+                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
+            except CommandError:
+                raise
+            except Exception as e:          # PluginError: the channel was closed between our check and the call
+                last = str(e)
+                if conn is self._conn:
+                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id}: {e}") from None
 
     def info(self) -> DevInfo | None:
         """The validated `.devinfo` being followed, or None."""
@@ -517,11 +576,33 @@ class External:
                     with contextlib.suppress(RuntimeError):
                         loop.call_soon_threadsafe(ext._on_fs_event, kind)
 
+        os.makedirs(self.ctx.home, mode=0o700, exist_ok=True)
+        st = os.stat(self.ctx.home)
         observer = Observer()
         observer.schedule(Handler(), self.ctx.home, recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
+        self._dir_key = (st.st_dev, st.st_ino)
+
+    async def _check_watch(self) -> None:
+        """The plugin's directory removed or replaced: watch the new one (inotify follows inodes, not names)."""
+        try:
+            st = os.stat(self.ctx.home)
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            key = None
+        if key == self._dir_key and self._observer is not None and self._observer.is_alive():
+            return
+        self.ctx.log("manager", "warn", f"{self.ctx.home} was removed or replaced: watching it again")
+        old, self._observer = self._observer, None
+        if old is not None:
+            await asyncio.to_thread(self._stop_observer, old)
+        if self.attached:
+            try:
+                await asyncio.to_thread(self._start_observer)
+            except OSError as e:
+                self.ctx.log("manager", "error", f"cannot watch {self.ctx.home}: {e}")
 
     @staticmethod
     def _stop_observer(observer: Any) -> None:
@@ -561,7 +642,13 @@ class External:
                     next_tick = time.monotonic() + self.health_interval
                     await self._health()
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or not self.attached:
+                    raise
+                # a stray CancelledError (not a cancellation of this task) must not end external mode
+                self.ctx.log("manager", "warn", "external mode: an operation was cancelled under us; going on")
+                self._file_dirty = True
+                self._wake.set()
             except Exception as e:          # a bug here must not end external mode silently
                 self.ctx.log("manager", "error", f"external mode: internal error: {type(e).__name__}: {e}")
 
@@ -630,10 +717,10 @@ class External:
         self.ctx.log("manager", "info", f"attaching to pid {info.pid} at {valid.network}:{valid.address}")
 
         async def dial() -> bool:
-            await host.connect(valid.network, valid.address)
-            return bool(await host.health())
+            await _call(host.connect(valid.network, valid.address, timeout=self.connect_timeout))
+            return bool(await _call(host.health(timeout=self.connect_timeout)))
 
-        dial_task = asyncio.ensure_future(asyncio.wait_for(dial(), self.connect_timeout))
+        dial_task = asyncio.ensure_future(asyncio.wait_for(dial(), 2 * self.connect_timeout + 1))
         vite_task = asyncio.ensure_future(self._vite_probe(info.vitePort))
         try:
             ok = await dial_task
@@ -645,7 +732,7 @@ class External:
         except asyncio.TimeoutError:
             ok, err = False, f"no gRPC connection to {valid.address} within {self.connect_timeout:g}s"
         except Exception as e:
-            ok, err = False, f"cannot connect to {valid.address}: {type(e).__name__}: {e}"
+            ok, err = False, f"cannot connect to {valid.address}: {e}"
         vite = await vite_task
         if not ok or self._valid is not valid:
             await self._close_host(host)
@@ -656,7 +743,7 @@ class External:
                     self.ctx.reload_error(err)
             return False
         conn = _Conn(valid=valid, host=host)
-        self._conn = conn
+        self._set_conn(conn)
         conn.watch = PidWatch(info.pid, valid.create_time, lambda: self._on_exit(conn))
         conn.watch.start()
         channel = getattr(host, "channel", None)
@@ -673,9 +760,16 @@ class External:
         self._ever_connected = True
         return True
 
+    def _set_conn(self, conn: _Conn | None) -> None:
+        self._conn = conn
+        ev, self._conn_changed = self._conn_changed, asyncio.Event()
+        ev.set()
+        if conn is None:
+            self._connected.clear()
+
     async def _disconnect(self) -> None:
-        conn, self._conn = self._conn, None
-        self._connected.clear()
+        conn = self._conn
+        self._set_conn(None)
         if conn is None:
             return
         if conn.watch is not None:
@@ -693,8 +787,7 @@ class External:
         """The pidfd fired: publish at once, clean up afterwards."""
         if conn is not self._conn:
             return
-        self._conn = None
-        self._connected.clear()
+        self._set_conn(None)
         pid = conn.pid
         message = f"external plugin process {pid} exited"
         self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", lastError=message,
@@ -751,7 +844,8 @@ class External:
             return
 
     async def _health(self) -> None:
-        """Periodic: health of a connected plugin, Vite, and a missed file change."""
+        """Periodic: health of a connected plugin, Vite, the directory watch, and a missed file change."""
+        await self._check_watch()
         if self._current_key() != self._seen_key:
             await self._sync_file()
         conn = self._conn
@@ -761,7 +855,7 @@ class External:
             return
         timeout = max(0.5, min(self.health_interval, 3.0))
         try:
-            ok = bool(await asyncio.wait_for(conn.host.health(), timeout))
+            ok = bool(await asyncio.wait_for(_call(conn.host.health(timeout=timeout)), timeout + 1.0))
             why = "the health check \"plugin\" failed"
         except asyncio.TimeoutError:
             ok, why = False, f"no health answer within {timeout:g}s"

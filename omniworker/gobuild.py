@@ -289,6 +289,7 @@ class Builder:
                     await asyncio.wait_for(child.wait(), 5)
                 except BaseException:
                     pass
+                ctx.log("go-build", "info", "build cancelled")
                 raise
             except OSError as e:
                 msg = f"cannot run the build command {argv[0]!r}: {e.strerror or e}"

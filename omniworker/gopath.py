@@ -27,12 +27,15 @@ import contextlib
 import os
 from typing import Any
 
-import grpc
+# before grpc's first import (see goplugin.py): no fork handlers, we fork+exec children while grpc runs
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from omnibroker import protocol
-from omnibroker.protocol import BuildError, CommandError, ErrorCode
+import grpc  # noqa: E402
 
-from .context import PluginContext
+from omnibroker import protocol  # noqa: E402
+from omnibroker.protocol import BuildError, CommandError, ErrorCode  # noqa: E402
+
+from .context import PluginContext  # noqa: E402
 from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
@@ -289,6 +292,7 @@ class GoPath:
             if task.exception() is not None:
                 self.ctx.log("manager", "error", f"internal error in the Go reload cycle: {task.exception()!r}")
                 self.ctx.set(goStatus="error", lastError=f"internal error: {task.exception()!r}")
+                self._reload_open = False
             self.cycles += 1
             for fut in waiters:
                 if not fut.done():

@@ -36,6 +36,8 @@ import time
 from collections import deque
 from typing import Any
 
+import psutil
+
 from omnibroker.protocol import BuildError
 
 from .children import Child
@@ -153,8 +155,7 @@ class ViteServer:
         self._block_timer: asyncio.TimerHandle | None = None
         self._last_errors: list[BuildError] | None = None
         self._my_last_error = ""
-        self._running_event = asyncio.Event()
-        self._settled_event = asyncio.Event()  # left "starting" (running or error) since the last start
+        self._settled_event = asyncio.Event()  # the current start attempt is over: running, or failed
 
     # --- settings ----------------------------------------------------------------------------------------------
     def _setting(self, key: str, default: Any) -> Any:
@@ -203,7 +204,6 @@ class ViteServer:
             await self.stop()
         self._stopping = False
         self.restart_count = 0
-        self._running_event.clear()
         self._settled_event.clear()
         if not self.has_ui:
             self.port = 0
@@ -228,7 +228,6 @@ class ViteServer:
         self._cancel_block()
         was_active = self.ctx.state.viteStatus != "idle" or self.port
         self.port = 0
-        self._running_event.clear()
         self._settled_event.set()
         fields: dict[str, Any] = {}
         if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
@@ -262,6 +261,7 @@ class ViteServer:
             self._settled_event.set()
             return
         while True:
+            self._settled_event.clear()
             self._set(viteStatus="starting", vitePort=port, viteURL="")
             outcome, detail = await self._run_once(port)
             if outcome == "fatal":
@@ -298,18 +298,19 @@ class ViteServer:
         if ready is True:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
-            self._my_last_error_clear()
             self._last_errors = None
-            self._set(viteStatus="running", vitePort=port, viteURL=f"http://{HOST}:{port}")
-            self._running_event.set()
+            fields: dict[str, Any] = dict(viteStatus="running", vitePort=port, viteURL=f"http://{HOST}:{port}")
+            if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
+                fields["lastError"] = ""     # lastError is shared with the Go parts: clear it only if ours
+            self._my_last_error = ""
+            self._set(**fields)
             self._settled_event.set()
             rc = await child.wait()
-            self._running_event.clear()
             healthy = time.monotonic() - ready_at >= self.HEALTHY_RESET
             self._report_exit(f"Vite exited unexpectedly (code {_rc_text(rc)})")
             return ("exited-healthy" if healthy else "exited"), f"exit code {_rc_text(rc)}"
         if ready is False:
-            rc = child.returncode
+            rc = await child.wait()             # also drains its last output
             self._report_exit(f"Vite exited before it was ready (code {_rc_text(rc)})")
             self._settled_event.set()
             return "failed", f"exit code {_rc_text(rc)}"
@@ -333,7 +334,11 @@ class ViteServer:
                 if remaining <= 0:
                     return None
                 if await _http_answers(port, min(self.PROBE_TIMEOUT, remaining)):
-                    return True if child.running else False
+                    if not child.running:
+                        return False
+                    if _listens(child.pid, port):
+                        return True
+                    # someone else answers on our port (Vite will exit with "port in use"): keep waiting
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
@@ -418,8 +423,11 @@ class ViteServer:
         if stream == "stderr" and not _STACK.match(text):     # stack frames say little to a plugin author
             self._stderr.append(text)
         self.ctx.log("vite", "info" if stream == "stdout" else "error", line)
-        if stream == "stdout" and ("Local:" in text or "ready in" in text):
-            self._banner.set()
+        if stream == "stdout":
+            if "Local:" in text or "ready in" in text:
+                self._banner.set()
+            elif "server restarted" in text:
+                self._last_errors = None    # a config fixed: the same error, if it comes back, is news again
         # errors Vite reports while it keeps running
         if self._block or (_BLOCK_TRIGGER.search(text) and not _MODULE_ERROR.search(text)):
             if len(self._block) < BLOCK_MAX_LINES:
@@ -469,12 +477,6 @@ class ViteServer:
         self._last_errors = errors
         self.ctx.errors(errors)
 
-    def _my_last_error_clear(self) -> None:
-        # lastError is shared with the Go parts: clear it only if it is still ours
-        if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
-            self.ctx.set(lastError="")
-        self._my_last_error = ""
-
     def _set(self, **fields: Any) -> None:
         if not self._stopping:
             self.ctx.set(**fields)
@@ -499,6 +501,27 @@ async def _http_answers(port: int, timeout: float) -> bool:
                 await writer.wait_closed()
             except (OSError, ConnectionError):
                 pass
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Does the process `pid` or one of its descendants listen on `port`? (True when we cannot tell.)"""
+    try:
+        root = psutil.Process(pid)
+        procs = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    for proc in procs:
+        try:
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                    return True
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            return True
+    return False
 
 
 def _rc_text(rc: int | None) -> str:

@@ -34,10 +34,20 @@ def copy_example(dest: Path, ui: bool = True, go: bool = True) -> Path:
     if go:
         shutil.copytree(EXAMPLE / "pkg", dest / "pkg")
     if ui:
-        shutil.copytree(EXAMPLE / "ui", dest / "ui", ignore=shutil.ignore_patterns("node_modules", "dist"))
+        shutil.copytree(EXAMPLE / "ui", dest / "ui", ignore=shutil.ignore_patterns("node_modules", "dist", ".vite"))
         if (EXAMPLE / "ui" / "node_modules").exists():
-            (dest / "ui" / "node_modules").symlink_to(EXAMPLE / "ui" / "node_modules")
+            link_node_modules(EXAMPLE / "ui", dest / "ui")
     return dest
+
+
+def link_node_modules(src_ui: Path, dest_ui: Path) -> None:
+    """A real node_modules dir whose entries link to the example's: Vite's caches (.vite, .vite-temp) then live in
+    the copy, not in the shared example."""
+    nm = dest_ui / "node_modules"
+    nm.mkdir()
+    for entry in os.listdir(src_ui / "node_modules"):
+        if entry not in (".vite", ".vite-temp"):
+            (nm / entry).symlink_to(src_ui / "node_modules" / entry)
 
 
 class Service:

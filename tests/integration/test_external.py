@@ -619,3 +619,76 @@ def test_run_external_with_vite(plugin_bin, home, tmp_path):
         run(body(), 90)
     finally:
         rx.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# robustness
+
+def test_death_during_calls_and_health_checks(plugin_bin, home, tmp_path):
+    """Calls in flight and (very frequent) health checks when the plugin dies: callers get a CommandError, never a
+    stray CancelledError (grpc.aio cancels the calls of a channel being closed), and external mode keeps working."""
+    settings = {"external": {"health_interval": 0.02, "connect_timeout": 3.0}}
+    rx = RunExternal(tmp_path, home, [plugin_bin], name="a")
+    others: list[RunExternal] = []
+
+    async def body():
+        ext, sink, ctx = make_ext(settings)
+        await ext.attach()
+        await wait_event(sink, is_status(grpcConnected=True), 30)
+        pid = ext.info().pid
+        outcomes: list[str] = []
+        stop = asyncio.Event()
+
+        async def caller():
+            while not stop.is_set():
+                try:
+                    await ext.invoke(greeter_pb.GREET_METHOD, greet("x"), 0.5)
+                    outcomes.append("ok")
+                except CommandError as e:
+                    outcomes.append(e.code)
+                    return
+
+        callers = [asyncio.create_task(caller()) for _ in range(4)]
+        await wait_event(sink, is_status(grpcConnected=True), 1)
+        while len(outcomes) < 20:
+            await asyncio.wait(callers, timeout=0.05)
+        mark = len(sink.events)
+        os.kill(pid, signal.SIGKILL)
+        await wait_event(sink, is_status(grpcConnected=False), 2, since=mark)
+        done, pending = await asyncio.wait(callers, timeout=5)
+        stop.set()
+        assert not pending
+        for task in done:
+            assert task.exception() is None                 # CommandError is caught inside; nothing else escapes
+        assert {o for o in outcomes if o != "ok"} <= {protocol.ErrorCode.NOT_RUNNING, protocol.ErrorCode.RPC}
+        assert not ext._main_task.done()
+        b = RunExternal(tmp_path, home, [plugin_bin], name="b")
+        others.append(b)
+        await wait_event(sink, is_status(grpcConnected=True), 30, since=mark)
+        await assert_greets(ext, "after")
+        await ext.detach()
+
+    try:
+        run(body(), 90)
+    finally:
+        for r in [rx, *others]:
+            r.cleanup()
+
+
+def test_plugin_dir_removed_and_recreated_is_watched_again(home, tmp_path):
+    async def body():
+        ext, sink, ctx = make_ext()          # health_interval 0.5 s re-checks the watch
+        await ext.attach()
+        d = devinfo_path(home).parent
+        shutil.rmtree(d)
+        d.mkdir(mode=0o700)
+        mark = len(sink.events)
+        staged = tmp_path / "bad.json"
+        staged.write_text("{oops")
+        staged.chmod(0o600)
+        os.rename(staged, d / ".devinfo")
+        await wait_event(sink, is_error(Code.JSON), 5, since=mark)
+        assert ext.connect_attempts == 0
+        await ext.detach()
+
+    run(body(), 30)

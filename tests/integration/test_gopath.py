@@ -149,6 +149,19 @@ async def started(h: Harness):
         await asyncio.wait_for(h.gp.stop(), 30)
 
 
+async def wait_gone(pid: int, timeout: float) -> None:
+    """Bounded poll until pid is gone (or a zombie about to be reaped). psutil's wait() would reap our children."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"pid {pid} still running after {timeout} s"
+        await asyncio.sleep(0.02)
+
+
 def descendants() -> list[psutil.Process]:
     try:
         return [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
@@ -187,7 +200,7 @@ def test_edit_constant_building_then_ready_and_new_answer(harness):
             assert (h.home / "bin" / "plugin.prev").is_file()
             order = [p["goStatus"] for t, p in h.since(m, protocol.STATUS)]
             assert order.index("building") < len(order) - 1 - order[::-1].index("ready")
-            assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == psutil.STATUS_ZOMBIE
+            await wait_gone(old_pid, 5)                                 # the old one is drained and stopped
     run(main())
 
 
@@ -227,8 +240,11 @@ def test_save_during_build_cancels_first_build(harness):
         async with started(h):
             m = h.mark()
             h.set_greeting("One")
-            await h.wait_log("$ go build", 10, m)                    # the first build is spawned
-            gos = [p for p in descendants() if p.name() == "go"]
+            await h.wait_log("$ go build", 10, m)                    # the first build is being spawned
+            deadline = time.monotonic() + 5
+            while not (gos := [p for p in descendants() if p.name() == "go"]):   # bounded poll: go is running
+                assert time.monotonic() < deadline, "go build never showed up"
+                await asyncio.sleep(0.01)
             h.set_greeting("Two")
             await h.wait_log("build cancelled", 10, m)
             await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
@@ -237,7 +253,7 @@ def test_save_during_build_cancels_first_build(harness):
             assert len(h.since(m, protocol.RELOAD_START)) == 1         # one reload, its first build cancelled
             assert len(h.since(m, protocol.RELOAD_COMPLETE)) == 1
             for p in gos:                                               # the first go process was killed
-                assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+                await wait_gone(p.pid, 5)
             assert not list((h.home / "tmp").glob("go-build-*"))        # its WORK dir removed
     run(main())
 
@@ -409,4 +425,101 @@ def test_start_builds_when_nothing_installed_and_rebuild(harness):
             m2 = h.mark()
             assert await h.gp.rebuild() is True
             assert h.since(m2, protocol.RELOAD_COMPLETE) and h.ctx.state.pluginPid != pid
+    run(main())
+
+
+# --- the go-plugin host on its own ------------------------------------------------------------------------------------
+
+FAKE_PLUGIN = r'''
+import os, sys
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+mode = sys.argv[1]
+if os.environ.get("OMNIVIEW") != "fake":
+    print("This binary is a plugin. These are not meant to be executed directly.", file=sys.stderr, flush=True)
+    sys.exit(1)
+server = grpc.server(futures.ThreadPoolExecutor(2))
+h = health.HealthServicer()
+h.set("plugin", health_pb2.HealthCheckResponse.SERVING)
+health_pb2_grpc.add_HealthServicer_to_server(h, server)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req[::-1])}),))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print('{"@level":"warn","@message":"fake warning","k":1}', file=sys.stderr, flush=True)
+print("2024-01-01T00:00:00.000Z [ERROR] fake: bad thing", file=sys.stderr, flush=True)
+print(f"1|{os.environ['PLUGIN_PROTOCOL_VERSIONS']}|tcp|127.0.0.1:{port}|{'netrpc' if mode == 'netrpc' else 'grpc'}|",
+      flush=True)
+server.wait_for_termination()
+'''
+
+
+@pytest.fixture
+def host_ctx(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIVIEW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMNI_RUNTIME_DIR", str(tmp_path / "run"))
+    script = tmp_path / "fake_plugin.py"
+    script.write_text(FAKE_PLUGIN)
+
+    def make(**handshake):
+        sink = NullSink()
+        ctx = PluginContext(protocol.PluginSpec(id="fake", path=str(tmp_path),
+                                                settings={"handshake": handshake}), sink)
+        return ctx, sink, str(script)
+    return make
+
+
+def test_host_tcp_levels_reattach_and_stop(host_ctx):
+    import sys
+
+    from omniworker.goplugin import PluginHost
+    ctx, sink, script = host_ctx()
+
+    async def main():
+        host = PluginHost(ctx)
+        await host.start(sys.executable, args=[script, "grpc"], timeout=20)
+        try:
+            assert host.network == "tcp" and host.addr.startswith("127.0.0.1:")
+            assert await host.invoke("/test.Echo/Echo", b"abc", 5) == b"cba"
+            assert await host.health()
+            levels = {(e["level"], e["message"]) for t, p in sink.events if t == protocol.LOG for e in p
+                      if e["source"] == "plugin"}
+            assert ("warn", "fake warning k=1") in levels and ("error", "fake: bad thing") in levels
+            # external mode: a second host attaches to the same process and leaves it alone when closing
+            other = PluginHost(ctx)
+            assert await other.reattach(host.addr, "tcp")
+            assert await other.invoke("/test.Echo/Echo", b"xy", 5) == b"yx"
+            await other.close()
+            assert not await other.health()
+            assert host.running and await host.health()
+        finally:
+            rc = await host.stop(grace=2)
+        assert rc is not None and not host.running             # no Shutdown service here: TERM did it
+        assert host.exited.done()
+    run(main())
+
+
+def test_host_explains_failures(host_ctx, built):
+    import sys
+
+    from omniworker.goplugin import PluginError, PluginHost
+    _, binary = built
+
+    async def main():
+        ctx, _, script = host_ctx()
+        with pytest.raises(PluginError, match="serves 'netrpc'; omni hosts gRPC plugins only"):
+            await PluginHost(ctx).start(sys.executable, args=[script, "netrpc"], timeout=20)
+        ctx, _, script = host_ctx(protocol_versions="7", cookie_value="hello")
+        with pytest.raises(PluginError, match="plugin protocol version mismatch"):
+            await PluginHost(ctx).start(str(binary), timeout=20)     # the real plugin speaks 1
+        ctx, _, _ = host_ctx(cookie_value="wrong")
+        with pytest.raises(PluginError) as ei:
+            await PluginHost(ctx).start(str(binary), timeout=20)
+        assert "magic cookie env was missing or wrong" in str(ei.value) and "OMNIVIEW=wrong" in str(ei.value)
+        assert "This binary is a plugin" in ei.value.stderr and ei.value.returncode == 1
+        ctx, _, _ = host_ctx(timeout=1)
+        with pytest.raises(PluginError, match=r"no go-plugin handshake within 1 s"):
+            await PluginHost(ctx).start("/bin/sleep", args=["30"])
+        assert descendants() == []
     run(main())

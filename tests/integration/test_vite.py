@@ -27,6 +27,7 @@ from omnibroker import protocol  # noqa: E402
 from omnibroker.ports import PortAllocator  # noqa: E402
 from omniworker.context import NullSink, PluginContext  # noqa: E402
 from omniworker.vite import ViteServer, parse_vite_errors  # noqa: E402
+from service import link_node_modules  # noqa: E402
 
 EXAMPLE_UI = REPO / "examples" / "hello-plugin" / "ui"
 TEST_PORTS = (15600, 15700)        # away from the default range, so a running omni is not disturbed
@@ -50,17 +51,6 @@ def example_ui() -> Path:
     if not (EXAMPLE_UI / "node_modules" / ".bin" / "vite").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=EXAMPLE_UI, check=True, timeout=600)
     return EXAMPLE_UI
-
-
-def link_node_modules(src_ui: Path, dest_ui: Path) -> None:
-    """A real node_modules dir whose entries link to the example's: Vite's caches (.vite, .vite-temp) then live in
-    the copy, not in the shared example."""
-    nm = dest_ui / "node_modules"
-    nm.mkdir()
-    for entry in os.listdir(src_ui / "node_modules"):
-        if entry in (".vite", ".vite-temp"):
-            continue
-        (nm / entry).symlink_to(src_ui / "node_modules" / entry)
 
 
 def make_plugin(example_ui: Path, dest: Path, ui: bool = True, node_modules: bool = True) -> Path:
@@ -497,31 +487,44 @@ def test_failed_dependency_prebundle_gives_error_event_with_position(example_ui,
         ports.release("baddep")
 
 
-def test_port_held_by_foreign_program_is_an_error_and_kept(example_ui, tmp_path, ports):
-    import socket
+def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_path, ports):
+    """Another program answers HTTP on our port: Vite (--strictPort) refuses, and our readiness probe is not fooled
+    by the foreign answer; once the port is free again, the next attempt runs on the same port."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
     plugin = make_plugin(example_ui, tmp_path / "busy")
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("busy")
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(1)
+    foreign = http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet)
+    thread = threading.Thread(target=foreign.serve_forever, daemon=True)
+    thread.start()
 
     async def body():
         await vite.start(port)
-        assert not await vite.wait_running(30)      # --strictPort: Vite refuses; our probe must not be fooled
+        assert not await vite.wait_running(30)
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10)
         assert any(f"{port}" in e["message"] and "in use" in e["message"] for e in sink.events[i][1]["errors"])
         assert ctx.state.vitePort == port and ctx.state.viteStatus == "error"
-        s.close()                                        # the port frees up: the next attempt gets it
+        assert not [p for t, p in sink.events if t == protocol.STATUS and p["viteStatus"] == "running"]
         mark = len(sink.events)
+        await asyncio.to_thread(foreign.shutdown)
+        foreign.server_close()                           # the port frees up: the next attempt gets it
         await wait_event(sink, is_status("running"), 30, after=mark)
         assert ctx.state.vitePort == port
 
     try:
         run(body(), vite)
     finally:
-        s.close()
+        foreign.server_close()
         ports.release("busy")
 
 
@@ -746,3 +749,38 @@ def test_parse_thrown_config_error_and_port_in_use():
                               "    at httpServerStart (file:///x.js:1:2)"], "/p/ui")
     assert errs[0].message == "Error: Port 15173 is already in use" and errs[0].file == ""
     assert parse_vite_errors(["  VITE v8 ready in 300 ms", "  ➜  Local:   http://127.0.0.1:1/"], "/p/ui") == []
+
+
+MODULE_ERROR_OUTPUT = """5:32:58 PM [vite] Internal server error: Transform failed with 1 error:
+[PARSE_ERROR] Expected `,` or `)` but found `;`
+    ╭─[ src/App.tsx?t=1:48:4 ]
+  File: /p/ui/src/App.tsx?t=1
+5:32:58 PM [vite] (client) Pre-transform error: Failed to resolve import "not-a-module" from "src/Other.tsx".
+  File: /p/ui/src/Other.tsx:1:14"""
+
+LIVE_CONFIG_OUTPUT = """5:30:25 PM [vite] vite.config.ts changed, restarting server...
+failed to load config from /p/ui/vite.config.ts
+5:30:25 PM [vite] Build failed with 1 error:
+[PARSE_ERROR] Expected `,` or `}` but found `]`
+   ╭─[ vite.config.ts:9:24 ]
+5:30:25 PM [vite] server restart failed"""
+
+
+def test_module_errors_stay_logs_but_config_errors_start_an_error_block(tmp_path):
+    """Which output lines open an error block (-> error event) while Vite runs: not module transform errors."""
+    (tmp_path / "ui").mkdir()
+    vite, sink, ctx = new_vite(tmp_path)
+
+    async def body():
+        for line in MODULE_ERROR_OUTPUT.splitlines():
+            vite._on_line("stderr", line)
+        assert vite._block == [] and vite._block_timer is None
+        assert len(ctx.logs.tail(100, source="vite")) == len(MODULE_ERROR_OUTPUT.splitlines())
+        for line in LIVE_CONFIG_OUTPUT.splitlines():
+            vite._on_line("stderr" if "[vite]" not in line else "stdout", line)
+        assert vite._block and vite._block[0].startswith("failed to load config")
+        errs = parse_vite_errors(vite._block, str(tmp_path / "ui"))
+        assert [(e.file, e.line, e.column) for e in errs] == [(str(tmp_path / "ui" / "vite.config.ts"), 9, 24)]
+        vite._cancel_block()
+
+    run(body())

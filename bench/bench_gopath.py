@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Benchmark of the managed Go path: save -> ready for the example plugin, and invoke gaps across a reload.
+
+    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 500] [--gap-runs 3] [--out results.json]
+
+Per run: edit `const Greeting` in a copy of examples/hello-plugin (atomic save), wait for dev_reload_complete, and
+split save -> ready into
+  debounce          save -> debounce fired (inotify delivery + the trailing debounce)
+  queue             debounce fired -> go build spawned (cycle start, build slot)
+  build             the `go build` run by omni (warm cache)
+  install           atomic copy into <home>/bin/plugin (+ fsync, rename, plugin.prev)
+  handshake_health  spawn -> handshake -> gRPC connect -> health -> switch
+Then the same edit is built standalone (`go build` on a second copy, same command and env) in the same run:
+  overhead = total - debounce - standalone_build         (everything omni adds besides the debounce it is asked for)
+Separately (so the busy client does not slow the builds above), a client calls invoke in a loop across reloads
+(both reload orders) and the longest gap between two answers is recorded. Figures: median over runs.
+Results as JSON on stdout, or to the path given with --out.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+EXAMPLE = REPO / "examples" / "hello-plugin"
+GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
+GREET = "/hello.Greeter/Greet"
+
+
+def load_greeter():
+    spec = importlib.util.spec_from_file_location("greeter_pb", EXAMPLE / "greeter_pb.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def copy_example(dst: Path) -> Path:
+    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("ui", "node_modules", ".git", "__pycache__"))
+    return dst
+
+
+def set_greeting(tree: Path, value: str) -> None:
+    f = tree / "pkg" / "greeting.go"
+    text = re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', f.read_text())
+    tmp = f.with_name(".greeting.go.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, f)
+
+
+async def standalone_build(tree: Path) -> float:
+    env = {**os.environ, **GO_ENV}
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec("go", "build", "-o", "build/bin/plugin", "./pkg", cwd=tree, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"standalone go build failed: {err.decode()}")
+    return time.monotonic() - t0
+
+
+def med(values):
+    return statistics.median(values) if values else None
+
+
+class Session:
+    def __init__(self, root: Path, name: str, settings: dict):
+        from omnibroker import protocol
+        from omniworker.context import NullSink, PluginContext
+        from omniworker.gopath import GoPath
+        self.protocol = protocol
+        self.tree = copy_example(root / name / "hello")
+        self.sink = NullSink()
+        self.ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(self.tree), settings=settings), self.sink)
+        self.gp = GoPath(self.ctx)
+
+    async def wait(self, topic: str, since: int, timeout: float):
+        i = since
+
+        async def scan():
+            nonlocal i
+            while True:
+                while i < len(self.sink.events):
+                    t, p = self.sink.events[i]
+                    i += 1
+                    if t == topic:
+                        return p
+                self.sink.changed.clear()
+                await self.sink.changed.wait()
+        return await asyncio.wait_for(scan(), timeout)
+
+    async def reload(self, value: str, timeout: float = 120) -> tuple[float, float]:
+        """Save, wait for the reload; returns (t_save, t_ready) in loop time."""
+        loop = asyncio.get_running_loop()
+        mark = len(self.sink.events)
+        t_save = loop.time()
+        set_greeting(self.tree, value)
+        done = asyncio.ensure_future(self.wait(self.protocol.RELOAD_COMPLETE, mark, timeout))
+        err = asyncio.ensure_future(self.wait(self.protocol.RELOAD_ERROR, mark, timeout))
+        finished, _ = await asyncio.wait({done, err}, return_when=asyncio.FIRST_COMPLETED)
+        for f in (done, err):
+            f.cancel()
+        if err in finished and not err.cancelled():
+            raise SystemExit(f"reload failed: {err.result()}")
+        return t_save, self.gp.last_cycle.get("ready", loop.time())
+
+
+async def bench(args) -> dict:
+    greeter = load_greeter()
+    root = Path(tempfile.mkdtemp(prefix="omni-bench-gopath-"))
+    os.environ["OMNIVIEW_HOME"] = str(root / "home")
+    os.environ["OMNI_RUNTIME_DIR"] = str(root / "run")
+    settings = {"build": {"env": dict(GO_ENV)}, "go": {"debounce_ms": args.debounce_ms}}
+    results: dict = {"runs": [], "gaps": {}, "debounce_ms": args.debounce_ms, "n": args.runs,
+                     "cpus": os.cpu_count(), "go": shutil.which("go")}
+    try:
+        standalone_tree = copy_example(root / "standalone" / "hello")
+        await standalone_build(standalone_tree)                     # warm
+        s = Session(root, "omni", settings)
+        await s.gp.start()
+        if s.ctx.state.goStatus != "ready":
+            raise SystemExit(f"plugin did not start: {s.ctx.state.lastError}")
+        for i in range(args.runs + 1):                              # run 0 warms this tree's build path
+            value = f"Bench{i}"
+            t_save, t_ready = await s.reload(value)
+            c = dict(s.gp.last_cycle)
+            got = greeter.decode_greet_reply(await s.gp.invoke(GREET, greeter.encode_greet_request("b")))
+            assert got == f"{value}, b", got
+            set_greeting(standalone_tree, value)
+            sa = await standalone_build(standalone_tree)
+            if i == 0:
+                continue
+            run = {
+                "total": t_ready - t_save,
+                "debounce": c["fired"] - t_save,
+                "queue": c["build_start"] - c["fired"],
+                "build": c["build_end"] - c["build_start"],
+                "install": c["installed"] - c["build_end"],
+                "handshake_health": t_ready - c["installed"],
+                "spawn_to_handshake": c["plugin_handshake"] - c["plugin_spawned"],
+                "health_rpc": c["plugin_healthy"] - c["plugin_connected"],
+                "standalone_build": sa,
+            }
+            run["overhead"] = run["total"] - run["debounce"] - sa
+            run["overhead_vs_configured_debounce"] = run["total"] - args.debounce_ms / 1000 - sa
+            results["runs"].append(run)
+            print(f"run {i}: " + "  ".join(f"{k}={v * 1000:.0f}ms" for k, v in run.items()), file=sys.stderr)
+        await s.gp.stop()
+
+        # invoke gaps across reloads
+        for order in ("start-first", "stop-first"):
+            st = {"build": {"env": dict(GO_ENV)}, "go": {"debounce_ms": args.debounce_ms, "reload_order": order}}
+            g = Session(root, f"gap-{order}", st)
+            await g.gp.start()
+            gaps, failures, calls = [], 0, 0
+            for i in range(args.gap_runs + 1):
+                stamps: list[float] = []
+                stop = asyncio.Event()
+
+                async def client():
+                    nonlocal failures, calls
+                    loop = asyncio.get_running_loop()
+                    while not stop.is_set():
+                        try:
+                            await g.gp.invoke(GREET, greeter.encode_greet_request("g"), timeout=10)
+                            stamps.append(loop.time())
+                            calls += 1
+                        except Exception:
+                            failures += 1
+                task = asyncio.create_task(client())
+                t_save, t_ready = await g.reload(f"Gap{i}")
+                await asyncio.sleep(0.3)        # let the client run past the switch (measurement window)
+                stop.set()
+                await task
+                window = [t for t in stamps if t_save - 0.05 <= t <= t_ready + 0.3]
+                gap = max((b - a for a, b in zip(window, window[1:])), default=float("nan"))
+                if i > 0:
+                    gaps.append(gap)
+            await g.gp.stop()
+            results["gaps"][order] = {"max_gap_ms_median": med(gaps) * 1000, "max_gap_ms_worst": max(gaps) * 1000,
+                                      "failures": failures, "calls": calls}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    keys = list(results["runs"][0].keys()) if results["runs"] else []
+    results["median_ms"] = {k: med([r[k] for r in results["runs"]]) * 1000 for k in keys}
+    m = results["median_ms"]
+    if m:
+        results["ratios"] = {
+            "overhead_over_total": m["overhead"] / m["total"],
+            "omni_build_over_standalone": m["build"] / m["standalone_build"],
+            "total_over_budget_1300ms": m["total"] / 1300,
+            "overhead_over_goal_100ms": m["overhead"] / 100,
+        }
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--gap-runs", type=int, default=3)
+    ap.add_argument("--debounce-ms", type=int, default=500)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if not (EXAMPLE / "pkg" / "greeting.go").exists():
+        raise SystemExit("examples/hello-plugin is missing")
+    res = asyncio.run(bench(args))
+    m = res.get("median_ms", {})
+    print("\nsave -> ready, median of %d runs (debounce %d ms):" % (res["n"], res["debounce_ms"]), file=sys.stderr)
+    for k in ("total", "debounce", "queue", "build", "install", "handshake_health", "spawn_to_handshake",
+              "health_rpc", "standalone_build", "overhead", "overhead_vs_configured_debounce"):
+        if k in m:
+            print(f"  {k:32s} {m[k]:8.1f} ms", file=sys.stderr)
+    for k, v in res.get("ratios", {}).items():
+        print(f"  {k:32s} {v:8.3f}", file=sys.stderr)
+    for order, g in res["gaps"].items():
+        print(f"  invoke gap ({order}): median of max gaps {g['max_gap_ms_median']:.1f} ms, worst "
+              f"{g['max_gap_ms_worst']:.1f} ms, {g['failures']} failed of {g['calls'] + g['failures']}",
+              file=sys.stderr)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The dashboard in Chromium against the real service running a private copy of examples/hello-plugin.
+
+Synchronisation is on DOM state (Playwright's expect / wait_for with timeouts), never on sleeps.
+"""
+from __future__ import annotations
+
+import http.server
+import re
+import threading
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+GREETING_LINE = re.compile(r'^const Greeting = ".*"$', re.M)
+LABEL = "Hello from hello-plugin"
+START_TIMEOUT = 120_000     # ms: cold go build + Vite dependency optimisation on 2 shared cores
+STEP_TIMEOUT = 60_000
+
+
+def set_greeting(omni, text: str) -> None:
+    path = omni.plugin_dir / "pkg" / "greeting.go"
+    src = path.read_text()
+    path.write_text(GREETING_LINE.sub(f"const Greeting = {text}", src, count=1))
+
+
+def set_label(omni, old: str, new: str) -> None:
+    path = omni.plugin_dir / "ui" / "src" / "App.tsx"
+    src = path.read_text()
+    assert old in src
+    path.write_text(src.replace(old, new, 1))
+
+
+def open_dashboard(page, omni):
+    page.goto(omni.url)
+    expect(page.get_by_test_id("dot-vite-hello")).to_have_attribute("data-color", "green", timeout=START_TIMEOUT)
+    expect(page.get_by_test_id("dot-go-hello")).to_have_attribute("data-color", "green", timeout=START_TIMEOUT)
+    expect(page.get_by_test_id("dot-grpc-hello")).to_have_attribute("data-color", "green", timeout=START_TIMEOUT)
+    expect(page.get_by_test_id("greeting")).to_have_text(re.compile(r", omni$"), timeout=STEP_TIMEOUT)
+    # a marker that a page reload would wipe out
+    page.evaluate("window.__noReload = true")
+
+
+def still_same_page(page) -> bool:
+    return page.evaluate("window.__noReload === true")
+
+
+def test_dashboard_shows_hello_running(page, omni, shot):
+    open_dashboard(page, omni)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+    expect(page.get_by_test_id("mode-hello")).to_have_text("managed")
+    expect(page.get_by_test_id("vite-status-hello")).to_have_text("running")
+    expect(page.get_by_test_id("go-status-hello")).to_have_text("ready")
+    expect(page.get_by_test_id("port-hello")).to_have_text(re.compile(r"^\d+ \(http://127\.0\.0\.1:\d+\)$"))
+    expect(page.get_by_test_id("last-build-hello")).to_have_text(re.compile(r"\d\d:\d\d:\d\d\.\d{3} \(\d"))
+    expect(page.get_by_test_id("label")).to_have_text(LABEL)
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni")
+    expect(page.get_by_test_id("log-hello")).to_contain_text("go-build")
+    for cmd in ("start", "stop", "restart", "attach", "detach", "rebuild"):
+        expect(page.get_by_test_id(f"btn-{cmd}-hello")).to_be_visible()
+    expect(page.get_by_test_id("errors-hello")).to_be_hidden()
+    shot(page, "01-dashboard-hello-running")
+
+
+def test_ui_edit_hot_updates_and_keeps_state(page, omni, shot):
+    open_dashboard(page, omni)
+    counter = page.get_by_test_id("counter")
+    for _ in range(3):
+        counter.click()
+    expect(counter).to_have_text("count: 3")
+    key = page.get_by_test_id("view-hello").get_attribute("data-reload-key")
+    new_label = "Hot-updated label"
+    set_label(omni, LABEL, new_label)
+    try:
+        expect(page.get_by_test_id("label")).to_have_text(new_label, timeout=STEP_TIMEOUT)
+        expect(counter).to_have_text("count: 3")            # React Fast Refresh kept the state
+        assert page.get_by_test_id("view-hello").get_attribute("data-reload-key") == key   # no remount
+        assert still_same_page(page)                          # no page reload
+        shot(page, "02-ui-edit-state-kept")
+    finally:
+        set_label(omni, new_label, LABEL)
+    expect(page.get_by_test_id("label")).to_have_text(LABEL, timeout=STEP_TIMEOUT)
+
+
+def test_go_edit_rebuilds_and_remounts_with_new_answer(page, omni, shot):
+    open_dashboard(page, omni)
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni")
+    key = int(page.get_by_test_id("view-hello").get_attribute("data-reload-key"))
+    watch_go_status(page)
+    set_greeting(omni, '"Howdy"')
+    try:
+        expect(page.get_by_test_id("greeting")).to_have_text("Howdy, omni", timeout=STEP_TIMEOUT)
+        expect(page.get_by_test_id("go-status-hello")).to_have_text("ready")
+        seen = page.evaluate("window.__goStatuses")
+        assert "building" in seen, seen
+        assert "ready" in seen[seen.index("building"):], seen     # the panel showed building, then ready
+        assert int(page.get_by_test_id("view-hello").get_attribute("data-reload-key")) > key   # remounted
+        assert still_same_page(page)
+        expect(page.get_by_test_id("log-hello")).to_contain_text("build succeeded")
+        shot(page, "03-go-edit-new-answer")
+    finally:
+        set_greeting(omni, '"Hello"')
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni", timeout=STEP_TIMEOUT)
+
+
+def test_go_syntax_error_shows_overlay_then_fix_clears_it(page, omni, shot):
+    open_dashboard(page, omni)
+    path = omni.plugin_dir / "pkg" / "greeting.go"
+    good = path.read_text()
+    try:
+        path.write_text(good.replace('const Greeting = "Hello"', 'const Greeting = "Hello" +'))
+        overlay = page.get_by_test_id("errors-hello")
+        expect(overlay).to_be_visible(timeout=STEP_TIMEOUT)
+        expect(overlay).to_contain_text(re.compile(r"greeting\.go:\d+:\d+"))
+        expect(overlay).to_contain_text("syntax error")
+        expect(page.get_by_test_id("dot-go-hello")).to_have_attribute("data-color", "red")
+        expect(page.get_by_test_id("go-status-hello")).to_have_text("error")
+        # the old plugin keeps serving (no reload on a failed build)
+        page.get_by_test_id("greet").click()
+        expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni")
+        shot(page, "04-go-syntax-error-overlay")
+    finally:
+        path.write_text(good)
+    expect(page.get_by_test_id("go-status-hello")).to_have_text("ready", timeout=STEP_TIMEOUT)
+    expect(page.get_by_test_id("errors-hello")).to_be_hidden()
+    expect(page.get_by_test_id("dot-go-hello")).to_have_attribute("data-color", "green")
+    shot(page, "05-go-fixed-ready")
+
+
+def test_rebuild_button(page, omni):
+    open_dashboard(page, omni)
+    key = int(page.get_by_test_id("view-hello").get_attribute("data-reload-key"))
+    watch_go_status(page)
+    page.get_by_test_id("btn-rebuild-hello").click()
+    expect(page.get_by_test_id("action-hello")).to_have_text("rebuild: ok", timeout=STEP_TIMEOUT)
+    page.wait_for_function(f"Number(document.querySelector('[data-testid=view-hello]').dataset.reloadKey) > {key}",
+                           timeout=STEP_TIMEOUT)
+    expect(page.get_by_test_id("go-status-hello")).to_have_text("ready", timeout=STEP_TIMEOUT)
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni", timeout=STEP_TIMEOUT)
+
+
+def watch_go_status(page) -> None:
+    """Record every text the Go status shows from now on (a state may last less than one polling interval)."""
+    page.evaluate("""() => {
+        const el = document.querySelector('[data-testid="go-status-hello"]');
+        window.__goStatuses = [el.textContent];
+        new MutationObserver(() => window.__goStatuses.push(el.textContent))
+            .observe(el, {childList: true, characterData: true, subtree: true});
+    }""")
+
+
+# --- security ----------------------------------------------------------------------------------------------------
+TRY_WS = """(url) => new Promise((resolve) => {
+    let opened = false, first = null;
+    const ws = new WebSocket(url);
+    ws.onopen = () => { opened = true; };
+    ws.onmessage = (e) => { if (!first) { first = JSON.parse(e.data).type; ws.close(); } };
+    ws.onclose = (e) => resolve({opened, first, code: e.code});
+    setTimeout(() => resolve({opened, first, timeout: true}), 10000);
+})"""
+
+
+@pytest.fixture
+def foreign_site():
+    """A page on another origin (a second http.server on another port of 127.0.0.1)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!doctype html><title>elsewhere</title><p>another origin</p>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_page_on_another_origin_is_refused(page, omni, foreign_site, shot):
+    page.goto(foreign_site)
+    ws = f"ws://127.0.0.1:{omni.port}/ws?token={omni.token}"      # even with the right token
+    result = page.evaluate(TRY_WS, ws)
+    assert result["opened"] is False and result["first"] is None, result
+    origin = foreign_site.rstrip("/")
+    omni.wait_bridge_log(f"refused WebSocket from origin '{origin}'")
+    # and it cannot read the token from the dashboard page either (no CORS)
+    read = page.evaluate("""(url) => fetch(url).then(r => r.text()).then(() => "read", e => "blocked: " + e)""",
+                         omni.url)
+    assert read.startswith("blocked"), read
+    shot(page, "06-foreign-origin-refused")
+
+
+def test_wrong_token_is_refused_and_right_token_works(page, omni):
+    page.goto(omni.url)
+    bad = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token=not-the-token")
+    assert bad["opened"] is False and bad["first"] is None, bad
+    omni.wait_bridge_log("refused WebSocket with a wrong token")
+    missing = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws")
+    assert missing["opened"] is False, missing
+    good = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token={omni.token}")
+    assert good["opened"] is True and good["first"] == "snapshot", good
+    # the HTTP status of the refusal, seen from the browser's own network stack
+    resp = page.request.get(f"http://127.0.0.1:{omni.port}/ws?token=not-the-token",
+                            headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status == 403

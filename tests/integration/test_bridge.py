@@ -1,0 +1,348 @@
+"""omnibridge without a browser: real supervisord (tests/service.py), a `websockets` client, plain HTTP.
+
+The bridge runs as supervisord's `omnibridge` program with OMNI_BRIDGE_PORT=0; it writes the port it bound to
+<runtime>/bridge.port and its token to <runtime>/bridge.token.
+"""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from omnibridge import hub as hubmod
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+def bridge_files(svc, timeout: float = 20.0, not_token: str | None = None) -> tuple[int, str]:
+    """(port, token) once the bridge has written both files (a new token when `not_token` is given)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            port = int((svc.runtime / "bridge.port").read_text())
+            token = (svc.runtime / "bridge.token").read_text().strip()
+            if token and token != not_token and _answers(port):
+                return port, token
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)        # polling two files written once by another process: nothing to wait on
+    raise AssertionError(f"bridge files not written within {timeout}s\n{svc.logs('omnibridge.log')}")
+
+
+def _answers(port: int) -> bool:
+    """The bridge answers and has its first snapshot from the broker."""
+    try:
+        status, _, body = http_get(port, "/stats")
+        return status == 200 and json.loads(body)["brokerConnected"]
+    except OSError:
+        return False
+
+
+def http_get(port: int, path: str, host: str | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        conn.putheader("Host", host or f"127.0.0.1:{port}")
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def ws_url(port: int, token: str | None) -> str:
+    return f"ws://127.0.0.1:{port}/ws" + (f"?token={token}" if token is not None else "")
+
+
+async def refused_status(url: str, **kw) -> int | None:
+    try:
+        async with connect(url, open_timeout=5, **kw):
+            return None
+    except InvalidStatus as e:
+        return e.response.status_code
+
+
+async def recv_json(ws, timeout: float = 10.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+_seen: dict[int, list] = {}       # id(ws) -> every message read from it, in order
+_unread: dict[int, list] = {}     # id(ws) -> messages read while waiting for something else
+
+
+async def recv_until(ws, pred, timeout: float = 20.0, what: str = "message") -> dict:
+    """The first message matching pred; messages skipped on the way stay available to later waits."""
+    unread = _unread.setdefault(id(ws), [])
+    for i, msg in enumerate(unread):
+        if pred(msg):
+            del unread[i]
+            return msg
+    deadline = time.monotonic() + timeout
+    seen = _seen.setdefault(id(ws), [])
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {what} within {timeout}s; last: {seen[-5:]}")
+        try:
+            msg = await recv_json(ws, left)
+        except asyncio.TimeoutError:
+            continue
+        seen.append(msg)
+        if pred(msg):
+            return msg
+        unread.append(msg)
+
+
+async def ask(ws, command: str, rid: str = "r1", **props) -> dict:
+    await ws.send(json.dumps({"type": "request", "id": rid, "command": command, "properties": props}))
+    return await recv_until(ws, lambda m: m.get("type") == "reply" and m.get("id") == rid, what=f"reply {rid}")
+
+
+@pytest.fixture(scope="module")
+def bridge(shared_service):
+    port, token = bridge_files(shared_service)
+    return shared_service, port, token
+
+
+# --- files and HTTP ---------------------------------------------------------------------------------------------
+def test_token_and_port_files_are_private(bridge):
+    svc, port, token = bridge
+    for name in ("bridge.token", "bridge.port"):
+        st = os.stat(svc.runtime / name)
+        assert stat.S_IMODE(st.st_mode) == 0o600, name
+        assert st.st_uid == os.getuid()
+    assert len(token) >= 40
+    assert not [p for p in svc.runtime.iterdir() if p.name.startswith("bridge.token.tmp")]
+
+
+@pytest.mark.parametrize("path, ctype", [
+    ("/", "text/html"), ("/index.html", "text/html"), ("/dashboard.js", "text/javascript"),
+    ("/omni-client.js", "text/javascript"), ("/dashboard.css", "text/css"), ("/stats", "application/json"),
+])
+def test_static_files_content_type_and_no_store(bridge, path, ctype):
+    _, port, token = bridge
+    status, headers, body = http_get(port, path)
+    assert status == 200
+    assert headers["content-type"].startswith(ctype)
+    assert headers["cache-control"] == "no-store"
+    assert headers["x-content-type-options"] == "nosniff"
+    if ctype == "text/html":
+        assert f'<meta name="omni-token" content="{token}">'.encode() in body
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("path", ["/../server.py", "/%2e%2e/server.py", "/static/../auth.py", "/nope.js",
+                                  "/.hidden", "/__init__.py"])
+def test_no_file_outside_static(bridge, path):
+    _, port, _ = bridge
+    status, _, body = http_get(port, path)
+    assert status == 404, body
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "127.0.0.1.nip.io:{port}", "127.0.0.1:1", "localhost"])
+def test_foreign_host_header_is_refused(bridge, host):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the token."""
+    _, port, token = bridge
+    status, _, body = http_get(port, "/", host=host.format(port=port))
+    assert status == 403
+    assert token.encode() not in body
+
+
+def test_localhost_host_is_served(bridge):
+    _, port, _ = bridge
+    assert http_get(port, "/", host=f"localhost:{port}")[0] == 200
+
+
+# --- WebSocket auth ---------------------------------------------------------------------------------------------
+def test_wrong_or_missing_token_is_403(bridge):
+    _, port, token = bridge
+
+    async def go():
+        assert await refused_status(ws_url(port, "wrong")) == 403
+        assert await refused_status(ws_url(port, None)) == 403
+        assert await refused_status(ws_url(port, "")) == 403
+        assert await refused_status(ws_url(port, token[:-1])) == 403
+        assert await refused_status(ws_url(port, "wrong"), origin=f"http://127.0.0.1:{port}") == 403
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null", "https://127.0.0.1:{port}",
+                                    "http://127.0.0.1:{port}.evil.example"])
+def test_foreign_origin_is_403_even_with_the_token(bridge, origin):
+    _, port, token = bridge
+
+    async def go():
+        return await refused_status(ws_url(port, token), origin=origin.format(port=port))
+    assert asyncio.run(go()) == 403
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", None])
+def test_own_origin_or_no_origin_with_token_connects(bridge, origin):
+    _, port, token = bridge
+
+    async def go():
+        kw = {"origin": origin.format(port=port)} if origin else {}
+        async with connect(ws_url(port, token), open_timeout=5, **kw) as ws:
+            return await recv_json(ws)
+    assert asyncio.run(go())["type"] == "snapshot"
+
+
+def test_upgrade_with_foreign_host_is_403(bridge):
+    _, port, token = bridge
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.putrequest("GET", f"/ws?token={token}", skip_host=True)
+        for k, v in (("Host", f"evil.example:{port}"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")):
+            conn.putheader(k, v)
+        conn.endheaders()
+        assert conn.getresponse().status == 403
+    finally:
+        conn.close()
+
+
+# --- snapshot, events, requests ---------------------------------------------------------------------------------
+def test_snapshot_on_connect_matches_the_broker(bridge):
+    svc, port, token = bridge
+    broker = svc.call("snapshot")
+
+    async def go():
+        async with connect(ws_url(port, token), open_timeout=5) as ws:
+            return await recv_json(ws)
+    snap = asyncio.run(go())
+    assert snap["type"] == "snapshot"
+    assert snap["epoch"] == broker["epoch"]
+    assert snap["seq"] >= broker["seq"]
+    assert set(snap["plugins"]) >= set(broker["plugins"])
+    assert snap["broker"] == {"connected": True}
+    assert isinstance(snap["logs"], dict) and isinstance(snap["errors"], dict)
+
+
+def test_request_reply(bridge):
+    svc, port, token = bridge
+
+    async def go():
+        async with connect(ws_url(port, token), open_timeout=5) as ws:
+            await recv_json(ws)
+            ping = await ask(ws, "ping", rid="p-1")
+            unknown = await ask(ws, "frobnicate", rid=7)
+            bad = await ask(ws, "status", rid="s", plugin="ghost")
+            await ws.send("not json")
+            junk = await recv_until(ws, lambda m: m.get("type") == "reply" and m.get("id") is None)
+            await ws.send(json.dumps({"type": "request", "id": "x", "command": 5}))
+            badreq = await recv_until(ws, lambda m: m.get("type") == "reply" and m.get("id") == "x")
+            return ping, unknown, bad, junk, badreq
+    ping, unknown, bad, junk, badreq = asyncio.run(go())
+    assert ping["status"] == "ok" and ping["result"]["epoch"] == svc.call("ping")["epoch"]
+    assert isinstance(ping["time"], float)
+    assert unknown["id"] == 7 and unknown["status"] == "error" and unknown["code"] == "unknown_command"
+    assert bad["code"] == "unknown_plugin" and bad["reason"]
+    assert junk["code"] == "bad_request"
+    assert badreq["code"] == "bad_request"
+
+
+def test_events_flow_in_seq_order_and_remove_is_seen(service, tmp_path):
+    svc = service
+    port, token = bridge_files(svc)
+    plugin_dir = tmp_path / "p"
+    plugin_dir.mkdir()
+
+    async def go():
+        async with connect(ws_url(port, token), open_timeout=5) as ws:
+            snap = await recv_until(ws, lambda m: m["type"] == "snapshot" and m["epoch"], what="snapshot")
+            added = await ask(ws, "add", rid="a", plugin="evt", path=str(plugin_dir))
+            assert added["status"] == "ok", added
+            def up(m):
+                return (m.get("type") == "event" and m["topic"] == "plugin/devserver/status"
+                        and m["payload"]["pluginID"] == "evt" and m["payload"]["workerStatus"] == "up")
+            ev = await recv_until(ws, up, what="evt worker up")
+            assert ev["meta"]["pluginID"] == "evt" and ev["meta"]["epoch"] == snap["epoch"]
+            seqs = [m["meta"]["seq"] for m in _seen[id(ws)] if m.get("type") == "event"]
+            assert seqs == list(range(snap["seq"] + 1, snap["seq"] + 1 + len(seqs))), seqs
+            # a late joiner sees the plugin in its snapshot
+            async with connect(ws_url(port, token), open_timeout=5) as ws2:
+                snap2 = await recv_json(ws2)
+                assert snap2["plugins"]["evt"]["workerStatus"] == "up"
+                assert snap2["seq"] >= ev["meta"]["seq"]
+            removed = await ask(ws, "remove", rid="r", plugin="evt")
+            assert removed["status"] == "ok", removed
+            # no event says "removed": the bridge notices in its check and sends a snapshot without it
+            await recv_until(ws, lambda m: m.get("type") == "snapshot" and "evt" not in m["plugins"],
+                             timeout=15, what="snapshot without evt")
+    asyncio.run(go())
+
+
+def test_bridge_survives_broker_restart(service):
+    svc = service
+    port, token = bridge_files(svc)
+    bridge_pid = svc.wait_program("omnibridge")
+
+    async def go():
+        async with connect(ws_url(port, token), open_timeout=5) as ws:
+            snap = await recv_json(ws)
+            broker = svc.program_pid("omnibroker")
+            os.kill(broker, signal.SIGKILL)
+            # (supervisord restarts it at once: the bridge may or may not see it down; it must see the new epoch)
+            new = await recv_until(ws, lambda m: m.get("type") == "snapshot" and m["epoch"] != snap["epoch"],
+                                   timeout=30, what="snapshot of the new epoch")
+            assert new["broker"]["connected"] is True
+            ping = await ask(ws, "ping", rid="after")
+            assert ping["status"] == "ok" and ping["result"]["epoch"] == new["epoch"]
+    asyncio.run(go())
+    assert svc.program_pid("omnibridge") == bridge_pid     # the bridge itself did not restart
+
+
+def test_new_token_at_each_start(service):
+    svc = service
+    port, token = bridge_files(svc)
+    pid = svc.wait_program("omnibridge")
+    svc.supervisor().stopProcess("omnibridge")
+    assert not (svc.runtime / "bridge.token").exists()      # removed on a clean stop
+    svc.supervisor().startProcess("omnibridge")
+    svc.wait_program("omnibridge", not_pid=pid)
+    port2, token2 = bridge_files(svc, not_token=token)
+    assert token2 != token
+
+    async def go():
+        assert await refused_status(ws_url(port2, token)) == 403      # the old token is dead
+        async with connect(ws_url(port2, token2), open_timeout=5) as ws:
+            return await recv_json(ws)
+    assert asyncio.run(go())["type"] == "snapshot"
+
+
+# --- fan-out without a broker: the hub's per-browser queues ---------------------------------------------------------
+def test_slow_browser_gets_a_fresh_snapshot_instead_of_blocking():
+    async def go():
+        hub = hubmod.Hub(queue_size=5)
+        try:
+            hub.epoch, hub.seq, hub.plugins, hub.synced = "e1", 10, {"a": {"pluginID": "a"}}, True
+            slow, fast = hub.add_peer("slow"), hub.add_peer("fast")
+            assert json.loads(await fast.next())["type"] == "snapshot"
+            for i in range(11, 20):
+                hub.seq = i
+                hub._changed()
+                hub.broadcast(json.dumps({"type": "event", "meta": {"seq": i}}))
+                if fast.queue:
+                    while fast.queue:           # the fast browser keeps up
+                        await fast.next()
+            assert fast.overflows == 0
+            assert slow.overflows >= 1
+            msgs = [json.loads(m) for m in slow.queue]
+            snaps = [m for m in msgs if m["type"] == "snapshot"]
+            assert snaps, msgs
+            last_snap = max(i for i, m in enumerate(msgs) if m["type"] == "snapshot")
+            after = [m["meta"]["seq"] for m in msgs[last_snap + 1:]]
+            assert after == list(range(msgs[last_snap]["seq"] + 1, 20)), msgs
+            assert len(slow.queue) <= 5
+        finally:
+            hub.close()
+    asyncio.run(go())
