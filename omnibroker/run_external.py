@@ -291,7 +291,14 @@ class Runner:
         pumps.append(asyncio.create_task(_pump(self.vite.stdout, sys.stdout.buffer, b"vite | ")))
         pumps.append(asyncio.create_task(_pump(self.vite.stderr, sys.stderr.buffer, b"vite | ")))
         _say(f"Vite (pid {self.vite.pid}) on http://127.0.0.1:{port}")
+        pumps.append(asyncio.create_task(self._watch_vite(self.vite)))
         return 0
+
+    async def _watch_vite(self, vite: asyncio.subprocess.Process) -> None:
+        rc = await vite.wait()
+        if not self.stop_signal and (self.plugin is None or self.plugin.returncode is None):
+            _say(f"Vite exited with {_rc_text(rc)}; the plugin keeps running (the worker shows viteStatus "
+                 "\"stopped\")")
 
     async def _stop_vite(self) -> None:
         if self.vite is None:

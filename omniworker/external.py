@@ -82,6 +82,7 @@ class DevInfoError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.key: tuple | None = None       # identity of the file version refused, when it was read
 
 
 class DevInfoMissing(DevInfoError):
@@ -275,11 +276,15 @@ def validate_devinfo(path: str, plugin_id: str, *, slack: float = DEFAULT_PID_ST
                      uid: int | None = None) -> ValidDevInfo:
     """Every check of protocol.md, cheapest first; raises DevInfoError (DevInfoMissing when there is no file)."""
     data, st = read_devinfo_file(path, uid)
-    info = parse_devinfo(data, plugin_id)
-    network, address = parse_addr(info.addr)
-    created = check_process(info.pid, st.st_mtime, slack, uid)
-    if network == "unix":
-        check_socket(address, uid)
+    try:
+        info = parse_devinfo(data, plugin_id)
+        network, address = parse_addr(info.addr)
+        created = check_process(info.pid, st.st_mtime, slack, uid)
+        if network == "unix":
+            check_socket(address, uid)
+    except DevInfoError as e:
+        e.key = file_key(st)
+        raise
     return ValidDevInfo(info=info, network=network, address=address, create_time=created, key=file_key(st))
 
 
@@ -666,7 +671,7 @@ class External:
                 self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", **self._vite_fields(None))
             return
         except DevInfoError as e:
-            self._seen_key = self._current_key()
+            self._seen_key = e.key or self._current_key()
             self._valid = None
             self._report(e, self._seen_key)
             if self._conn is not None:
@@ -680,8 +685,9 @@ class External:
         conn = self._conn
         if conn is not None and conn.valid.same_process(valid):
             conn.valid = valid
-            if conn.healthy:
-                self.ctx.set(**await self._vite_probe(valid.info.vitePort))
+            vite = await self._vite_probe(valid.info.vitePort)
+            if conn is self._conn and conn.healthy:
+                self.ctx.set(**vite)
             return
         restart = conn is not None
         if restart:
@@ -875,7 +881,9 @@ class External:
             self._report(DevInfoError(Code.UNHEALTHY, f"pid {conn.pid} is running but not serving: {why} "
                                       "(hung?)"), conn.valid.key)
             self.ctx.set(grpcConnected=False)
-        self.ctx.set(**await self._vite_probe(conn.valid.info.vitePort))
+        vite = await self._vite_probe(conn.valid.info.vitePort)
+        if conn is self._conn:
+            self.ctx.set(**vite)
 
     # --- Vite (not ours either: just probed) --------------------------------------------------------------------
     async def _vite_probe(self, port: int) -> dict[str, Any]:

@@ -692,3 +692,40 @@ def test_plugin_dir_removed_and_recreated_is_watched_again(home, tmp_path):
         await ext.detach()
 
     run(body(), 30)
+
+
+@pytest.mark.slow
+def test_run_external_go_run_records_the_serving_binary(plugin_bin, home, tmp_path):
+    """`run-external -- go run ./pkg`: the handshake comes from the compiled binary, a child of `go`; `.devinfo`
+    names that process (whose death is the plugin's death), not the `go` command."""
+    src = Path(plugin_bin).parents[2]
+    env_backup = {k: os.environ.get(k) for k in GO_ENV}
+    os.environ.update(GO_ENV)
+    try:
+        rx = RunExternal(tmp_path, home, ["go", "run", "-p", "1", "./pkg"], ["--dir", str(src)])
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    async def body():
+        ext, sink, ctx = make_ext()
+        await ext.attach()
+        await wait_event(sink, is_status(grpcConnected=True), 120)
+        pid = ext.info().pid
+        proc = psutil.Process(pid)
+        assert proc.parent().pid != rx.proc.pid and os.path.basename(proc.parent().exe()).startswith("go")
+        await assert_greets(ext)
+        mark = len(sink.events)
+        os.kill(pid, signal.SIGKILL)
+        await wait_event(sink, is_status(grpcConnected=False), 2, since=mark)
+        await rx.wait(15)
+        assert not devinfo_path(home).exists()
+        await ext.detach()
+
+    try:
+        run(body(), 150)
+    finally:
+        rx.cleanup()

@@ -9,11 +9,10 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnibroker.protocol import DevInfo
