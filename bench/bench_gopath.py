@@ -10,10 +10,12 @@ split save -> ready into
   build             the `go build` run by omni (warm cache)
   install           atomic copy into <home>/bin/plugin (+ fsync, rename, plugin.prev)
   handshake_health  spawn -> handshake -> gRPC connect -> health -> switch
-Then the same edit is built standalone (`go build` on a second copy, same command and env) in the same run:
+The same edit is built standalone (`go build` on a second copy, same command and env) in the same run, before or
+after omni's build on alternate runs:
   overhead = total - debounce - standalone_build         (everything omni adds besides the debounce it is asked for)
 Separately (so the busy client does not slow the builds above), a client calls invoke in a loop across reloads
-(both reload orders) and the longest gap between two answers is recorded. Figures: median over runs.
+(both reload orders) and the longest gap between two answers is recorded, next to a baseline: the longest gap the
+same client sees while a standalone go build loads the machine without any reload. Figures: median over runs.
 Results as JSON on stdout, or to the path given with --out.
 """
 from __future__ import annotations
@@ -132,12 +134,17 @@ async def bench(args) -> dict:
             raise SystemExit(f"plugin did not start: {s.ctx.state.lastError}")
         for i in range(args.runs + 1):                              # run 0 warms this tree's build path
             value = f"Bench{i}"
+            standalone_first = i % 2 == 1           # alternate the order: no bias from running second
+            if standalone_first:
+                set_greeting(standalone_tree, value)
+                sa = await standalone_build(standalone_tree)
             t_save, t_ready = await s.reload(value)
             c = dict(s.gp.last_cycle)
             got = greeter.decode_greet_reply(await s.gp.invoke(GREET, greeter.encode_greet_request("b")))
             assert got == f"{value}, b", got
-            set_greeting(standalone_tree, value)
-            sa = await standalone_build(standalone_tree)
+            if not standalone_first:
+                set_greeting(standalone_tree, value)
+                sa = await standalone_build(standalone_tree)
             if i == 0:
                 continue
             run = {
@@ -162,7 +169,23 @@ async def bench(args) -> dict:
             st = {"build": {"env": dict(GO_ENV)}, "go": {"debounce_ms": args.debounce_ms, "reload_order": order}}
             g = Session(root, f"gap-{order}", st)
             await g.gp.start()
-            gaps, failures, calls = [], 0, 0
+            gaps, failures, calls, baseline = [], 0, 0, []
+            # baseline: the same client while a standalone go build (no reload) loads the machine
+            for i in range(args.gap_runs):
+                stamps0: list[float] = []
+                stop0 = asyncio.Event()
+
+                async def client0():
+                    loop = asyncio.get_running_loop()
+                    while not stop0.is_set():
+                        await g.gp.invoke(GREET, greeter.encode_greet_request("g"), timeout=10)
+                        stamps0.append(loop.time())
+                t0 = asyncio.create_task(client0())
+                set_greeting(standalone_tree, f"Base{order}{i}")
+                await standalone_build(standalone_tree)
+                stop0.set()
+                await t0
+                baseline.append(max(b - a for a, b in zip(stamps0, stamps0[1:])))
             for i in range(args.gap_runs + 1):
                 stamps: list[float] = []
                 stop = asyncio.Event()
@@ -188,7 +211,8 @@ async def bench(args) -> dict:
                     gaps.append(gap)
             await g.gp.stop()
             results["gaps"][order] = {"max_gap_ms_median": med(gaps) * 1000, "max_gap_ms_worst": max(gaps) * 1000,
-                                      "failures": failures, "calls": calls}
+                                      "failures": failures, "calls": calls,
+                                      "baseline_max_gap_ms_median": med(baseline) * 1000}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -225,7 +249,8 @@ def main() -> None:
         print(f"  {k:32s} {v:8.3f}", file=sys.stderr)
     for order, g in res["gaps"].items():
         print(f"  invoke gap ({order}): median of max gaps {g['max_gap_ms_median']:.1f} ms, worst "
-              f"{g['max_gap_ms_worst']:.1f} ms, {g['failures']} failed of {g['calls'] + g['failures']}",
+              f"{g['max_gap_ms_worst']:.1f} ms, {g['failures']} failed of {g['calls'] + g['failures']}; baseline "
+              f"(same client during a go build, no reload) {g['baseline_max_gap_ms_median']:.1f} ms",
               file=sys.stderr)
     text = json.dumps(res, indent=2)
     if args.out:

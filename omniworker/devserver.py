@@ -74,7 +74,7 @@ class DevServer:
     async def rebuild(self) -> None:
         if self.go is None:
             raise CommandError(ErrorCode.NOT_RUNNING, f"{self.ctx.id}: no managed Go path is running; `start` first")
-        await self.go.rebuild()
+        await self.go.rebuild(wait=False)     # `rebuild` answers "accepted"; progress comes as events
 
     # --- external ------------------------------------------------------------------------------------------------
     async def attach(self) -> None:

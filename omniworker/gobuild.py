@@ -25,7 +25,6 @@ import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from omnibroker.protocol import BuildError
 
@@ -442,5 +441,5 @@ def same_file(a: str, b: str) -> bool:
         return False
 
 
-__all__: Iterable[str] = ["BuildResult", "Builder", "InstallError", "install", "rollback", "parse_go_errors",
-                          "DEFAULT_BUILD_COMMAND"]
+__all__ = ["BuildResult", "Builder", "InstallError", "install", "rollback", "parse_go_errors",
+                          "DEFAULT_BUILD_COMMAND", "same_file"]

@@ -41,6 +41,7 @@ from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
 
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+_NOT_RELOADS = ("start", "start-stale", "restart")     # cycles that emit no legacy dev_reload_* events
 
 
 class GoPath:
@@ -284,9 +285,6 @@ class GoPath:
                 # a change (or rebuild) cancelled this build: another cycle follows; its waiters carry over
                 self._waiters = waiters + self._waiters
                 self._cycle_waiters = []
-                if not self._want.is_set() and not self._stopping:
-                    # cancelled by a change whose debounce has not fired yet: it will request; keep "building"
-                    pass
                 continue
             ok = bool(task.result()) if task.exception() is None else False
             if task.exception() is not None:
@@ -306,7 +304,7 @@ class GoPath:
         t = {"reason": reason, "start": loop.time(),
              "first_event": burst[0] if burst else first_event, "fired": burst[1] if burst else None}
         self.last_cycle = t
-        is_reload = reason != "start"
+        is_reload = reason not in _NOT_RELOADS
         if is_reload and not self._reload_open:
             # one dev_reload_start per reload, even when a change cancels its build and a new one follows
             self._reload_open = True
@@ -378,14 +376,13 @@ class GoPath:
             if t is not None:
                 t.update({f"plugin_{k}": v for k, v in new.timings.items()})
             self._set_plugin(new)
-            self._crash_streak = 0 if old is None else self._crash_streak
             if keep_error:
                 ctx.set(grpcConnected=True, pluginPid=new.pid)
             else:
                 ctx.set(goStatus="ready", grpcConnected=True, pluginPid=new.pid, lastError="")
             if t is not None:
                 t["ready"] = loop.time()
-            if reason not in ("start", "start-stale", "restart"):
+            if reason not in _NOT_RELOADS:
                 self._reload_open = False
                 ctx.reload_complete()
         if old is not None:
@@ -403,7 +400,7 @@ class GoPath:
             msg += "\n(rolled back to the previous binary; " + (
                 "the previous plugin keeps serving)" if self.plugin is not None else "restarting it)")
         ctx.log("manager", "error", msg)
-        self._fail(msg, [BuildError(message=msg)], reload=reason not in ("start", "start-stale", "restart"))
+        self._fail(msg, [BuildError(message=msg)], reload=reason not in _NOT_RELOADS)
         if self.plugin is None and rolled and not self._stopping:
             prev = self._new_host()
             try:

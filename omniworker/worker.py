@@ -17,11 +17,14 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-import msgspec
-import zmq
-import zmq.asyncio
+# Before grpc is imported anywhere in this process: its fork handlers would log on every child spawn.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from omnibroker import protocol
+import msgspec  # noqa: E402
+import zmq  # noqa: E402
+import zmq.asyncio  # noqa: E402
+
+from omnibroker import protocol  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode
 
 from .children import ChildRegistry, set_pdeathsig

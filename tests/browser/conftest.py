@@ -92,8 +92,25 @@ def omni(tmp_path_factory):
         svc.cleanup()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def fake_bridge():
+    """The real omnibridge process in front of omnibridge.testing.FakeBroker with 10 plugins (no Vite, no Go)."""
+    from omnibridge.testing import BridgeProcess
+    with BridgeProcess(plugins=[f"p{i:02d}" for i in range(10)]) as bp:
+        yield bp
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_failed_artifacts():
+    if ARTIFACTS.is_dir():
+        for old in ARTIFACTS.glob("FAILED-*"):
+            old.unlink()
+
+
+@pytest.fixture(scope="module")
 def browser():
+    """Module scope: Playwright's sync API keeps an event loop running in this thread while it is alive, which
+    other test modules (asyncio.run) must not see."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)

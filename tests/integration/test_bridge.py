@@ -23,6 +23,17 @@ from omnibridge import hub as hubmod
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
+def arun(coro):
+    """asyncio.run, also when some other fixture (e.g. Playwright's sync API) keeps a loop running in this thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def bridge_files(svc, timeout: float = 20.0, not_token: str | None = None) -> tuple[int, str]:
     """(port, token) once the bridge has written both files (a new token when `not_token` is given)."""
     deadline = time.monotonic() + timeout
@@ -172,7 +183,7 @@ def test_wrong_or_missing_token_is_403(bridge):
         assert await refused_status(ws_url(port, "")) == 403
         assert await refused_status(ws_url(port, token[:-1])) == 403
         assert await refused_status(ws_url(port, "wrong"), origin=f"http://127.0.0.1:{port}") == 403
-    asyncio.run(go())
+    arun(go())
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null", "https://127.0.0.1:{port}",
@@ -182,7 +193,7 @@ def test_foreign_origin_is_403_even_with_the_token(bridge, origin):
 
     async def go():
         return await refused_status(ws_url(port, token), origin=origin.format(port=port))
-    assert asyncio.run(go()) == 403
+    assert arun(go()) == 403
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", None])
@@ -193,7 +204,7 @@ def test_own_origin_or_no_origin_with_token_connects(bridge, origin):
         kw = {"origin": origin.format(port=port)} if origin else {}
         async with connect(ws_url(port, token), open_timeout=5, **kw) as ws:
             return await recv_json(ws)
-    assert asyncio.run(go())["type"] == "snapshot"
+    assert arun(go())["type"] == "snapshot"
 
 
 def test_upgrade_with_foreign_host_is_403(bridge):
@@ -218,7 +229,7 @@ def test_snapshot_on_connect_matches_the_broker(bridge):
     async def go():
         async with connect(ws_url(port, token), open_timeout=5) as ws:
             return await recv_json(ws)
-    snap = asyncio.run(go())
+    snap = arun(go())
     assert snap["type"] == "snapshot"
     assert snap["epoch"] == broker["epoch"]
     assert snap["seq"] >= broker["seq"]
@@ -241,7 +252,7 @@ def test_request_reply(bridge):
             await ws.send(json.dumps({"type": "request", "id": "x", "command": 5}))
             badreq = await recv_until(ws, lambda m: m.get("type") == "reply" and m.get("id") == "x")
             return ping, unknown, bad, junk, badreq
-    ping, unknown, bad, junk, badreq = asyncio.run(go())
+    ping, unknown, bad, junk, badreq = arun(go())
     assert ping["status"] == "ok" and ping["result"]["epoch"] == svc.call("ping")["epoch"]
     assert isinstance(ping["time"], float)
     assert unknown["id"] == 7 and unknown["status"] == "error" and unknown["code"] == "unknown_command"
@@ -278,7 +289,7 @@ def test_events_flow_in_seq_order_and_remove_is_seen(service, tmp_path):
             # no event says "removed": the bridge notices in its check and sends a snapshot without it
             await recv_until(ws, lambda m: m.get("type") == "snapshot" and "evt" not in m["plugins"],
                              timeout=15, what="snapshot without evt")
-    asyncio.run(go())
+    arun(go())
 
 
 def test_bridge_survives_broker_restart(service):
@@ -297,7 +308,7 @@ def test_bridge_survives_broker_restart(service):
             assert new["broker"]["connected"] is True
             ping = await ask(ws, "ping", rid="after")
             assert ping["status"] == "ok" and ping["result"]["epoch"] == new["epoch"]
-    asyncio.run(go())
+    arun(go())
     assert svc.program_pid("omnibridge") == bridge_pid     # the bridge itself did not restart
 
 
@@ -316,7 +327,7 @@ def test_new_token_at_each_start(service):
         assert await refused_status(ws_url(port2, token)) == 403      # the old token is dead
         async with connect(ws_url(port2, token2), open_timeout=5) as ws:
             return await recv_json(ws)
-    assert asyncio.run(go())["type"] == "snapshot"
+    assert arun(go())["type"] == "snapshot"
 
 
 # --- fan-out without a broker: the hub's per-browser queues ---------------------------------------------------------
@@ -345,4 +356,4 @@ def test_slow_browser_gets_a_fresh_snapshot_instead_of_blocking():
             assert len(slow.queue) <= 5
         finally:
             hub.close()
-    asyncio.run(go())
+    arun(go())

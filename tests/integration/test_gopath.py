@@ -179,6 +179,7 @@ def test_edit_constant_building_then_ready_and_new_answer(harness):
             assert h.ctx.state.goStatus == "ready" and h.ctx.state.grpcConnected
             assert await h.greet() == "Hello, omni"
             old_pid = h.ctx.state.pluginPid
+            old_addr = h.gp.plugin.addr
             m = h.mark()
             # five saves within 200 ms: one build
             t0 = time.monotonic()
@@ -201,6 +202,10 @@ def test_edit_constant_building_then_ready_and_new_answer(harness):
             order = [p["goStatus"] for t, p in h.since(m, protocol.STATUS)]
             assert order.index("building") < len(order) - 1 - order[::-1].index("ready")
             await wait_gone(old_pid, 5)                                 # the old one is drained and stopped
+            deadline = time.monotonic() + 5
+            while os.path.exists(old_addr):                             # and its socket removed (bounded poll)
+                assert time.monotonic() < deadline, old_addr
+                await asyncio.sleep(0.02)
     run(main())
 
 
@@ -312,6 +317,7 @@ def test_kill9_is_noticed_and_restarted(harness):
     async def main():
         async with started(h):
             pid = h.ctx.state.pluginPid
+            addr = h.gp.plugin.addr
             m = h.mark()
             t0 = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -322,6 +328,7 @@ def test_kill9_is_noticed_and_restarted(harness):
             assert st["goStatus"] == "ready" and st["restarts"] == 1
             assert await h.greet() == "Hello, omni"
             assert h.logs(m, "exited unexpectedly with code -9")
+            assert not os.path.exists(addr)              # go-plugin could not remove its socket: we did
     run(main())
 
 
@@ -511,8 +518,10 @@ def test_host_explains_failures(host_ctx, built):
         with pytest.raises(PluginError, match="serves 'netrpc'; omni hosts gRPC plugins only"):
             await PluginHost(ctx).start(sys.executable, args=[script, "netrpc"], timeout=20)
         ctx, _, script = host_ctx(protocol_versions="7", cookie_value="hello")
+        host = PluginHost(ctx)
         with pytest.raises(PluginError, match="plugin protocol version mismatch"):
-            await PluginHost(ctx).start(str(binary), timeout=20)     # the real plugin speaks 1
+            await host.start(str(binary), timeout=20)                # the real plugin speaks 1
+        assert host.network == "unix" and not os.path.exists(host.addr) and not host.running
         ctx, _, _ = host_ctx(cookie_value="wrong")
         with pytest.raises(PluginError) as ei:
             await PluginHost(ctx).start(str(binary), timeout=20)
@@ -522,4 +531,22 @@ def test_host_explains_failures(host_ctx, built):
         with pytest.raises(PluginError, match=r"no go-plugin handshake within 1 s"):
             await PluginHost(ctx).start("/bin/sleep", args=["30"])
         assert descendants() == []
+    run(main())
+
+
+def test_start_with_broken_sources_runs_installed_binary(harness):
+    h = harness(go={"build_on_start": "always"})
+    h.greeting.write_text(h.original_greeting + "\nfunc Broken() int { return \"x\" }\n")
+
+    async def main():
+        async with started(h):
+            st = h.ctx.state
+            assert st.goStatus == "error" and st.grpcConnected and "pkg/greeting.go" in st.lastError
+            errs = [p for t, p in h.sink.events if t == protocol.ERROR]
+            assert errs and errs[0]["errors"][0]["file"] == "pkg/greeting.go"
+            assert await h.greet() == "Hello, omni"                 # the installed binary serves meanwhile
+            m = h.mark()
+            h.greeting.write_text(h.original_greeting)
+            await h.wait_status(30, m, goStatus="ready", lastError="")
+            assert await h.greet() == "Hello, omni"
     run(main())

@@ -1,0 +1,255 @@
+"""Frontend bridge benchmark, in Chromium (Debian's, through Playwright for Python).
+
+1. event published -> DOM updated through the bridge: the real `omnibridge` in front of a stand-in broker
+   (omnibridge.testing.FakeBroker); one log event at a time, from the broker's publish timestamp (meta.ts) to the
+   moment a MutationObserver sees the line in the dashboard. Median of --events.
+2. the same under load: 10 plugins, --load-rounds lines each as fast as the publisher goes: events/s the page keeps up
+   with, frame intervals during the burst.
+3. UI edit saved -> DOM updated: the real service (supervisord, broker, worker, Vite) on a private copy of
+   examples/hello-plugin; the label in ui/src/App.tsx rewritten, from the file's close to the MutationObserver seeing
+   the new text (Vite HMR + React Fast Refresh). Median of --runs (10).
+4. Go edit saved -> new RPC answer in the DOM (debounce + go build + reload + remount + invoke): median of --go-runs.
+   Also the dashboard's own event->DOM latencies for the real broker's events during those runs.
+
+    .venv/bin/python bench/bench_bridge.py [--json out.json] [--runs 10] [--events 50] [--go-runs 3] [--skip-service]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+EXAMPLE = REPO / "examples" / "hello-plugin"
+# Two saves of the same file closer than ~100 ms are not both seen by Vite's watcher (chokidar): space the edits.
+EDIT_GAP_MS = 500
+
+# records, per marker text, when it first appears anywhere under `root` (epoch ms, same clock as time.time())
+OBSERVE = """([selector, key]) => {
+    window.__seen = window.__seen || {};
+    window.__want = window.__want || {};
+    const root = document.querySelector(selector);
+    const check = () => {
+        const text = root.textContent;
+        for (const m of Object.keys(window.__want)) {
+            if (!(m in window.__seen) && text.includes(m)) {
+                window.__seen[m] = performance.timeOrigin + performance.now();
+                delete window.__want[m];
+            }
+        }
+    };
+    new MutationObserver(check).observe(root, {childList: true, subtree: true, characterData: true});
+}"""
+WANT = "(m) => { window.__want[m] = true; }"
+SEEN = "(m) => window.__seen && window.__seen[m]"
+
+
+def summary(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"n": len(v), "median": round(statistics.median(v), 2), "min": round(v[0], 2),
+            "p90": round(v[min(len(v) - 1, int(len(v) * 0.9))], 2), "max": round(v[-1], 2)}
+
+
+def launch(p):
+    return p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+
+
+# --- 1 + 2: stand-in broker ----------------------------------------------------------------------------------------
+def bench_events(p, n_events: int, load_rounds: int) -> dict:
+    from omnibroker import protocol
+    from omnibridge.testing import BridgeProcess
+
+    out: dict = {}
+    plugins = [f"p{i:02d}" for i in range(10)]
+    with BridgeProcess(plugins=plugins) as bp:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(bp.url)
+            page.locator("section.card").nth(len(plugins) - 1).wait_for()
+            page.evaluate(OBSERVE, ['[data-testid="log-p00"]', "log"])
+            lat = []
+            for i in range(n_events + 3):
+                marker = f"bench-marker-{i:05d}"
+                page.evaluate(WANT, marker)
+                meta = bp.fake.publish(protocol.LOG, protocol.log_payload("p00", "go-build", "info", marker), "p00")
+                page.wait_for_function(SEEN, arg=marker, timeout=10_000)
+                seen = page.evaluate(SEEN, marker)
+                if i >= 3:                  # the first few warm the JIT
+                    lat.append(seen - meta.ts * 1000)
+            out["event_to_dom_ms"] = summary(lat)
+
+            # 2: a burst across ten plugins
+            page.evaluate("""() => { window.__frames = []; let last = performance.now();
+                const tick = (t) => { window.__frames.push(t - last); last = t;
+                                      if (!window.__stop) requestAnimationFrame(tick); };
+                requestAnimationFrame(tick); }""")
+            last = f"burst-end-{load_rounds}"
+            page.evaluate(OBSERVE, ['[data-testid="log-p09"]', "burst"])
+            page.evaluate(WANT, last)
+            t0 = time.time()
+            for i in range(load_rounds):
+                for pl in plugins:
+                    msg = last if (i == load_rounds - 1 and pl == "p09") else f"line {i} of {pl}"
+                    bp.fake.publish(protocol.LOG, protocol.log_payload(pl, "go-build", "info", msg), pl)
+            t_pub = time.time()
+            page.wait_for_function(SEEN, arg=last, timeout=60_000)
+            seen = page.evaluate(SEEN, last) / 1000
+            frames = sorted(page.evaluate("window.__stop = true; window.__frames")[1:])
+            n = load_rounds * len(plugins)
+            out["burst"] = {"plugins": len(plugins), "events": n, "publish_s": round(t_pub - t0, 3),
+                            "all_in_dom_s": round(seen - t0, 3), "events_per_s": round(n / (seen - t0)),
+                            "frames_ms": summary(frames) if frames else None}
+            stats = json.loads(page.evaluate("() => fetch('/stats').then(r => r.text())"))
+            out["burst"]["bridge_overflows"] = stats["overflows"]
+        finally:
+            browser.close()
+    return out
+
+
+# --- 3 + 4: the real service --------------------------------------------------------------------------------------
+def copy_plugin(dest: Path) -> Path:
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("build", "node_modules", "dist", ".devinfo"))
+    (dest / "ui" / "node_modules").symlink_to(EXAMPLE / "ui" / "node_modules")
+    return dest
+
+
+def bench_service(p, runs: int, go_runs: int) -> dict:
+    from service import Service
+
+    out: dict = {}
+    tmp = Path(tempfile.mkdtemp(prefix="omni-bench-bridge-"))
+    plugin = copy_plugin(tmp / "hello")
+    config = (f'[plugins.hello]\npath = {json.dumps(str(plugin))}\nautostart = true\n\n'
+              '[plugins.hello.build]\nenv = {GO111MODULE = "off", GOPATH = "/usr/share/gocode"}\n')
+    svc = Service(config_text=config)
+    browser = None
+    try:
+        svc.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                port = int((svc.runtime / "bridge.port").read_text())
+                break
+            except (OSError, ValueError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_test_id("greeting").filter(has_text=", omni").wait_for(timeout=180_000)
+        page.wait_for_function("() => document.querySelector('[data-testid=go-status-hello]').textContent === 'ready'")
+
+        app = plugin / "ui" / "src" / "App.tsx"
+        original = app.read_text()
+        label_re = re.compile(r'(<span data-testid="label">)([^<]*)(</span>)')
+        page.evaluate(OBSERVE, ['[data-testid="view-hello"]', "ui"])
+        lat = []
+        try:
+            for i in range(runs + 1):
+                if i:
+                    page.wait_for_timeout(EDIT_GAP_MS)     # pacing like a person saving, not synchronisation
+                marker = f"Label edit {i:03d}"
+                page.evaluate(WANT, marker)
+                app.write_text(label_re.sub(lambda m: m.group(1) + marker + m.group(3), original, count=1))
+                saved = time.time()
+                try:
+                    page.wait_for_function(SEEN, arg=marker, timeout=30_000)
+                except Exception:
+                    print(f"label edit {i} not seen; label shows {page.get_by_test_id('label').text_content()!r}\n"
+                          + "\n".join(console[-20:]) + "\n" + svc.logs("omniworker-hello.log", 40), file=sys.stderr)
+                    raise
+                seen = page.evaluate(SEEN, marker)
+                if i >= 1:                  # the first edit also warms Vite's transform cache
+                    lat.append(seen - saved * 1000)
+        finally:
+            app.write_text(original)
+        out["ui_edit_to_dom_ms"] = summary(lat)
+
+        if go_runs:
+            greeting = plugin / "pkg" / "greeting.go"
+            src = greeting.read_text()
+            page.evaluate("() => { window.omniDashboard.latencies.length = 0; }")
+            lat = []
+            try:
+                for i in range(go_runs):
+                    word = f"Bench{i}"
+                    marker = f"{word}, omni"
+                    page.evaluate(WANT, marker)
+                    greeting.write_text(re.sub(r'const Greeting = ".*"', f'const Greeting = "{word}"', src))
+                    saved = time.time()
+                    page.wait_for_function(SEEN, arg=marker, timeout=60_000)
+                    lat.append(page.evaluate(SEEN, marker) - saved * 1000)
+            finally:
+                greeting.write_text(src)
+            out["go_edit_to_new_rpc_answer_ms"] = summary(lat)
+            real = page.evaluate("() => window.omniDashboard.latencies.slice()")
+            if real:
+                out["real_broker_event_to_dom_ms"] = summary(real)
+    finally:
+        if browser is not None:
+            browser.close()
+        svc.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--runs", type=int, default=10, help="UI edits (median of)")
+    ap.add_argument("--events", type=int, default=50, help="single events through the bridge (median of)")
+    ap.add_argument("--load-rounds", type=int, default=300, help="lines per plugin in the 10-plugin burst")
+    ap.add_argument("--go-runs", type=int, default=3, help="Go edits (0 to skip)")
+    ap.add_argument("--skip-service", action="store_true", help="only the stand-in broker parts (no Vite/Go)")
+    args = ap.parse_args()
+    if not shutil.which("chromium"):
+        print("chromium not found (apt-get install chromium)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    results: dict = {"host": {"cpus": os.cpu_count(), "load1": round(os.getloadavg()[0], 2)}}
+    with sync_playwright() as p:
+        results.update(bench_events(p, args.events, args.load_rounds))
+        if not args.skip_service:
+            results.update(bench_service(p, args.runs, args.go_runs))
+
+    def line(name: str, key: str) -> None:
+        if key in results:
+            s = results[key]
+            print(f"{name:<48} median {s['median']:8.1f} ms   min {s['min']:.1f}  p90 {s['p90']:.1f}  "
+                  f"max {s['max']:.1f}  (n={s['n']})")
+    line("event published -> DOM (bridge, stand-in broker)", "event_to_dom_ms")
+    b = results.get("burst")
+    if b:
+        f = b["frames_ms"] or {}
+        print(f"{'10-plugin burst':<48} {b['events']} events: all in DOM after {b['all_in_dom_s']:.2f} s "
+              f"({b['events_per_s']}/s; published in {b['publish_s']:.2f} s); frame median {f.get('median')} ms, "
+              f"p90 {f.get('p90')} ms, max {f.get('max')} ms; bridge overflows {b['bridge_overflows']}")
+    line("UI edit saved -> DOM (Vite HMR, Fast Refresh)", "ui_edit_to_dom_ms")
+    line("Go edit saved -> new RPC answer in DOM", "go_edit_to_new_rpc_answer_ms")
+    line("event published -> DOM (real broker, dashboard)", "real_broker_event_to_dom_ms")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
