@@ -8,6 +8,7 @@ Parts are imported when first used: a Vite-only plugin never loads grpc, an idle
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -24,6 +25,7 @@ class DevServer:
         self.vite = None
         self.go = None
         self.external = None
+        self._go_start: asyncio.Task | None = None
 
     @property
     def mode(self) -> str:
@@ -37,26 +39,30 @@ class DevServer:
             return                                      # idempotent
         self.ctx.set(mode="managed", lastError="")
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
-        if go:
-            from .gopath import GoPath
-            self.go = GoPath(self.ctx)
-            await self.go.start()
+        # Both halves start side by side and report progress as events; `start` answers at once.
         if vite and not vite_port:
             self.ctx.set(viteStatus="error", lastError="no Vite port was allocated (see the broker's no_port error)")
         elif vite:
             from .vite import ViteServer
             self.vite = ViteServer(self.ctx)
             await self.vite.start(vite_port)
+        if go:
+            from .gopath import GoPath
+            self.go = GoPath(self.ctx)
+            self._go_start = asyncio.create_task(self.go.start())
 
     async def stop(self) -> None:
         if self.mode == "external":
             await self.detach()
             return
         vite, go, self.vite, self.go = self.vite, self.go, None, None
+        go_start, self._go_start = self._go_start, None
         if vite is not None:
             await vite.stop()
         if go is not None:
-            await go.stop()
+            await go.stop()             # also releases a start still waiting for its first build
+        if go_start is not None:
+            await asyncio.gather(go_start, return_exceptions=True)
         self.ctx.set(mode="idle", vitePort=0, viteURL="", grpcConnected=False, pluginPid=0,
                      viteStatus="stopped" if vite is not None else self.ctx.state.viteStatus,
                      goStatus="stopped" if go is not None else self.ctx.state.goStatus)
