@@ -29,6 +29,7 @@ from .events import EventBus, bind, bind_xpub
 from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
 from .registry import Registry
+from .security import InsecureEndpoint
 from .supervisor_link import SupervisorLink, plugin_of
 from .zstream import Stream
 
@@ -477,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     set_pdeathsig(signal.SIGTERM)       # die with supervisord, even when it is SIGKILLed
     try:
         broker = Broker()
+    except InsecureEndpoint as e:
+        log.error("refusing to start: %s", e)
+        return 2
     except zmq.ZMQError as e:
         log.error("cannot bind: %s", e)
         return 1

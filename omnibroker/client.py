@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 import zmq
 
 from . import protocol
+from .security import secure_client
 
 if TYPE_CHECKING:       # asyncio is imported only by AsyncClient users: omnictl starts faster without it
     import asyncio
@@ -58,6 +59,7 @@ class Client:
         if self.sock is None:
             self.sock = self.ctx.socket(zmq.REQ)
             self.sock.setsockopt(zmq.LINGER, 0)
+            secure_client(self.sock, self.endpoint)
             self.sock.connect(self.endpoint)
         return self.sock
 
@@ -102,6 +104,7 @@ class AsyncClient:
         self.ctx = context or zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure_client(self.sock, self.endpoint)
         self.sock.connect(self.endpoint)
         self.pending: dict[str, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
@@ -152,7 +155,9 @@ def subscribe_socket(ctx: zmq.Context, endpoint: str | None = None, topics: tupl
     sock.setsockopt(zmq.RCVHWM, protocol.SUBSCRIBER_RCVHWM)
     for topic in topics or ("",):
         sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    sock.connect(endpoint or protocol.endpoint("events"))
+    endpoint = endpoint or protocol.endpoint("events")
+    secure_client(sock, endpoint)
+    sock.connect(endpoint)
     return sock
 
 

@@ -74,6 +74,7 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     ext = sub.add_parser("run-external", help="run a go-plugin binary yourself and publish its .devinfo",
                          add_help=False)
     ext.set_defaults(command_name="run-external")
+    sub.add_parser("curve-keygen", help="create CURVE keys for TCP endpoints (omnictl curve-keygen DIR)")
     return parser
 
 
@@ -113,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("run-external")
         from .run_external import main as run_external
         return run_external(argv[i + 1:])
+    if argv[:1] == ["curve-keygen"]:
+        if len(argv) != 2:
+            print("usage: omnictl curve-keygen DIR", file=sys.stderr)
+            return EXIT_USAGE
+        from .security import keygen
+        public, secret = keygen(argv[1])
+        print(f"wrote {public} and {secret}; set OMNI_CURVE_DIR={argv[1]} for the service and its clients")
+        return EXIT_OK
     args = _build_parser(argv).parse_args(argv)
     from .client import BrokerUnavailable, Client, CommandFailed
     from .commands import COMMANDS

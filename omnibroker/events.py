@@ -15,6 +15,7 @@ import zmq
 
 from . import protocol
 from .protocol import DevServerState, EventMeta
+from .security import secure_server
 
 
 def new_epoch() -> str:
@@ -75,7 +76,9 @@ def bind_xpub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 def bind(sock: zmq.Socket, endpoint: str) -> None:
-    """Bind, removing a stale ipc socket file a killed broker left behind; ipc files get mode 0600."""
+    """Bind, removing a stale ipc socket file a killed broker left behind; ipc files get mode 0600; TCP only
+    with CURVE (security.py)."""
+    secure_server(sock, endpoint)
     if endpoint.startswith("ipc://"):
         path = endpoint[len("ipc://"):]
         try:

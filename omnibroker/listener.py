@@ -11,6 +11,7 @@ import sys
 import zmq
 
 from . import protocol
+from .security import secure_client
 
 OURS = ("omniworker-", "omnibroker", "omnibridge")
 
@@ -26,6 +27,7 @@ def main() -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 1000)
     sock.setsockopt(zmq.IMMEDIATE, 0)
+    secure_client(sock, protocol.endpoint("workers"))
     sock.connect(protocol.endpoint("workers"))
     while True:
         stdout.write(b"READY\n")

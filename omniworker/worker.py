@@ -25,7 +25,8 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
-from omnibroker.protocol import CommandError, DevServerState, ErrorCode
+from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
+from omnibroker.security import secure_client  # noqa: E402
 
 from .children import ChildRegistry, set_pdeathsig
 from .context import PluginContext
@@ -77,6 +78,7 @@ class BrokerLink:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        secure_client(self.sock, protocol.endpoint("workers"))
         self.sock.connect(protocol.endpoint("workers"))
         self.slots: dict[str, asyncio.Future] = {}
 
