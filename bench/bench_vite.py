@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from omnibroker.ports import PortAllocator  # noqa: E402
+from omniworker.vite import http_answers  # noqa: E402
 
 EXAMPLE_UI = REPO / "examples" / "hello-plugin" / "ui"
 ORIGIN = "http://127.0.0.1:15170"
@@ -100,22 +101,6 @@ def make_copy(dest: Path) -> Path:
 def vite_argv(ui: Path, port: int) -> list[str]:
     return [str(ui / "node_modules" / ".bin" / "vite"), "--host", "127.0.0.1", "--port", str(port), "--strictPort",
             "--cors", "--clearScreen", "false"]
-
-
-async def http_answers(port: int) -> bool:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    try:
-        writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/x-vite-ping\r\n"
-                     f"Connection: close\r\n\r\n".encode())
-        await writer.drain()
-        return (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/")
-    except (OSError, asyncio.TimeoutError):
-        return False
-    finally:
-        writer.close()
 
 
 def get(url: str, headers: dict | None = None) -> bytes:

@@ -127,6 +127,11 @@ class Registry:
             self.state.removed.append(plugin)
         self.save()
 
+    def set_mode(self, plugin: str, mode: str) -> None:
+        """Change only the desired mode; which halves run (vite, go) stays as last asked."""
+        old = self.get(plugin).desired
+        self.set_desired(plugin, Desired(mode=mode, vite=old.vite, go=old.go))
+
     def set_desired(self, plugin: str, desired: Desired) -> None:
         self.plugins[plugin].desired = desired
         self.state.desired[plugin] = desired

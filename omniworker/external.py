@@ -36,6 +36,7 @@ from omnibroker import protocol
 from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
 from .context import PluginContext
+from .vite import http_answers
 
 DEVINFO_NAME = ".devinfo"
 MAX_DEVINFO_BYTES = 64 * 1024
@@ -367,24 +368,6 @@ class PidWatch:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-
-async def http_answers(port: int, timeout: float = 1.0) -> bool:
-    """Whether something on 127.0.0.1:`port` answers an HTTP request (Vite's dev server)."""
-    writer = None
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-        writer.write(f"HEAD / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-        return line.startswith(b"HTTP/")
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return False
-    finally:
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
 
 class ChannelClosed(Exception):
     """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,

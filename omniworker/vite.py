@@ -333,7 +333,7 @@ class ViteServer:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
-                if await _http_answers(port, min(self.PROBE_TIMEOUT, remaining)):
+                if await http_answers(port, min(self.PROBE_TIMEOUT, remaining)):
                     if not child.running:
                         return False
                     if _listens(child.pid, port):
@@ -482,7 +482,7 @@ class ViteServer:
             self.ctx.set(**fields)
 
 
-async def _http_answers(port: int, timeout: float) -> bool:
+async def http_answers(port: int, timeout: float = 1.0) -> bool:
     """True when something answers an HTTP request on 127.0.0.1:port (Vite's ping: 204, no transform work)."""
     writer = None
     try:

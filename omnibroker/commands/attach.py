@@ -1,5 +1,4 @@
 """`attach` control command."""
-from ..protocol import Desired
 from .base import PLUGIN, Command
 
 
@@ -11,8 +10,6 @@ class Attach(Command):
     timeout = 30.0
 
     async def execute(self, broker, props):
-        record = broker.registry.get(props["plugin"])
-        broker.registry.set_desired(props["plugin"], Desired(mode="external", vite=record.desired.vite,
-                                                             go=record.desired.go))
+        broker.registry.set_mode(props["plugin"], "external")
         broker.release_port(props["plugin"])
         return await broker.forward(self, props)

@@ -1,5 +1,4 @@
 """`detach` control command."""
-from ..protocol import Desired
 from .base import PLUGIN, Command
 
 
@@ -10,7 +9,5 @@ class Detach(Command):
     forward = True
 
     async def execute(self, broker, props):
-        record = broker.registry.get(props["plugin"])
-        broker.registry.set_desired(props["plugin"], Desired(mode="idle", vite=record.desired.vite,
-                                                             go=record.desired.go))
+        broker.registry.set_mode(props["plugin"], "idle")
         return await broker.forward(self, props)

@@ -1,5 +1,4 @@
 """`stop` control command."""
-from ..protocol import Desired
 from .base import PLUGIN, Command
 
 
@@ -12,9 +11,7 @@ class Stop(Command):
     timeout = 30.0
 
     async def execute(self, broker, props):
-        record = broker.registry.get(props["plugin"])
-        broker.registry.set_desired(props["plugin"], Desired(mode="idle", vite=record.desired.vite,
-                                                             go=record.desired.go))
+        broker.registry.set_mode(props["plugin"], "idle")
         result = await broker.forward(self, props)
         broker.release_port(props["plugin"])
         return result
