@@ -357,3 +357,63 @@ def test_slow_browser_gets_a_fresh_snapshot_instead_of_blocking():
         finally:
             hub.close()
     arun(go())
+
+
+def test_a_stalled_browser_does_not_slow_the_others():
+    """Real omnibridge in front of a stand-in broker: one client stops reading, the other must get every event
+    in order; the stalled one, when it reads again, finds a fresh snapshot followed by consecutive events."""
+    from omnibroker import protocol
+    from omnibridge.testing import BridgeProcess
+
+    n = 6_000
+    filler = "x" * 8000          # ~8 KB events: the stalled client's socket buffers fill after ~1,500 of them
+
+    def publish(bp):
+        for i in range(n):
+            bp.fake.publish(protocol.LOG, protocol.log_payload("a", "go-build", "info", f"{i} {filler}"), "a")
+            if i % 100 == 99:
+                time.sleep(0.05)        # pacing the load (~2,000 events/s, a busy but real rate), not a sync
+
+    async def go(bp):
+        url = ws_url(bp.port, bp.token)
+        async with connect(url, open_timeout=5, max_queue=1, max_size=None) as slow, \
+                connect(url, open_timeout=5, max_size=None) as fast:
+            assert (await recv_json(slow))["type"] == "snapshot"
+            snap = await recv_json(fast)
+            assert snap["type"] == "snapshot"
+            loop = asyncio.get_running_loop()
+            pub = loop.run_in_executor(None, publish, bp)
+            seqs = []
+            t0 = time.monotonic()
+            while len(seqs) < n:
+                msg = await recv_json(fast, 30)
+                assert msg["type"] == "event", msg["type"]      # the fast client never needed a snapshot
+                seqs.append(msg["meta"]["seq"])
+            fast_s = time.monotonic() - t0
+            await pub
+            assert seqs == list(range(snap["seq"] + 1, snap["seq"] + 1 + n))
+            # now read the stalled one: somewhere a snapshot replaced what it could not take
+            kinds, after = [], None
+            while True:
+                msg = await recv_json(slow, 30)
+                kinds.append(msg["type"])
+                if msg["type"] == "snapshot":
+                    after = msg["seq"]
+                    got = []
+                elif after is not None:
+                    got.append(msg["meta"]["seq"])
+                if msg["type"] == "event" and msg["meta"]["seq"] == snap["seq"] + n:
+                    break
+            assert "snapshot" in kinds and after is not None
+            assert got == list(range(after + 1, snap["seq"] + n + 1))
+            return fast_s
+
+    with BridgeProcess(plugins=["a"]) as bp:
+        try:
+            fast_s = arun(go(bp))
+        except BaseException:
+            print(bp.logs())
+            raise
+        stats = json.loads(http_get(bp.port, "/stats")[2])
+    assert stats["overflows"] >= 1 and stats["gaps"] == 0
+    print(f"fast client: {n} events in {fast_s:.2f}s while the other was stalled; overflows {stats['overflows']}")

@@ -56,7 +56,7 @@ def test_attach_invoke_detach_and_the_plugin_lives_on(svc):
         assert info["pid"] == state["pluginPid"] and info["pluginId"] == "hello"
         plugin = psutil.Process(state["pluginPid"])
         # The worker dies: the developer's plugin does not, and the new worker attaches again.
-        worker = svc.program_pid("omniworker-hello")
+        worker = svc.wait_program("omniworker-hello")
         os.kill(worker, signal.SIGKILL)
         svc.wait_state("hello", lambda s: connected(s) and s["workerPid"] != worker, what="reattached")
         assert plugin.is_running()

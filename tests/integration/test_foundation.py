@@ -49,7 +49,7 @@ def test_broker_kill_new_epoch_and_same_snapshot(service):
     service.call("add", plugin="hello", path=str(EXAMPLE))
     service.wait_state("hello", lambda s: s["workerStatus"] == "up", what="worker up")
     before = service.call("snapshot")
-    broker = service.program_pid("omnibroker")
+    broker = service.wait_program("omnibroker")
     os.kill(broker, signal.SIGKILL)
     service.wait_program("omnibroker", not_pid=broker)
     pong = service.wait_ping()

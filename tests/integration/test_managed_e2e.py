@@ -98,7 +98,7 @@ def test_rebuild_command_reloads(svc):
 
 def test_worker_sigkill_leaves_no_orphans_and_state_is_restored(svc):
     state = svc.wait_state("hello", ready)
-    worker = svc.program_pid("omniworker-hello")
+    worker = svc.wait_program("omniworker-hello")
     children = descendants(worker)
     assert {state["pluginPid"]} <= {p.pid for p in children}
     os.kill(worker, signal.SIGKILL)
@@ -113,7 +113,7 @@ def test_worker_sigkill_leaves_no_orphans_and_state_is_restored(svc):
 
 def test_broker_sigkill_keeps_plugin_serving(svc):
     before = svc.wait_state("hello", ready)
-    broker = svc.program_pid("omnibroker")
+    broker = svc.wait_program("omnibroker")
     os.kill(broker, signal.SIGKILL)
     svc.wait_program("omnibroker", not_pid=broker)
     svc.wait_ping()
@@ -124,7 +124,7 @@ def test_broker_sigkill_keeps_plugin_serving(svc):
 
 
 def test_stop_leaves_no_processes_then_start_again(svc):
-    worker = svc.program_pid("omniworker-hello")
+    worker = svc.wait_program("omniworker-hello")
     svc.call("stop", plugin="hello")
     state = svc.wait_state("hello", lambda s: s["mode"] == "idle", what="idle")
     assert state["viteStatus"] == "stopped" and state["goStatus"] == "stopped" and not state["grpcConnected"]
