@@ -126,7 +126,7 @@ def copy_plugin(dest: Path) -> Path:
     return dest
 
 
-def bench_service(p, runs: int, go_runs: int) -> dict:
+def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) -> dict:
     from service import Service
 
     out: dict = {}
@@ -163,7 +163,7 @@ def bench_service(p, runs: int, go_runs: int) -> dict:
         try:
             for i in range(runs + 1):
                 if i:
-                    page.wait_for_timeout(EDIT_GAP_MS)     # pacing like a person saving, not synchronisation
+                    page.wait_for_timeout(edit_gap_ms)     # pacing like a person saving, not synchronisation
                 marker = f"Label edit {i:03d}"
                 page.evaluate(WANT, marker)
                 app.write_text(label_re.sub(lambda m: m.group(1) + marker + m.group(3), original, count=1))
@@ -216,6 +216,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=50, help="single events through the bridge (median of)")
     ap.add_argument("--load-rounds", type=int, default=300, help="lines per plugin in the 10-plugin burst")
     ap.add_argument("--go-runs", type=int, default=3, help="Go edits (0 to skip)")
+    ap.add_argument("--edit-gap-ms", type=int, default=EDIT_GAP_MS, help="pause between two UI edits")
     ap.add_argument("--skip-service", action="store_true", help="only the stand-in broker parts (no Vite/Go)")
     args = ap.parse_args()
     if not shutil.which("chromium"):
@@ -227,7 +228,7 @@ def main() -> int:
     with sync_playwright() as p:
         results.update(bench_events(p, args.events, args.load_rounds))
         if not args.skip_service:
-            results.update(bench_service(p, args.runs, args.go_runs))
+            results.update(bench_service(p, args.runs, args.go_runs, args.edit_gap_ms))
 
     def line(name: str, key: str) -> None:
         if key in results:

@@ -111,6 +111,7 @@ class Hub:
         self.broker_connected = False
         self.synced = False
         self._fetched: set[tuple] = set()      # log entries fetched with `logs` at first sync (de-dup vs events)
+        self._fetched_until = 0.0
         # counters (GET /stats)
         self.events = 0
         self.resyncs = 0
@@ -237,6 +238,7 @@ class Hub:
                     buf.append(e)
                     self._fetched.add(_log_key(e))
         await asyncio.gather(*(one(pid) for pid in self.plugins))
+        self._fetched_until = time.monotonic() + 10.0     # only events racing the fetch can repeat an entry
 
     async def handle(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
@@ -281,6 +283,8 @@ class Hub:
                 self.errors.pop(plugin, None)
         elif topic == protocol.LOG and isinstance(payload, list):
             buf = self.logs.setdefault(plugin, collections.deque(maxlen=self.log_lines))
+            if self._fetched and time.monotonic() > self._fetched_until:
+                self._fetched.clear()
             for e in payload:
                 if self._fetched:
                     key = _log_key(e)

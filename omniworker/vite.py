@@ -270,6 +270,7 @@ class ViteServer:
             if outcome == "exited-healthy":
                 delay = self.BACKOFF_START
             self.restart_count += 1
+            self.ctx.set(restarts=self.ctx.state.restarts + 1)
             self.ctx.log("manager", "warn", f"vite: restarting in {delay:g} s ({detail})")
             await asyncio.sleep(delay)          # stop() cancels us here: no restart
             delay = min(delay * 2, self.BACKOFF_CAP)

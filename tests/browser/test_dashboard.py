@@ -141,6 +141,23 @@ def test_rebuild_button(page, omni):
     expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni", timeout=STEP_TIMEOUT)
 
 
+def test_stop_and_start_buttons(page, omni, shot):
+    open_dashboard(page, omni)
+    page.get_by_test_id("btn-stop-hello").click()
+    expect(page.get_by_test_id("action-hello")).to_have_text("stop: ok", timeout=STEP_TIMEOUT)
+    expect(page.get_by_test_id("mode-hello")).to_have_text("idle")
+    for dot in ("vite", "go", "grpc"):
+        expect(page.get_by_test_id(f"dot-{dot}-hello")).to_have_attribute("data-color", "grey")
+    expect(page.get_by_test_id("view-hello")).to_be_empty()            # the plugin's UI is unmounted
+    expect(page.get_by_test_id("view-note-hello")).to_contain_text("Vite stopped")
+    shot(page, "08-stopped")
+    page.get_by_test_id("btn-start-hello").click()
+    # (Vite's own client reloads the page when the Vite server it came from is back: the dashboard is stateless)
+    expect(page.get_by_test_id("dot-vite-hello")).to_have_attribute("data-color", "green", timeout=START_TIMEOUT)
+    expect(page.get_by_test_id("dot-grpc-hello")).to_have_attribute("data-color", "green", timeout=START_TIMEOUT)
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni", timeout=STEP_TIMEOUT)
+
+
 def watch_go_status(page) -> None:
     """Record every text the Go status shows from now on (a state may last less than one polling interval)."""
     page.evaluate("""() => {
@@ -286,3 +303,25 @@ def test_broker_restart_resyncs_the_page_without_reload(page, fake_bridge):
     # and the stand-in broker going silent shows in the header
     fb.fake.close()
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "broker-down", timeout=15_000)
+
+
+def test_bridge_restart_reconnects_with_the_new_token(page):
+    """A restarted bridge has a new token: the page reads it again from a fresh copy of itself, no reload."""
+    import socket
+
+    from omnibridge.testing import BridgeProcess
+
+    with socket.socket() as s:          # a fixed port, so the restarted bridge is on the same origin
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with BridgeProcess(plugins=["solo"], extra_env={"OMNI_BRIDGE_PORT": str(port)}) as bp:
+        page.goto(bp.url)
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+        page.evaluate("window.__noReload = true")
+        old = bp.token
+        bp.restart()
+        assert bp.token != old and bp.port == port
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=20_000)
+        expect(page.get_by_test_id("card-solo")).to_be_visible()
+        assert page.evaluate("window.omniDashboard.omni.token") == bp.token
+        assert still_same_page(page)
