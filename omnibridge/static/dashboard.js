@@ -1,0 +1,447 @@
+// The omni dev dashboard: a card per plugin (status dots, facts, actions, error overlay, build output) and, for a
+// plugin whose Vite is running, its UI imported straight from Vite (native ESM + HMR) and remounted with a new key on
+// plugin/dev_reload_complete. Plain DOM, no framework; every DOM write happens in one requestAnimationFrame per
+// frame, so ten busy plugins cost one layout per frame.
+import {
+  OmniClient, TOPICS, decodeStringField1, encodeStringField1,
+} from "./omni-client.js";
+
+const LOG_LINES = 500;
+const CHUNK = 50;              // log lines per chunk element
+const ENTRY = "/src/entry.tsx";
+const GREET_METHOD = "/hello.Greeter/Greet";
+const COMMANDS = ["start", "stop", "restart", "attach", "detach", "rebuild"];
+const COLORS = { running: "green", ready: "green", starting: "yellow", building: "yellow", error: "red" };
+
+const omni = OmniClient.fromPage({ logLines: LOG_LINES });
+const root = document.getElementById("plugins");
+const emptyNote = document.querySelector('[data-testid="empty"]');
+const cards = new Map();
+const latencies = [];          // event published (meta.ts) -> DOM updated, ms
+let pendingTs = [];
+let frame = 0;
+let structureDirty = true;
+let headerDirty = true;
+
+function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+const colorOf = (status) => COLORS[status] || "grey";
+
+function fmtDuration(ns) {
+  if (!ns) return "";
+  const ms = ns / 1e6;
+  return ms < 1000 ? `${ms.toFixed(0)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function fmtTime(rfc) {
+  if (!rfc) return "";
+  const d = new Date(rfc);
+  return isNaN(d) ? rfc : d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+// --- the plugin's own UI, loaded from its Vite dev server -----------------------------------------------------------
+class PluginView {
+  constructor(id, host) {
+    this.id = id;
+    this.host = host;
+    this.url = null;        // entry URL wanted (null: Vite not running)
+    this.mod = null;
+    this.unmount = null;
+    this.key = 0;
+    this.gen = 0;
+    this.note = h("div", { class: "view-note", "data-testid": `view-note-${id}` });
+    this.box = h("div", { class: "view-root", "data-testid": `view-${id}` });
+    host.append(this.note, this.box);
+    const invoke = (method, bytes, opts) => omni.invoke(id, method, bytes, opts);
+    const greet = async (name = "omni") =>
+      decodeStringField1(await invoke(GREET_METHOD, encodeStringField1(name)));
+    this.props = { pluginID: id, invoke, greet };
+  }
+
+  update(st) {
+    const base = st && st.viteStatus === "running" && st.vitePort
+      ? (st.viteURL || `http://127.0.0.1:${st.vitePort}`) : null;
+    const url = base ? base + ENTRY : null;
+    if (url === this.url) return;
+    this.url = url;
+    this._unmount();
+    this.mod = null;
+    if (url) this._load(url, false);
+    else this._note(st && st.viteStatus !== "idle" ? `UI: Vite ${st.viteStatus}` : "UI: Vite not running");
+  }
+
+  async _load(url, retry) {
+    const gen = ++this.gen;
+    this._note(`loading ${url}`);
+    let mod;
+    try {
+      // a failed import() stays failed for that URL: a retry imports a distinct URL (its imports are shared)
+      mod = await import(/* @vite-ignore */ retry ? `${url}?omni_retry=${Date.now()}` : url);
+    } catch (err) {
+      if (gen !== this.gen) return;
+      this._note(`could not import ${url}: ${err && err.message ? err.message : err}`, "error");
+      this.note.append(" ", h("button", { text: "retry", onclick: () => this._load(url, true) }));
+      return;
+    }
+    if (gen !== this.gen) return;
+    if (typeof mod.mount !== "function") {
+      this._note(`${url} exports no mount(element, props)`, "error");
+      return;
+    }
+    this.mod = mod;
+    this._mount();
+  }
+
+  _mount() {
+    this.key += 1;                         // the seed's reloadKey: a fresh element and a fresh React root
+    const el = h("div", { "data-reload-key": String(this.key) });
+    this.box.replaceChildren(el);
+    this.box.dataset.reloadKey = String(this.key);
+    try {
+      const un = this.mod.mount(el, this.props);
+      this.unmount = typeof un === "function" ? un : null;
+      this._note(`UI from ${this.url} (mount #${this.key})`);
+    } catch (err) {
+      this._note(`mount() failed: ${err && err.message ? err.message : err}`, "error");
+    }
+  }
+
+  _unmount() {
+    const un = this.unmount;
+    this.unmount = null;
+    if (un) {
+      try { un(); } catch (err) { console.error(`unmount of ${this.id} failed`, err); }
+    }
+    this.box.replaceChildren();
+  }
+
+  /** plugin/dev_reload_complete: the backend is new, so remount the view (no page reload). */
+  remount() {
+    if (!this.mod) return;
+    this._unmount();
+    this._mount();
+  }
+
+  destroy() {
+    this.gen++;
+    this._unmount();
+  }
+
+  _note(text, status = "ok") {
+    this.note.textContent = text;
+    this.note.dataset.status = status;
+  }
+}
+
+// --- one card per plugin ------------------------------------------------------------------------------------------
+class Card {
+  constructor(id) {
+    this.id = id;
+    this.dirty = true;
+    this.logsDirty = true;
+    this.newLogs = [];
+    this.fullLogs = true;
+    const t = (name) => `${name}-${id}`;
+    const ind = (label, name) => {
+      const dot = h("span", { class: "dot", "data-testid": t(`dot-${name}`), "data-color": "grey" });
+      const st = h("span", { class: "st", "data-testid": t(`${name}-status`) });
+      return [h("span", { class: "ind" }, dot, label, st), dot, st];
+    };
+    const [viteInd, viteDot, viteSt] = ind("Vite", "vite");
+    const [goInd, goDot, goSt] = ind("Go", "go");
+    const [grpcInd, grpcDot, grpcSt] = ind("gRPC", "grpc");
+    Object.assign(this, { viteDot, viteSt, goDot, goSt, grpcDot, grpcSt });
+    this.mode = h("span", { class: "mode", "data-testid": t("mode") });
+    this.worker = h("span", { class: "worker", "data-testid": t("worker") });
+    this.port = h("dd", { "data-testid": t("port") });
+    this.build = h("dd", { "data-testid": t("last-build") });
+    this.path = h("dd", { "data-testid": t("path") });
+    this.lastErrorDt = h("dt", { text: "Last error" });
+    this.lastError = h("dd", { class: "err", "data-testid": t("last-error") });
+    this.action = h("div", { class: "action", "data-testid": t("action") });
+    this.buttons = COMMANDS.map((cmd) => h("button", {
+      type: "button", "data-testid": t(`btn-${cmd}`), text: cmd[0].toUpperCase() + cmd.slice(1),
+      onclick: () => this.run(cmd),
+    }));
+    this.errList = h("ul");
+    this.overlay = h("div", { class: "overlay", "data-testid": t("errors"), hidden: "" },
+      h("h3", { text: "Build errors" }), this.errList);
+    this.log = h("div", { class: "log", "data-testid": t("log") });
+    this.stick = true;          // follow the end of the output until the user scrolls up (passive listener: no layout)
+    this.log.addEventListener("scroll", () => {
+      const l = this.log;
+      this.stick = l.scrollTop + l.clientHeight >= l.scrollHeight - 8;
+    }, { passive: true });
+    const viewHost = h("div", { class: "view" });
+    this.el = h("section", { class: "card", "data-testid": t("card"), "data-plugin": id },
+      h("header", {}, h("h2", { text: id }), this.mode, this.worker),
+      h("div", { class: "dots" }, viteInd, goInd, grpcInd),
+      h("dl", { class: "facts" },
+        h("dt", { text: "Vite port" }), this.port,
+        h("dt", { text: "Last build" }), this.build,
+        h("dt", { text: "Path" }), this.path,
+        this.lastErrorDt, this.lastError),
+      h("div", { class: "buttons" }, ...this.buttons),
+      this.action,
+      this.overlay,
+      this.output = h("details", { class: "output", open: "" }, h("summary", { text: "Build output" }), this.log),
+      viewHost);
+    this.output.addEventListener("toggle", () => {
+      if (this.output.open) { this.logChanged = true; this.logsDirty = true; schedule(); }
+    });
+    this.view = new PluginView(id, viewHost);
+  }
+
+  async run(cmd) {
+    this.action.textContent = `${cmd}…`;
+    this.action.dataset.status = "pending";
+    const btn = this.buttons[COMMANDS.indexOf(cmd)];
+    btn.disabled = true;
+    try {
+      await omni.request(cmd, { plugin: this.id });
+      this.action.textContent = `${cmd}: ok`;
+      this.action.dataset.status = "ok";
+    } catch (err) {
+      this.action.textContent = `${cmd}: ${err.message}`;
+      this.action.dataset.status = "error";
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  addLogs(entries) {
+    this.logsDirty = true;
+    if (this.fullLogs) return;           // a full redraw from the state is pending anyway
+    for (const e of entries) this.newLogs.push(e);
+    if (this.newLogs.length > LOG_LINES) { this.fullLogs = true; this.newLogs = []; }
+  }
+
+  /** After all DOM writes of the frame: keep the build output scrolled to the end unless the user scrolled up.
+   *  (Reading scrollHeight lays out once for the whole frame, not once per card.) */
+  stickToEnd() {
+    if (this.stick && this.logChanged && this.output.open) this.log.scrollTop = this.log.scrollHeight;
+    this.logChanged = false;
+  }
+
+  /** Status, facts, errors, view: only when a status/error event (or a snapshot) touched this plugin. Every write
+   *  is skipped when the value is unchanged, so an unchanged card costs no style or layout work. */
+  render() {
+    this.dirty = false;
+    const st = omni.state.plugins[this.id] || {};
+    setText(this.mode, st.mode || "?");
+    if (this.mode.dataset.mode !== (st.mode || "")) this.mode.dataset.mode = st.mode || "";
+    setText(this.worker, st.workerStatus ? `worker ${st.workerStatus}${st.workerPid ? ` · pid ${st.workerPid}` : ""}` : "");
+    setDot(this.viteDot, this.viteSt, colorOf(st.viteStatus), st.viteStatus || "idle");
+    setDot(this.goDot, this.goSt, colorOf(st.goStatus), (st.goStatus || "idle") + (st.buildQueued ? " (queued)" : ""));
+    const grpcColor = st.grpcConnected ? "green"
+      : st.goStatus === "building" || st.goStatus === "starting" ? "yellow"
+        : st.goStatus === "error" ? "red" : "grey";
+    setDot(this.grpcDot, this.grpcSt, grpcColor, st.grpcConnected ? "connected" : "disconnected");
+    setText(this.port, st.vitePort ? `${st.vitePort}${st.viteURL ? ` (${st.viteURL})` : ""}` : "—");
+    const buildKey = `${st.lastBuildTime}|${st.lastBuildDuration}`;
+    if (buildKey !== this.buildKey) {
+      this.buildKey = buildKey;
+      this.build.textContent = st.lastBuildTime
+        ? `${fmtTime(st.lastBuildTime)} (${fmtDuration(st.lastBuildDuration)})` : "—";
+    }
+    setText(this.path, st.devPath || "—");
+    setText(this.lastError, st.lastError || "");
+    if (this.lastError.hidden !== !st.lastError) this.lastError.hidden = this.lastErrorDt.hidden = !st.lastError;
+    this.renderErrors(omni.state.errors[this.id] || []);
+    this.view.update(st);
+  }
+
+  renderErrors(errors) {
+    if (errors === this.shownErrors) return;
+    this.shownErrors = errors;
+    this.overlay.hidden = errors.length === 0;
+    this.errList.replaceChildren(...errors.map((e) => {
+      const loc = e.file ? `${e.file}:${e.line || 0}:${e.column || 0}` : "";
+      return h("li", { "data-testid": `error-${this.id}` },
+        loc ? h("span", { class: "loc", text: loc }) : "", loc ? " " : "", h("span", { class: "msg", text: e.message }));
+    }));
+  }
+
+  /** The build output: lines are appended in chunks (one element per frame's worth, at most CHUNK lines) and the
+   *  oldest lines trimmed so that exactly the last LOG_LINES stay. Chunks keep layout work proportional to what
+   *  changed: unchanged chunks are laid out from cache. */
+  renderLogs() {
+    this.logsDirty = false;
+    let entries;
+    if (this.fullLogs) {
+      this.fullLogs = false;
+      this.newLogs = [];
+      this.log.replaceChildren();
+      this.lineCount = 0;
+      entries = (omni.state.logs[this.id] || []).slice(-LOG_LINES);
+    } else {
+      entries = this.newLogs;
+      this.newLogs = [];
+    }
+    if (!entries.length) return;
+    const frag = document.createDocumentFragment();
+    for (let i = 0; i < entries.length; i += CHUNK) {
+      const chunk = document.createElement("div");
+      chunk.className = "chunk";
+      for (const e of entries.slice(i, i + CHUNK)) chunk.append(logLine(e));
+      frag.append(chunk);
+    }
+    this.log.append(frag);
+    this.lineCount = (this.lineCount || 0) + entries.length;
+    let extra = this.lineCount - LOG_LINES;
+    while (extra > 0) {
+      const first = this.log.firstElementChild;
+      const n = first.childElementCount;
+      if (n <= extra) {
+        first.remove();
+        extra -= n;
+        this.lineCount -= n;
+      } else {
+        for (let k = 0; k < extra; k++) first.firstElementChild.remove();
+        this.lineCount -= extra;
+        extra = 0;
+      }
+    }
+    this.logChanged = true;
+  }
+
+  destroy() {
+    this.view.destroy();
+    this.el.remove();
+  }
+}
+
+function setDot(dot, text, color, label) {
+  if (dot.dataset.color !== color) dot.dataset.color = color;
+  if (text.textContent !== label) {
+    text.textContent = label;
+    dot.title = label;
+  }
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function logLine(e) {
+  const d = document.createElement("div");
+  d.className = `line ${e.level || "info"}`;
+  const t = document.createElement("span");
+  t.className = "t";
+  t.textContent = (e.timestamp || "").slice(11, 23);
+  const s = document.createElement("span");
+  s.className = "s";
+  s.textContent = e.source;
+  d.append(t, " ", s, " ", e.message);
+  return d;
+}
+
+// --- state -> DOM, once per frame ---------------------------------------------------------------------------------
+function card(id) {
+  let c = cards.get(id);
+  if (!c) {
+    c = new Card(id);
+    cards.set(id, c);
+    structureDirty = true;
+  }
+  return c;
+}
+
+function schedule() {
+  if (!frame) frame = requestAnimationFrame(flush);
+}
+
+function flush() {
+  frame = 0;
+  if (structureDirty) {
+    structureDirty = false;
+    const ids = Object.keys(omni.state.plugins).sort();
+    for (const [id, c] of cards) {
+      if (!(id in omni.state.plugins)) { c.destroy(); cards.delete(id); }
+    }
+    for (const id of ids) card(id);
+    const want = ids.map((id) => cards.get(id).el);
+    if (want.some((el, i) => root.children[i + 1] !== el)) root.append(...want);   // keep the order, move only if needed
+    emptyNote.hidden = ids.length > 0;
+    structureDirty = false;
+  }
+  const touched = [];
+  for (const c of cards.values()) {
+    if (!c.dirty && !c.logsDirty) continue;
+    if (c.dirty) c.render();
+    if (c.logsDirty) c.renderLogs();
+    touched.push(c);
+  }
+  for (const c of touched) c.stickToEnd();
+  if (headerDirty) renderHeader();
+  if (pendingTs.length) {
+    const now = performance.timeOrigin + performance.now();
+    for (const ts of pendingTs) latencies.push(now - ts * 1000);
+    pendingTs = [];
+    if (latencies.length > 1000) latencies.splice(0, latencies.length - 1000);
+    renderLatency();
+  }
+}
+
+const connEl = document.querySelector('[data-testid="connection"]');
+const epochEl = document.querySelector('[data-testid="epoch"]');
+const latencyEl = document.querySelector('[data-testid="latency"]');
+
+function renderHeader() {
+  headerDirty = false;
+  const s = omni.state;
+  const [state, text, color] = !s.connected ? ["disconnected", "bridge: disconnected (reconnecting)", "red"]
+    : !s.brokerConnected ? ["broker-down", "broker: not answering", "yellow"]
+      : ["connected", "connected", "green"];
+  connEl.dataset.state = state;
+  connEl.querySelector(".dot").dataset.color = color;
+  connEl.querySelector(".conn-text").textContent = text;
+  epochEl.textContent = s.epoch ? `epoch ${s.epoch} · seq ${s.seq}` : "";
+}
+
+function renderLatency() {
+  const last = latencies.slice(-100).sort((a, b) => a - b);
+  latencyEl.textContent = last.length ? `event→DOM ${last[last.length >> 1].toFixed(1)} ms` : "";
+}
+
+omni.subscribe((change, state) => {
+  if (change.kind === "snapshot") {
+    structureDirty = true;
+    for (const id of Object.keys(state.plugins)) {
+      const c = card(id);
+      c.fullLogs = true;
+      c.logsDirty = true;
+      c.dirty = true;
+    }
+    headerDirty = true;
+  } else if (change.kind === "event") {
+    const id = change.meta.pluginID;
+    headerDirty = true;
+    if (change.topic === TOPICS.LOG) {
+      if (id in state.plugins || cards.has(id)) card(id).addLogs(change.payload);
+    } else if (change.topic === TOPICS.STATUS || change.topic === TOPICS.ERROR) {
+      card(id).dirty = true;
+    } else if (change.topic === TOPICS.RELOAD_COMPLETE) {
+      const c = cards.get(id);
+      if (c) { c.view.remount(); c.dirty = true; }
+    }
+    if (typeof change.meta.ts === "number") pendingTs.push(change.meta.ts);
+    if (pendingTs.length > 5000) pendingTs = pendingTs.slice(-1000);
+  } else {
+    headerDirty = true;
+  }
+  schedule();
+});
+
+window.omniDashboard = { omni, cards, latencies };
+omni.connect();
