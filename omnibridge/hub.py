@@ -39,24 +39,6 @@ RETRY = 1.0                # seconds between snapshot attempts while the broker 
 _CLEARING_GO = ("ready",)
 
 
-class BridgeClient(AsyncClient):
-    """AsyncClient plus a request whose properties are a dict (a property may be called `timeout`, as `invoke`'s)."""
-
-    async def request_props(self, command: str, props: dict[str, Any], timeout: float) -> protocol.Reply:
-        from omnibroker.client import _request_bytes      # the one place request bytes are built
-        if self._reader is None:
-            self._reader = asyncio.create_task(self._read())
-        rid, body = _request_bytes(command, props)
-        fut = self.pending[rid] = asyncio.get_running_loop().create_future()
-        await self.sock.send_multipart([b"", body])
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            self.pending.pop(rid, None)
-            return protocol.error_reply(rid, protocol.ErrorCode.TIMEOUT,
-                                        f"no answer from the broker ({self.endpoint}) within {timeout:g}s")
-
-
 class Peer:
     """One browser's outgoing queue (texts), drained by its sender task."""
 
@@ -99,7 +81,7 @@ class Hub:
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.queue_size = queue_size
         self.log_lines = log_lines
-        self.client = BridgeClient(context=self.ctx)
+        self.client = AsyncClient(context=self.ctx)
         self.sub = subscribe_socket(self.ctx)
         self.peers: set[Peer] = set()
         # the state browsers start from
@@ -162,7 +144,7 @@ class Hub:
 
     # --- control requests from browsers ------------------------------------------------------------------------
     async def request(self, command: str, props: dict[str, Any], timeout: float) -> protocol.Reply:
-        reply = await self.client.request_props(command, props, timeout)
+        reply = await self.client.request(command, props, wait=timeout)
         if reply.status == "ok" and command in ("remove", "add"):
             self._check_soon = True     # no event says "removed": look at the broker's snapshot soon
         return reply
@@ -192,7 +174,7 @@ class Hub:
 
     async def check(self) -> None:
         """Idle check: is the broker there, same epoch, same plugin set?"""
-        reply = await self.client.request_props("snapshot", {}, timeout=IDLE_CHECK)
+        reply = await self.client.request("snapshot", {}, wait=IDLE_CHECK)
         if reply.status != "ok":
             self._set_broker(False)
             return
@@ -206,7 +188,7 @@ class Hub:
 
     async def resync(self, snap: dict | None = None) -> bool:
         if snap is None:
-            reply = await self.client.request_props("snapshot", {}, timeout=5.0)
+            reply = await self.client.request("snapshot", {}, wait=5.0)
             if reply.status != "ok":
                 self._set_broker(False)
                 return False
@@ -230,7 +212,7 @@ class Hub:
     async def _fetch_logs(self) -> None:
         """At the first sync only: the log tails the workers already have (later, events keep them current)."""
         async def one(pid: str) -> None:
-            reply = await self.client.request_props("logs", {"plugin": pid, "count": self.log_lines}, timeout=3.0)
+            reply = await self.client.request("logs", {"plugin": pid, "count": self.log_lines}, wait=3.0)
             if reply.status == "ok" and isinstance(reply.result, dict):
                 entries = reply.result.get("entries") or []
                 buf = self.logs.setdefault(pid, collections.deque(maxlen=self.log_lines))

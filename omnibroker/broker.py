@@ -168,6 +168,8 @@ class Broker:
             self._unwatch(link)
             self.slots.release_worker(link.identity)
         self._fail_pending(plugin, "the plugin was removed")
+        self._set_worker_status(plugin, "none", registered=False, mode="idle", grpcConnected=False, pluginPid=0,
+                                workerPid=0)
         self.events.forget(plugin)
 
     async def ensure_worker(self, plugin: str) -> WorkerLink:

@@ -68,10 +68,13 @@ class Client:
             self.sock.close(0)
             self.sock = None
 
-    def request(self, command: str, timeout: float | None = None, **props: Any) -> protocol.Reply:
-        """Send one request; return the Reply (ok or error). Raises BrokerUnavailable after the retries."""
-        rid, body = _request_bytes(command, props)
-        wait_ms = int((timeout or self.timeout) * 1000)
+    def request(self, command: str, properties: dict[str, Any] | None = None, /, *, wait: float | None = None,
+                **props: Any) -> protocol.Reply:
+        """Send one request; return the Reply (ok or error). Raises BrokerUnavailable after the retries.
+
+        Properties come as a dict, keywords, or both; `wait` is this client's own patience per try."""
+        rid, body = _request_bytes(command, {**(properties or {}), **props})
+        wait_ms = int((wait or self.timeout) * 1000)
         for _ in range(max(1, self.retries)):
             sock = self._socket()
             sock.send(body)
@@ -83,9 +86,10 @@ class Client:
         raise BrokerUnavailable(f"no answer from {self.endpoint} after {self.retries} tries of "
                                 f"{wait_ms / 1000:g}s; is the broker running (supervisord -c supervisor.d/omni.conf)?")
 
-    def call(self, command: str, timeout: float | None = None, **props: Any) -> Any:
+    def call(self, command: str, properties: dict[str, Any] | None = None, /, *, wait: float | None = None,
+             **props: Any) -> Any:
         """Send one request and return its result; raises CommandFailed on an error reply."""
-        return _result(self.request(command, timeout=timeout, **props))
+        return _result(self.request(command, properties, wait=wait, **props))
 
     def __enter__(self) -> "Client":
         return self
@@ -120,22 +124,24 @@ class AsyncClient:
             if fut is not None and not fut.done():
                 fut.set_result(reply)
 
-    async def request(self, command: str, timeout: float = 30.0, **props: Any) -> protocol.Reply:
+    async def request(self, command: str, properties: dict[str, Any] | None = None, /, *, wait: float = 30.0,
+                      **props: Any) -> protocol.Reply:
         import asyncio
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
-        rid, body = _request_bytes(command, props)
+        rid, body = _request_bytes(command, {**(properties or {}), **props})
         fut = self.pending[rid] = asyncio.get_running_loop().create_future()
         await self.sock.send_multipart([b"", body])
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, wait)
         except asyncio.TimeoutError:
             self.pending.pop(rid, None)
             return protocol.error_reply(rid, protocol.ErrorCode.TIMEOUT,
-                                        f"no answer from {self.endpoint} within {timeout:g}s")
+                                        f"no answer from {self.endpoint} within {wait:g}s")
 
-    async def call(self, command: str, timeout: float = 30.0, **props: Any) -> Any:
-        return _result(await self.request(command, timeout=timeout, **props))
+    async def call(self, command: str, properties: dict[str, Any] | None = None, /, *, wait: float = 30.0,
+                   **props: Any) -> Any:
+        return _result(await self.request(command, properties, wait=wait, **props))
 
     def close(self) -> None:
         if self._reader is not None:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = COMMANDS[args.command_name]
         props = {k: getattr(args, k) for k in cmd.properties if getattr(args, k, None) is not None}
         try:
-            result = client.call(cmd.name, timeout=cmd.timeout + 2 if cmd.forward else None,
+            result = client.call(cmd.name, wait=cmd.timeout + 2 if cmd.forward else None,
                                  **props)
         except CommandFailed as e:
             if args.json:

@@ -71,6 +71,7 @@ class DevServerState(msgspec.Struct, kw_only=True, omit_defaults=False):
     pluginPid: int = 0
     buildQueued: bool = False
     restarts: int = 0
+    registered: bool = True             # false in the last status of a removed plugin
 
 
 class LogEntry(msgspec.Struct, kw_only=True):

@@ -85,7 +85,7 @@ class Service:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"supervisord exited {self.proc.returncode}: {self.logs('supervisord.out')}")
-            reply = self.request("ping", timeout=0.5)
+            reply = self.request("ping", wait=0.5)
             if reply is not None and reply.status == "ok":
                 return reply.result
         raise TimeoutError(f"no ping within {timeout}s: {self.logs('supervisord.out')}")
@@ -113,14 +113,14 @@ class Service:
             return ""
 
     # --- control ---------------------------------------------------------------------------------------------------
-    def request(self, command: str, timeout: float = 5.0, **props: Any) -> protocol.Reply | None:
+    def request(self, command: str, wait: float = 5.0, **props: Any) -> protocol.Reply | None:
         try:
-            return self.client.request(command, timeout=timeout, **props)
+            return self.client.request(command, wait=wait, **props)
         except Exception:       # noqa: BLE001 - broker down: None, callers retry
             return None
 
-    def call(self, command: str, timeout: float = 30.0, **props: Any) -> Any:
-        reply = self.client.request(command, timeout=timeout, **props)
+    def call(self, command: str, wait: float = 30.0, **props: Any) -> Any:
+        reply = self.client.request(command, wait=wait, **props)
         assert reply.status == "ok", f"{command} {props}: {reply.code}: {reply.reason}"
         return reply.result
 
@@ -144,7 +144,7 @@ class Service:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
-            reply = self.request("status", plugin=plugin, timeout=1.0)
+            reply = self.request("status", plugin=plugin, wait=1.0)
             if reply is not None and reply.status == "ok":
                 last = reply.result
                 if pred(last):

@@ -24,8 +24,9 @@ def test_add_creates_worker_program_that_registers(service):
     assert (service.runtime / "workers" / "omniworker-hello.conf").exists()
     listed = service.call("list")["plugins"]
     assert [p["pluginID"] for p in listed] == ["hello"]
-    # remove: the program disappears from supervisord
+    # remove: the program disappears from supervisord; a last status says so
     service.call("remove", plugin="hello")
+    events.wait(lambda e: e.payload["pluginID"] == "hello" and not e.payload["registered"], what="removed status")
     names = [p["name"] for p in service.supervisor().getAllProcessInfo()]
     assert "omniworker-hello" not in names
     assert service.request("status", plugin="hello").code == "unknown_plugin"

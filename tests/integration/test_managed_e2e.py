@@ -38,7 +38,7 @@ def svc(tmp_path_factory):
 
 def greet(svc, name="e2e", timeout=10.0) -> str:
     req = base64.b64encode(greeter_pb.encode_greet_request(name)).decode()
-    result = svc.call("invoke", plugin="hello", method=GREET, request=req, timeout=timeout)
+    result = svc.call("invoke", wait=timeout + 5, plugin="hello", method=GREET, request=req, timeout=timeout)
     return greeter_pb.decode_greet_reply(base64.b64decode(result["response"]))
 
 
