@@ -258,7 +258,7 @@ K_TOKEN = b"token"
 K_PROCSTATE = b"procstate"    # from omnievents: supervisord PROCESS_STATE_* of our programs
 
 HEARTBEAT_INTERVAL = 1.0     # seconds between worker heartbeats
-HEARTBEAT_LIVENESS = 3.0     # a worker silent this long is marked lost
+HEARTBEAT_LIVENESS = 2.5     # a worker silent this long is marked lost (with the 0.25 s check: within 3 s)
 
 
 class Register(msgspec.Struct, kw_only=True):
