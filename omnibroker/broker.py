@@ -97,6 +97,7 @@ class Broker:
         self.worker_sock = self._bind(zmq.ROUTER, protocol.endpoint("workers"))
         self.events = EventBus(bind_xpub(self.ctx, protocol.endpoint("events")))
         self.workers: dict[str, WorkerLink] = {}
+        self.by_identity: dict[bytes, str] = {}        # the current incarnation's DEALER identity -> plugin
         self.registered: dict[str, asyncio.Event] = {}
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
@@ -165,6 +166,7 @@ class Broker:
         await self.sync_programs()
         link = self.workers.pop(plugin, None)
         if link is not None:
+            self.by_identity.pop(link.identity, None)
             self._unwatch(link)
             self.slots.release_worker(link.identity)
         self._fail_pending(plugin, "the plugin was removed")
@@ -275,12 +277,6 @@ class Broker:
     def _grant_slot(self, identity: bytes, token: str) -> None:
         self._send_worker(identity, protocol.K_TOKEN, protocol.encode(protocol.Token(op="granted", id=token)))
 
-    def _plugin_of_identity(self, identity: bytes) -> str | None:
-        # Identities are "w:<plugin>:<pid>"; the table is authoritative.
-        for plugin, link in self.workers.items():
-            if link.identity == identity:
-                return plugin
-        return None
 
     def on_worker(self, frames: list[bytes]) -> None:
         if len(frames) < 3:
@@ -306,7 +302,9 @@ class Broker:
             self.slots.release_worker(old.identity)
         if old is not None:
             self._unwatch(old)
+            self.by_identity.pop(old.identity, None)
         link = self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        self.by_identity[identity] = reg.plugin
         self._watch_pid(reg.plugin, link)
         state = reg.state
         state.workerStatus, state.workerPid = "up", reg.pid
@@ -347,7 +345,7 @@ class Broker:
             link.pidfd = -1
 
     def _touch(self, identity: bytes) -> str | None:
-        plugin = self._plugin_of_identity(identity)
+        plugin = self.by_identity.get(identity)
         if plugin is not None:
             link = self.workers[plugin]
             link.last_seen = time.monotonic()

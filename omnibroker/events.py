@@ -16,6 +16,7 @@ import zmq
 from . import protocol
 from .protocol import DevServerState, EventMeta
 from .security import secure_server
+from .zstream import send_frames
 
 
 def new_epoch() -> str:
@@ -37,7 +38,7 @@ class EventBus:
         meta = EventMeta(epoch=self.epoch, seq=self.seq, ts=time.time(), pluginID=plugin)
         frames = protocol.event_frames(topic, payload, meta)
         try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            send_frames(self.socket, frames)
         except zmq.Again:       # XPUB never blocks in practice (drops at HWM per subscriber); be safe
             pass
         self.published += 1
