@@ -102,6 +102,8 @@ class Broker:
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
+        # Every worker's heartbeat gets the same answer (100 plugins: 100 a second), so encode it once.
+        self._heartbeat_reply = protocol.encode(protocol.BrokerHeartbeat(epoch=self.events.epoch))
         self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
         for plugin in self.registry.plugins:
             self.events.states[plugin] = self._initial_state(plugin)
@@ -356,8 +358,7 @@ class Broker:
 
     def on_heartbeat(self, identity: bytes, body: list[bytes]) -> None:
         self._touch(identity)
-        self._send_worker(identity, protocol.K_HEARTBEAT,
-                          protocol.encode(protocol.BrokerHeartbeat(epoch=self.events.epoch)))
+        self._send_worker(identity, protocol.K_HEARTBEAT, self._heartbeat_reply)
 
     def on_event(self, identity: bytes, body: list[bytes]) -> None:
         plugin = self._touch(identity)
