@@ -190,7 +190,7 @@ def decode_request(frames: list[bytes]) -> Request:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as e:
         raise CommandError(ErrorCode.BAD_REQUEST, f"invalid request: {e}") from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise CommandError(ErrorCode.BAD_REQUEST, f"request is not valid JSON: {e}") from None
 
 
@@ -200,7 +200,7 @@ def request_id_of(frames: list[bytes]) -> Any:
         doc = msgspec.json.decode(frames[-1]) if frames and len(frames[-1]) <= MAX_REQUEST_BYTES else None
         rid = doc.get("id") if isinstance(doc, dict) else None
         return rid if isinstance(rid, (str, int)) else None
-    except (msgspec.DecodeError, RecursionError):
+    except Exception:       # noqa: BLE001 - any garbage (bad UTF-8, deep nesting): no id, still an answer
         return None
 
 
