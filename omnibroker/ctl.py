@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             return _tail(args, client)
         cmd = COMMANDS[args.command_name]
         props = {k: getattr(args, k) for k in cmd.properties if getattr(args, k, None) is not None}
+        if "path" in props:     # the broker runs elsewhere: a path means what it means in this shell
+            import os
+            props["path"] = os.path.abspath(os.path.expanduser(props["path"]))
         try:
             result = client.call(cmd.name, wait=cmd.timeout + 2 if cmd.forward else None,
                                  **props)

@@ -35,6 +35,9 @@ def validate_plugin_dir(path: Any) -> str:
         raise CommandError(ErrorCode.BAD_PROPERTY, "'path' must be a non-empty string")
     if "\x00" in path:
         raise CommandError(ErrorCode.BAD_PROPERTY, "'path' contains a NUL byte")
+    if not os.path.isabs(os.path.expanduser(path)):
+        # resolved against the broker's working directory it would name some other directory than the user meant
+        raise CommandError(ErrorCode.BAD_PROPERTY, f"plugin path {path!r} is relative; give an absolute path")
     real = os.path.realpath(os.path.expanduser(path))
     if not os.path.isdir(real):
         raise CommandError(ErrorCode.BAD_PROPERTY, f"plugin path {path!r} is not a directory")

@@ -18,6 +18,8 @@ from omnibroker.protocol import CommandError, ErrorCode
 
 from .context import PluginContext
 
+NO_PORT = "no Vite port was allocated"
+
 
 class DevServer:
     def __init__(self, ctx: PluginContext):
@@ -26,6 +28,7 @@ class DevServer:
         self.go = None
         self.external = None
         self._go_start: asyncio.Task | None = None
+        self._halves = (True, True)         # (vite, go) asked for by the last start: what restart brings back
 
     @property
     def mode(self) -> str:
@@ -36,12 +39,25 @@ class DevServer:
         if self.mode == "external":
             await self.detach()
         if self.mode == "managed":
-            return                                      # idempotent
+            # idempotent, except for a Vite that could not start for want of a port and has one now
+            if vite and vite_port and self.vite is None:
+                from .vite import ViteServer
+                self._halves = (True, self._halves[1])
+                if self.ctx.state.lastError.startswith(NO_PORT):
+                    self.ctx.set(lastError="")
+                self.vite = ViteServer(self.ctx)
+                await self.vite.start(vite_port)
+            return
+        self._halves = (vite, go)
         self.ctx.set(mode="managed", lastError="")
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
         # Both halves start side by side and report progress as events; `start` answers at once.
         if vite and not vite_port:
-            self.ctx.set(viteStatus="error", lastError="no Vite port was allocated (see the broker's no_port error)")
+            msg = (f"{NO_PORT}: the service's Vite port range ([service] vite_ports) is exhausted; "
+                   "stop another plugin or widen the range, then `start` again")
+            self.ctx.set(viteStatus="error", lastError=msg)
+            self.ctx.log("manager", "error", msg)
+            self.ctx.errors([protocol.BuildError(message=msg)])
         elif vite:
             from .vite import ViteServer
             self.vite = ViteServer(self.ctx)
@@ -73,7 +89,7 @@ class DevServer:
             await self.attach()
             return
         vite_port = self.ctx.state.vitePort
-        vite, go = self.vite is not None, self.go is not None
+        vite, go = self._halves         # a half that failed to start (e.g. no port) is tried again
         await self.stop()
         await self.start(vite=vite, go=go, vite_port=vite_port)
 

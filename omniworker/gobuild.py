@@ -257,6 +257,13 @@ class Builder:
             lines.append(line)
             ctx.log("go-build", "info" if stream == "stdout" else _stderr_level(line), line)
 
+        if not os.path.isdir(ctx.dir) or not os.path.isdir(cwd):
+            # the plugin dir was deleted or moved: say so (and do not re-create it by making the output dir)
+            where = ctx.dir if not os.path.isdir(ctx.dir) else cwd
+            msg = (f"the {'plugin' if where == ctx.dir else 'build'} directory {where} does not exist any more "
+                   f"(deleted or moved?); nothing was built, the installed plugin binary is kept")
+            ctx.log("go-build", "error", msg)
+            return BuildResult(ok=False, errors=[BuildError(file=where, message=msg)], binary=output, queued=queued)
         try:
             os.makedirs(os.path.dirname(output), exist_ok=True)
         except OSError as e:
@@ -292,6 +299,10 @@ class Builder:
                 raise
             except OSError as e:
                 msg = f"cannot run the build command {argv[0]!r}: {e.strerror or e}"
+                if isinstance(e, FileNotFoundError) and os.sep not in argv[0]:
+                    msg = (f"cannot run the build command: {argv[0]!r} was not found on PATH "
+                           f"({env.get('PATH', '')!r}); install the Go toolchain or fix PATH in "
+                           f"[plugins.{ctx.id}.build] env")
                 ctx.log("go-build", "error", msg)
                 return BuildResult(ok=False, errors=[BuildError(message=msg)], binary=output, queued=queued,
                                    started=started, finished=loop.time())
@@ -322,6 +333,15 @@ class Builder:
                               binary=output, started=started, finished=finished)
         else:
             errs = parse_go_errors(text, ctx.dir, cwd)
+            if rc is not None and rc < 0:
+                # killed by a signal we did not send (OOM killer, kill by hand): not a compile error
+                try:
+                    name = signal.Signals(-rc).name
+                except ValueError:
+                    name = f"signal {-rc}"
+                errs.insert(0, BuildError(message=f"the build was killed by {name} (not by omni: out of memory, or "
+                                                  f"killed by hand?); the installed plugin binary is kept; save again "
+                                                  f"or run `omnictl rebuild {ctx.id}` to retry"))
             if rc == 0:
                 errs.append(BuildError(message=f"the build command succeeded but produced no binary at {output}"))
             elif not errs:

@@ -242,6 +242,7 @@ class GoPath:
 
     def _on_watch_error(self, message: str) -> None:
         self.ctx.set(lastError=message)
+        self.ctx.errors([BuildError(message=message)])
 
     def _cancel_build(self, why: str) -> None:
         task = self._cycle_task

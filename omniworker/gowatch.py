@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import inspect
 import os
@@ -43,6 +44,31 @@ _EVENT_TYPES = [FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeleted
 
 class WatchError(Exception):
     """The watcher could not start (or stopped working); the message says why and what to do."""
+
+
+_IN_ATTRIB = 0x00000004
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:     # pragma: no cover - not Linux
+    _libc = None
+
+
+def inotify_room(path: str) -> OSError | None:
+    """Add (and drop) one watch in a fresh inotify instance; OSError(ENOSPC) when the per-user watch limit is reached.
+
+    watchdog skips, silently, the subdirectories of a recursive watch it could not add (it only raises for the watch's
+    own root), so after scheduling we probe: a full table means some of our directories may not be watched."""
+    if _libc is None:
+        return None
+    fd = _libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0:
+        return None         # no instance left to probe with; the watches already made stand
+    try:
+        if _libc.inotify_add_watch(fd, os.fsencode(path), _IN_ATTRIB) < 0 and ctypes.get_errno() == errno.ENOSPC:
+            return OSError(errno.ENOSPC, "inotify watch limit reached")
+        return None
+    finally:
+        os.close(fd)
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
@@ -259,6 +285,9 @@ class GoWatcher:
                                                              event_filter=_EVENT_TYPES)
                 self._watched_abs.add(self.root)
             observer.start()
+            full = inotify_room(self.root)
+            if full is not None:
+                raise full
         except OSError as e:
             try:
                 observer.stop()
@@ -347,6 +376,10 @@ class GoWatcher:
         self.ctx.log("go-watch", "error", msg)
         if self.on_error is not None:
             self._call(self.on_error, msg)
+        if path != self.root and not os.path.isdir(self.root):
+            # the whole plugin dir went: inotify reports no IN_DELETE_SELF for it while a process (the plugin, Vite)
+            # still has it as its working directory, so its removal shows only through what was inside
+            self._gone(self.root)
 
     def _reappeared(self, path: str) -> None:
         """A watched root (e.g. pkg/) was re-created (git checkout, mv back): watch it again."""

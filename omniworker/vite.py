@@ -72,6 +72,14 @@ _JS_ERROR = re.compile(r"^\s*(?:Uncaught\s+)?(?P<name>[A-Za-z]*Error)(?:\s*\[[A-
 _STACK = re.compile(r"^\s+at\s")
 
 
+def _position(text: str | int) -> int:
+    """A line or column number as printed: 0 when unreadable (e.g. more digits than int() takes), at most int32."""
+    try:
+        return min(max(int(text), 0), 2**31 - 1)
+    except (TypeError, ValueError):
+        return 0
+
+
 def parse_vite_errors(lines: list[str], root: str) -> list[BuildError]:
     """Structured errors from a block of Vite output (ANSI already removed or not): located diagnostics first;
     without any, the first JS error line (attached to the config file when the config failed to load)."""
@@ -88,7 +96,7 @@ def parse_vite_errors(lines: list[str], root: str) -> list[BuildError]:
             path = path[len("file://"):]
         if path and not os.path.isabs(path):
             path = os.path.normpath(os.path.join(root, path))
-        err = BuildError(file=path, line=int(line), column=int(col), message=msg.strip() or "error")
+        err = BuildError(file=path, line=_position(line), column=_position(col), message=msg.strip() or "error")
         key = (err.file, err.line, err.column, err.message)
         if key not in seen:
             seen.add(key)

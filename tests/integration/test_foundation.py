@@ -37,9 +37,13 @@ def test_worker_kill_is_seen_and_restarted(service):
     pid = service.wait_program("omniworker-hello")
     service.wait_state("hello", lambda s: s["workerStatus"] == "up", what="worker up")
     events = service.subscribe(protocol.STATUS)
+    # Prove the subscription is live before the fault: another plugin's status event must arrive.
+    service.call("add", plugin="probe", path=str(EXAMPLE))
+    events.wait(lambda e: e.payload["pluginID"] == "probe", what="subscription live")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    gone = events.wait(lambda e: e.payload["workerStatus"] in ("exited", "lost"), what="worker gone")
+    gone = events.wait(lambda e: e.payload["pluginID"] == "hello" and e.payload["workerStatus"] in ("exited", "lost"),
+                       what="worker gone")
     seen_after = time.monotonic() - t0
     events.wait(lambda e: e.payload["workerStatus"] == "up" and e.payload["workerPid"] != pid, what="worker back")
     assert gone.payload["workerStatus"] == "exited"     # seen directly, not after the 3 s heartbeat timeout
