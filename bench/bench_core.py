@@ -4,6 +4,7 @@
 - event latency: worker DEALER -> broker -> SUB vs raw PUB -> XSUB/XPUB proxy (separate process) -> SUB
 - log throughput to 1 and 10 subscribers, with what the high-water mark dropped (counted from seq gaps)
 - one `omnictl status` process vs one `supervisorctl status` process
+Ours and raw are measured in alternating blocks (ABBA), so a change of machine load hits both.
 
     .venv/bin/python bench/bench_core.py [--json out.json] [--quick]
 """
@@ -48,35 +49,54 @@ def _raw_rep(endpoint: str) -> None:
 def _raw_proxy(front: str, back: str) -> None:
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.SNDHWM, protocol.EVENTS_SNDHWM)    # before bind: accepted connections take bind-time options
     xsub.bind(front)
     xpub.bind(back)
-    xpub.setsockopt(zmq.SNDHWM, protocol.EVENTS_SNDHWM)
     zmq.proxy(xsub, xpub)
 
 
-def rtt(send_recv, n: int) -> dict:
-    for _ in range(100):
+def rtt_samples(send_recv, n: int, warmup: int = 100) -> list[float]:
+    for _ in range(warmup):
         send_recv()
     xs = []
     for _ in range(n):
         t = time.perf_counter()
         send_recv()
         xs.append((time.perf_counter() - t) * 1e6)
-    return stats(xs)
+    return xs
 
 
-def event_latency(pub_send, sub: zmq.Socket, n: int) -> dict:
+def rtt(send_recv, n: int) -> dict:
+    return stats(rtt_samples(send_recv, n))
+
+
+def latency_samples(pub_send, sub: zmq.Socket, n: int, warmup: int = 50) -> list[float]:
     """Send one event at a time carrying its send time; measure until the SUB has it."""
     xs = []
-    for i in range(n + 50):
+    for i in range(n + warmup):
         t = time.perf_counter()
         pub_send(t)
         if not sub.poll(2000):
             raise RuntimeError("event lost in latency run")
         sub.recv_multipart()
-        if i >= 50:
+        if i >= warmup:
             xs.append((time.perf_counter() - t) * 1e6)
-    return stats(xs)
+    return xs
+
+
+def event_latency(pub_send, sub: zmq.Socket, n: int) -> dict:
+    return stats(latency_samples(pub_send, sub, n))
+
+
+def interleaved(sample_ours, sample_raw, n: int, blocks: int = 10) -> tuple[dict, dict]:
+    """Alternate blocks of ours and raw (ABBA...) so both see the same machine load; `sample_*(k)` -> k samples."""
+    ours, raw = [], []
+    per = max(1, n // blocks)
+    for i in range(blocks):
+        order = ((ours, sample_ours), (raw, sample_raw)) if i % 2 == 0 else ((raw, sample_raw), (ours, sample_ours))
+        for out, fn in order:
+            out.extend(fn(per))
+    return stats(ours), stats(raw)
 
 
 def main() -> int:
@@ -102,8 +122,10 @@ def main() -> int:
         # control RTT
         req = ctx.socket(zmq.REQ)
         req.connect(f"ipc://{tmp}/rep.sock")
-        raw = rtt(lambda: (req.send(body), req.recv()), n)
-        ours = rtt(lambda: svc.client.call("ping"), n)
+        raw_call, ours_call = (lambda: (req.send(body), req.recv())), (lambda: svc.client.call("ping"))
+        rtt_samples(raw_call, 0)
+        rtt_samples(ours_call, 0)
+        ours, raw = interleaved(lambda k: rtt_samples(ours_call, k, 10), lambda k: rtt_samples(raw_call, k, 10), n)
         results["control_rtt_us"] = {"ours": ours, "raw": raw, "ratio": ours["median"] / raw["median"],
                                      "what": "client-library ping vs raw REQ/REP echo"}
 
@@ -116,9 +138,8 @@ def main() -> int:
         rsub.connect(f"ipc://{tmp}/xpub.sock")
         meta = protocol.encode(protocol.EventMeta(epoch="e", seq=1, ts=0.0, pluginID="bench"))
         time.sleep(0.3)     # subscription propagation through the proxy; no event to wait on
-        raw_ev = event_latency(lambda t: pub.send_multipart(
-            [protocol.LOG.encode(), protocol.encode(protocol.log_payload("bench", "manager", "info", filler)), meta]),
-            rsub, n)
+        raw_send = lambda t: pub.send_multipart(      # noqa: E731
+            [protocol.LOG.encode(), protocol.encode(protocol.log_payload("bench", "manager", "info", filler)), meta])
 
         dealer = ctx.socket(zmq.DEALER)
         dealer.connect(svc.endpoint("workers"))
@@ -127,9 +148,13 @@ def main() -> int:
         assert dealer.poll(5000) and dealer.recv_multipart()[0] == protocol.K_WELCOME
         osub = svc.subscribe(protocol.LOG).sock
         time.sleep(0.3)
-        ours_ev = event_latency(lambda t: dealer.send_multipart(
+        ours_send = lambda t: dealer.send_multipart(      # noqa: E731
             [protocol.K_EVENT, protocol.LOG.encode(),
-             protocol.encode(protocol.log_payload("bench", "manager", "info", filler))]), osub, n)
+             protocol.encode(protocol.log_payload("bench", "manager", "info", filler))])
+        latency_samples(raw_send, rsub, 0)
+        latency_samples(ours_send, osub, 0)
+        ours_ev, raw_ev = interleaved(lambda k: latency_samples(ours_send, osub, k, 10),
+                                      lambda k: latency_samples(raw_send, rsub, k, 10), n)
         results["event_latency_us"] = {"ours": ours_ev, "raw": raw_ev, "ratio": ours_ev["median"] / raw_ev["median"],
                                        "what": "worker->broker->SUB vs PUB->XSUB/XPUB proxy->SUB"}
 
@@ -173,16 +198,20 @@ def main() -> int:
         env = svc.env
         conf = str(Path(__file__).resolve().parent.parent / "supervisor.d" / "omni.conf")
 
-        def timed(cmd):
+        def timed(cmd, k):
             xs = []
-            for _ in range(5 if args.quick else 15):
+            for _ in range(k):
                 t = time.perf_counter()
                 subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
                 xs.append((time.perf_counter() - t) * 1e3)
-            return stats(xs)
+            return xs
         bindir = Path(sys.executable).parent
-        ours_cli = timed([str(bindir / "omnictl"), "status", "bench"])
-        sup_cli = timed([str(bindir / "supervisorctl"), "-c", conf, "status"])
+        ours_cmd = [str(bindir / "omnictl"), "status", "bench"]
+        sup_cmd = [str(bindir / "supervisorctl"), "-c", conf, "status"]
+        timed(ours_cmd, 1)
+        timed(sup_cmd, 1)
+        runs = 6 if args.quick else 16
+        ours_cli, sup_cli = interleaved(lambda k: timed(ours_cmd, k), lambda k: timed(sup_cmd, k), runs, runs // 2)
         results["cli_ms"] = {"ours": ours_cli, "raw": sup_cli, "ratio": ours_cli["median"] / sup_cli["median"],
                              "what": "one `omnictl status` process vs one `supervisorctl status` process"}
     finally:
