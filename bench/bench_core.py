@@ -99,6 +99,32 @@ def interleaved(sample_ours, sample_raw, n: int, blocks: int = 10) -> tuple[dict
     return stats(ours), stats(raw)
 
 
+def count_received(subs: list, count: int, t0: float) -> dict:
+    """Drain the subscribers until each has `count` events or all are silent for 1 s; losses from seq gaps."""
+    nsubs = len(subs)
+    got, first, last = [0] * nsubs, [None] * nsubs, [0] * nsubs
+    done_at = t0
+    while True:
+        ready = False
+        for i, s in enumerate(subs):
+            while s.poll(0):
+                frames = s.recv_multipart()
+                seq = protocol.decode_meta(frames[2]).seq
+                first[i] = first[i] or seq
+                last[i] = seq
+                got[i] += 1
+                ready = True
+                done_at = time.perf_counter()
+        if all(g >= count for g in got):
+            break
+        if not ready and not any(s.poll(1000) for s in subs):
+            break
+    elapsed = done_at - t0
+    dropped = [(last[i] - first[i] + 1) - got[i] if first[i] else count for i in range(nsubs)]
+    return {"events": count, "received_min": min(got), "dropped_total": sum(dropped),
+            "events_per_s_per_sub": min(got) / elapsed if elapsed else 0.0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
@@ -167,30 +193,8 @@ def main() -> int:
             t0 = time.perf_counter()
             for _ in range(count):
                 dealer.send_multipart([protocol.K_EVENT, protocol.LOG.encode(), payload])
-            got = [0] * nsubs
-            first = [None] * nsubs
-            last = [0] * nsubs
-            done_at = t0
-            while True:
-                ready = False
-                for i, s in enumerate(subs):
-                    while s.poll(0):
-                        frames = s.recv_multipart()
-                        seq = protocol.decode_meta(frames[2]).seq
-                        first[i] = first[i] or seq
-                        last[i] = seq
-                        got[i] += 1
-                        ready = True
-                        done_at = time.perf_counter()
-                if all(g >= count for g in got):
-                    break
-                if not ready and not any(s.poll(1000) for s in subs):
-                    break
-            elapsed = done_at - t0
-            dropped = [(last[i] - first[i] + 1) - got[i] if first[i] else count for i in range(nsubs)]
-            results[f"log_throughput_{nsubs}sub"] = {
-                "events": count, "received_min": min(got), "dropped_total": sum(dropped),
-                "events_per_s_per_sub": min(got) / elapsed if elapsed else 0.0}
+            counted = count_received(subs, count, t0)
+            results[f"log_throughput_{nsubs}sub"] = counted
             for s in subs:
                 s.close(0)
 

@@ -60,7 +60,7 @@ def raw_throughput(nsubs: int, count: int) -> dict:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(BENCH))
     import zmq
-    from bench_core import PAYLOAD_SIZE, _raw_proxy
+    from bench_core import PAYLOAD_SIZE, _raw_proxy, count_received
     from omnibroker import protocol
 
     tmp = tempfile.mkdtemp(prefix="omni-bench-rawtput-")
@@ -87,27 +87,7 @@ def raw_throughput(nsubs: int, count: int) -> dict:
         t0 = time.perf_counter()
         for i in range(count):
             pub.send_multipart([topic, payload, metas[i]])
-        got, first, last = [0] * nsubs, [None] * nsubs, [0] * nsubs
-        done_at = t0
-        while True:
-            ready = False
-            for i, s in enumerate(subs):
-                while s.poll(0):
-                    frames = s.recv_multipart()
-                    seq = protocol.decode_meta(frames[2]).seq
-                    first[i] = first[i] or seq
-                    last[i] = seq
-                    got[i] += 1
-                    ready = True
-                    done_at = time.perf_counter()
-            if all(g >= count for g in got):
-                break
-            if not ready and not any(s.poll(1000) for s in subs):
-                break
-        elapsed = done_at - t0
-        dropped = [(last[i] - first[i] + 1) - got[i] if first[i] else count for i in range(nsubs)]
-        return {"events": count, "received_min": min(got), "dropped_total": sum(dropped),
-                "events_per_s_per_sub": min(got) / elapsed if elapsed else 0.0}
+        return count_received(subs, count, t0)
     finally:
         proxy.kill()
         ctx.destroy(linger=0)
