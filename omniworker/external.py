@@ -369,6 +369,14 @@ class PidWatch:
 
 # ------------------------------------------------------------------------------------------------------------------
 
+def _pid_running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child of someone who has not reaped it yet is dead to us)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class ChannelClosed(Exception):
     """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,
     which surfaces as CancelledError in the caller even though the caller's task was not cancelled)."""
@@ -654,6 +662,12 @@ class External:
                 self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", **self._vite_fields(None))
             return
         except DevInfoError as e:
+            conn = self._conn
+            if e.code == Code.PID_DEAD and conn is not None and not _pid_running(conn.pid):
+                # The file still names the process we are connected to, and it just died: a file event raced the
+                # pidfd. Take the death path (status, then remove the .devinfo that names the dead pid).
+                self._on_exit(conn)
+                return
             self._seen_key = e.key or self._current_key()
             self._valid = None
             self._report(e, self._seen_key)
