@@ -102,7 +102,6 @@ class AsyncClient:
     """asyncio control client on a DEALER: many requests in flight, matched by id."""
 
     def __init__(self, endpoint: str | None = None, context: Any = None):
-        import asyncio  # noqa: F401
         import zmq.asyncio
         self.endpoint = endpoint or protocol.endpoint("control")
         self.ctx = context or zmq.asyncio.Context.instance()

@@ -1,5 +1,4 @@
 """`snapshot` control command."""
-from .. import protocol
 from .base import Command
 
 
