@@ -429,6 +429,8 @@ class Broker:
 
     async def _restart_worker(self, plugin: str, pid: int) -> None:
         try:
+            if not _is_worker_of(pid, plugin):  # a pid we were told, not one we started: kill only our worker
+                raise ProcessLookupError(pid)
             os.kill(pid, signal.SIGKILL)    # a stopped (SIGSTOP) process ignores TERM; supervisord restarts it
         except OSError:
             try:
@@ -467,6 +469,16 @@ class Broker:
                 if attempt == 0:
                     log.warning("%s; retrying", e.reason)
                 await asyncio.sleep(0.2)
+
+
+def _is_worker_of(pid: int, plugin: str) -> bool:
+    """Whether `pid` is an omniworker process for `plugin` (its command line says so)."""
+    import psutil
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return "omniworker.worker" in " ".join(cmd) and plugin in cmd
 
 
 def main(argv: list[str] | None = None) -> int:
