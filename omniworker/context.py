@@ -128,9 +128,9 @@ class NullSink:
     async def build_slot(self) -> AsyncIterator[None]:
         yield
 
-    async def wait_for(self, pred, timeout: float = 10.0) -> tuple[str, Any]:
-        """Wait for an event (topic, payload) matching pred; scans events already seen first."""
-        seen = 0
+    async def wait_for(self, pred, timeout: float = 10.0, since: int = 0) -> tuple[str, Any]:
+        """Wait for an event (topic, payload) at index >= `since` matching pred; scans events already seen first."""
+        seen = since
 
         async def scan():
             nonlocal seen

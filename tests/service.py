@@ -161,6 +161,21 @@ class Service:
     def subscribe(self, *topics: str) -> "EventStream":
         return EventStream(subscribe_socket(self.ctx, self.endpoint("events"), topics))
 
+    def bridge_address(self, timeout: float = 30.0) -> tuple[int, str]:
+        """The bridge's (port, token), once it has written both files into the runtime dir."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                port = int((self.runtime / "bridge.port").read_text())
+                token = (self.runtime / "bridge.token").read_text().strip()
+                if token:
+                    return port, token
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)        # files written once by another process: nothing to wait on
+        raise AssertionError(f"omnibridge did not write its port and token in {timeout}s:\n"
+                             f"{self.logs('omnibridge.log')}")
+
     # --- supervisord -------------------------------------------------------------------------------------------------
     def supervisor(self):
         from supervisor.xmlrpc import SupervisorTransport

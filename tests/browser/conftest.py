@@ -63,17 +63,7 @@ class Omni:
 
 
 def wait_bridge(svc: Service, timeout: float = 30.0) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            port = int((svc.runtime / "bridge.port").read_text())
-            token = (svc.runtime / "bridge.token").read_text().strip()
-            if token:
-                return port, token
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)        # files written once by another process: nothing to wait on
-    raise AssertionError(f"omnibridge did not start:\n{svc.logs('omnibridge.log')}")
+    return svc.bridge_address(timeout)
 
 
 @pytest.fixture(scope="module")

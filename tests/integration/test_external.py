@@ -79,19 +79,9 @@ def run(coro, timeout: float = 90):
 
 
 async def wait_event(sink: NullSink, pred, timeout: float = 10.0, since: int = 0):
-    """The first event at index >= since matching pred(topic, payload)."""
-    async def scan():
-        seen = since
-        while True:
-            while seen < len(sink.events):
-                ev = sink.events[seen]
-                seen += 1
-                if pred(*ev):
-                    return ev
-            sink.changed.clear()
-            await sink.changed.wait()
+    """The first event at index >= since matching pred(topic, payload); a timeout names the last events."""
     try:
-        return await asyncio.wait_for(scan(), timeout)
+        return await sink.wait_for(pred, timeout, since)
     except asyncio.TimeoutError:
         tail = "\n".join(f"  {t} {json.dumps(p)[:300]}" for t, p in sink.events[-15:])
         raise AssertionError(f"no matching event within {timeout}s; last events:\n{tail}") from None

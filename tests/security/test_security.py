@@ -316,17 +316,10 @@ def test_worker_program_command_line_is_quoted(svc, tmp_path):
 
 # --- the bridge --------------------------------------------------------------------------------------------------------------
 def _bridge(svc) -> tuple[int, str]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            port = int((svc.runtime / "bridge.port").read_text())
-            token = (svc.runtime / "bridge.token").read_text().strip()
-            if token:
-                return port, token
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)        # polling files another process writes
-    pytest.skip("the bridge did not write its port and token")
+    try:
+        return svc.bridge_address(20)
+    except AssertionError:
+        pytest.skip("the bridge did not write its port and token")
 
 
 def _upgrade(port: int, token: str | None, origin: str | None) -> int:
