@@ -10,12 +10,15 @@ Nothing else in the code base builds these messages by hand: it calls the helper
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 import time
 from typing import Any, Literal
 
 import msgspec
+
+from .errors import CommandError, ErrorCode  # noqa: F401  (re-exported: part of the protocol)
+from .locations import (config_path, endpoint, ensure_runtime_dir, home_dir, plugin_home,  # noqa: F401
+                        runtime_dir)
 
 VERSION = "0.1.0"
 
@@ -128,21 +131,6 @@ class Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     properties: dict[str, Any] = {}
 
 
-class ErrorCode:
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_COMMAND = "unknown_command"
-    UNKNOWN_PLUGIN = "unknown_plugin"
-    BAD_PROPERTY = "bad_property"
-    NO_PORT = "no_port"
-    BUSY = "busy"
-    TIMEOUT = "timeout"
-    WORKER_UNAVAILABLE = "worker_unavailable"
-    NOT_RUNNING = "not_running"
-    SUPERVISOR = "supervisor_error"
-    INTERNAL = "internal_error"
-    RPC = "rpc_error"
-
-
 class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str | int | None
     status: Literal["ok", "error"]
@@ -150,15 +138,6 @@ class Reply(msgspec.Struct, kw_only=True, omit_defaults=True):
     result: Any = None
     code: str = ""
     reason: str = ""
-
-
-class CommandError(Exception):
-    """Raised by command code; becomes an error reply with a machine code and a human sentence."""
-
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def ok_reply(req_id: Any, result: Any = None) -> Reply:
@@ -335,46 +314,3 @@ def decode_welcome(body: bytes) -> Welcome:
 
 def decode_token(body: bytes) -> Token:
     return _token_decoder.decode(body)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Locations (protocol.md "Locations")
-
-def runtime_dir() -> str:
-    env = os.environ.get("OMNI_RUNTIME_DIR")
-    if env:
-        return env
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(xdg, "omni") if xdg else f"/tmp/omni-{os.getuid()}"
-
-
-def ensure_runtime_dir() -> str:
-    """Create the runtime dir 0700 (or tighten it); refuse one owned by someone else."""
-    path = runtime_dir()
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise SystemExit(f"runtime dir {path} is owned by uid {st.st_uid}, not us ({os.getuid()})")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
-def endpoint(name: str) -> str:
-    env = os.environ.get(f"OMNI_{name.upper()}")
-    return env or f"ipc://{runtime_dir()}/{name}.sock"
-
-
-def home_dir() -> str:
-    return os.environ.get("OMNIVIEW_HOME") or os.path.expanduser("~/.omniview")
-
-
-def config_path() -> str:
-    env = os.environ.get("OMNI_CONFIG")
-    if env:
-        return env
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "omni.toml")
-
-
-def plugin_home(plugin: str) -> str:
-    return os.path.join(home_dir(), "plugins", plugin)

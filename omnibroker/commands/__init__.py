@@ -1,4 +1,7 @@
-"""The control command table: one module per command, looked up by name. `omnictl` builds its subcommands from it."""
+"""The control command table: one module per command, looked up by name. `omnictl` builds its subcommands from it.
+
+Command modules import `protocol` (msgspec) and the broker's modules inside `run`/`execute`, never at the top: omnictl
+imports this table, and one `omnictl` call should cost little more than the interpreter start (tests/unit check it)."""
 from __future__ import annotations
 
 from .add import Add

@@ -1,5 +1,4 @@
 """`add` control command."""
-from .. import protocol
 from .base import PLUGIN, Command, Prop
 
 
@@ -10,6 +9,7 @@ class Add(Command):
                   "settings": Prop(dict, "per-plugin settings, as in omni.toml [plugins.<id>]", default={})}
 
     async def execute(self, broker, props):
+        from .. import protocol
         from ..registry import check_plugin_id, validate_plugin_dir
         plugin = check_plugin_id(props["plugin"])
         path = validate_plugin_dir(props["path"])

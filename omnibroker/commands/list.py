@@ -1,5 +1,4 @@
 """`list` control command."""
-from .. import protocol
 from .base import Command
 
 
@@ -10,5 +9,6 @@ class List(Command):
     immediate = True
 
     def run(self, broker, props):
+        from .. import protocol
         return {"plugins": [protocol.to_builtins(broker.state_of(p)) for p in sorted(broker.registry.plugins)]}
 

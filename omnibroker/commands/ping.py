@@ -1,5 +1,4 @@
 """`ping` control command."""
-from .. import protocol
 from .base import Command
 
 
@@ -10,5 +9,6 @@ class Ping(Command):
     immediate = True
 
     def run(self, broker, props):
+        from .. import protocol
         return {"epoch": broker.events.epoch, "version": protocol.VERSION}
 

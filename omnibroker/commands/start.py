@@ -1,5 +1,4 @@
 """`start` control command."""
-from ..protocol import Desired
 from .base import PLUGIN, Command, Prop
 
 
@@ -13,6 +12,7 @@ class Start(Command):
     timeout = 30.0
 
     async def execute(self, broker, props):
+        from ..protocol import Desired
         from ..registry import check_plugin_id, validate_plugin_dir
         plugin = check_plugin_id(props["plugin"])
         if "path" in props:

@@ -1,5 +1,4 @@
 """`status` control command."""
-from .. import protocol
 from .base import PLUGIN, Command
 
 
@@ -10,6 +9,7 @@ class Status(Command):
     immediate = True
 
     def run(self, broker, props):
+        from .. import protocol
         broker.registry.get(props["plugin"])
         return protocol.to_builtins(broker.state_of(props["plugin"]))
 

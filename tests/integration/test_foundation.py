@@ -145,7 +145,6 @@ def test_desired_state_persists_across_broker_restart(service):
 def test_omnictl_table_json_and_exit_codes(shared_service):
     import subprocess
     env = shared_service.env
-    ctl = [str(shared_service.tmp.parent), ]  # placeholder to keep the list non-empty
     out = subprocess.run(["omnictl", "ping"], env=env, capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and out.stdout.startswith("pong"), out
     out = subprocess.run(["omnictl", "--json", "list"], env=env, capture_output=True, text=True, timeout=20)
@@ -156,4 +155,3 @@ def test_omnictl_table_json_and_exit_codes(shared_service):
     out = subprocess.run(["omnictl", "--timeout", "0.2", "ping"], env=dead, capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 3 and "nobody.sock" in out.stderr
-    del ctl

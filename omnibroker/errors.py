@@ -1,0 +1,28 @@
+"""Control error codes and the exception command code raises (part of the protocol; see protocol.py).
+
+Kept free of msgspec and pyzmq so that omnictl's command table imports in a few milliseconds."""
+from __future__ import annotations
+
+
+class ErrorCode:
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_COMMAND = "unknown_command"
+    UNKNOWN_PLUGIN = "unknown_plugin"
+    BAD_PROPERTY = "bad_property"
+    NO_PORT = "no_port"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    WORKER_UNAVAILABLE = "worker_unavailable"
+    NOT_RUNNING = "not_running"
+    SUPERVISOR = "supervisor_error"
+    INTERNAL = "internal_error"
+    RPC = "rpc_error"
+
+
+class CommandError(Exception):
+    """Raised by command code; becomes an error reply with a machine code and a human sentence."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
