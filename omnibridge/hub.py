@@ -8,6 +8,12 @@ Besides the broker's snapshot (epoch, seq, plugins) the hub keeps, per plugin, t
 current build errors, so a browser that connects late gets the build-output panel and the error overlay in its
 snapshot instead of an empty page.
 
+Log lines (the bulk of all events) are followed only while a browser is connected: an idle bridge then costs the
+broker and the machine nothing per log line. The other topics are always followed, so plugin states and build errors
+are current when a browser arrives; the first browser makes the hub subscribe to log lines and fetch each plugin's log
+tail with `logs` (de-duplicated against the log events that race that fetch), the last one to leave unsubscribes.
+While log lines are not followed, seq gaps are those skipped log events, not losses.
+
 Each browser has a bounded queue of ready-to-send JSON texts. A slow browser never blocks the others: when its queue
 is full the queue is dropped and replaced by one fresh snapshot (which already contains everything the dropped events
 carried).
@@ -34,6 +40,10 @@ QUEUE_SIZE = 1000          # messages queued per browser before it gets a fresh 
 LOG_LINES = 500            # log entries per plugin kept for late joiners
 IDLE_CHECK = 2.0           # seconds between checks of the broker (alive? same epoch? same plugin set?)
 RETRY = 1.0                # seconds between snapshot attempts while the broker is down
+
+# always followed; protocol.LOG only while a browser is connected
+QUIET_TOPICS = (protocol.STATUS, protocol.ERROR, protocol.RELOAD_START, protocol.RELOAD_COMPLETE,
+                protocol.RELOAD_ERROR)
 
 # errors stay listed until a build succeeds (goStatus becomes ready), a reload completes, or an empty error event
 _CLEARING_GO = ("ready",)
@@ -82,7 +92,10 @@ class Hub:
         self.queue_size = queue_size
         self.log_lines = log_lines
         self.client = AsyncClient(context=self.ctx)
-        self.sub = subscribe_socket(self.ctx)
+        self.sub = subscribe_socket(self.ctx, topics=QUIET_TOPICS)
+        self.following_logs = False
+        self._logs_settled = False      # a log event arrived since subscribing: from then on, every seq gap is a loss
+        self._logs_fetch: asyncio.Future | None = None
         self.peers: set[Peer] = set()
         # the state browsers start from
         self.epoch = ""
@@ -105,7 +118,15 @@ class Hub:
         self.synced_event = asyncio.Event()
 
     # --- browsers ----------------------------------------------------------------------------------------------
-    def add_peer(self, name: str) -> Peer:
+    async def add_peer(self, name: str) -> Peer:
+        """A browser arrived: it starts from a snapshot that includes each plugin's log tail."""
+        if not self.following_logs:
+            self.following_logs, self._logs_settled = True, False
+            self.logs.clear()           # stale since the last browser left; the fetch brings the current tails
+            self.sub.setsockopt(zmq.SUBSCRIBE, protocol.LOG.encode())
+            self._logs_fetch = asyncio.ensure_future(self._fetch_logs())
+        if self._logs_fetch is not None:
+            await asyncio.shield(self._logs_fetch)      # browsers arriving together share one fetch
         peer = Peer(self, name, self.queue_size)
         peer.push_now(self.snapshot_text())
         self.peers.add(peer)
@@ -113,6 +134,9 @@ class Hub:
 
     def remove_peer(self, peer: Peer) -> None:
         self.peers.discard(peer)
+        if not self.peers and self.following_logs:
+            self.following_logs = False
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, protocol.LOG.encode())
 
     def snapshot_message(self) -> dict:
         return {"type": "snapshot", "epoch": self.epoch, "seq": self.seq, "plugins": self.plugins,
@@ -199,7 +223,7 @@ class Hub:
             self.logs.pop(gone, None)
         for gone in set(self.errors) - set(self.plugins):
             self.errors.pop(gone, None)
-        if first:
+        if first and self.following_logs:
             await self._fetch_logs()
         self.resyncs += 1
         self.synced = True
@@ -210,17 +234,22 @@ class Hub:
         return True
 
     async def _fetch_logs(self) -> None:
-        """At the first sync only: the log tails the workers already have (later, events keep them current)."""
+        """Each plugin's log tail from its worker, then the log events that raced the fetch and are not in it. Later
+        events already in a tail are skipped for a while (`_fetched`)."""
         async def one(pid: str) -> None:
             reply = await self.client.request("logs", {"plugin": pid, "count": self.log_lines}, wait=3.0)
             if reply.status == "ok" and isinstance(reply.result, dict):
                 entries = reply.result.get("entries") or []
-                buf = self.logs.setdefault(pid, collections.deque(maxlen=self.log_lines))
-                for e in entries:
-                    buf.append(e)
-                    self._fetched.add(_log_key(e))
-        await asyncio.gather(*(one(pid) for pid in self.plugins))
+                keys = {_log_key(e) for e in entries}
+                arrived = [e for e in self.logs.get(pid, ()) if _log_key(e) not in keys]
+                self.logs[pid] = collections.deque([*entries, *arrived], maxlen=self.log_lines)
+                self._fetched |= keys
+        try:
+            await asyncio.gather(*(one(pid) for pid in self.plugins))
+        finally:
+            self._logs_fetch = None
         self._fetched_until = time.monotonic() + 10.0     # only events racing the fetch can repeat an entry
+        self._changed()
 
     async def handle(self, frames: list[bytes]) -> None:
         if len(frames) != 3:
@@ -241,6 +270,17 @@ class Hub:
                 return
         elif meta.seq <= self.seq:
             return                  # already in the snapshot
+        elif meta.seq != self.seq + 1 and not (self.following_logs and self._logs_settled):
+            # skipped log events (not followed, or not yet: the subscription is on its way), not losses
+            if topic == protocol.LOG:
+                self._logs_settled = self.following_logs
+            self.seq = meta.seq
+            self.events += 1
+            self._apply(topic, payload, meta.pluginID)
+            self._changed()
+            if self.peers:
+                self.broadcast_snapshot()   # browsers check seq too: they start over from this state, gap-free
+            return
         elif meta.seq != self.seq + 1:
             self.gaps += meta.seq - self.seq - 1
             log.warning("missed %d events (seq %d -> %d): resync", meta.seq - self.seq - 1, self.seq, meta.seq)
@@ -249,6 +289,8 @@ class Hub:
                 return
             if meta.seq <= self.seq:
                 return
+        if topic == protocol.LOG and self.following_logs:
+            self._logs_settled = True
         self.seq = meta.seq
         self.events += 1
         self._apply(topic, payload, meta.pluginID)

@@ -165,7 +165,7 @@ class Bridge:
                 await asyncio.wait_for(self.hub.synced_event.wait(), 2.0)
             except asyncio.TimeoutError:
                 pass
-        peer = self.hub.add_peer(name)
+        peer = await self.hub.add_peer(name)
         log.info("browser %s connected (%d connected)", name, len(self.hub.peers))
         batch = (parse_qs(urlsplit(ws.request.path).query).get("batch") or ["0"])[0] == "1"
         sender = asyncio.create_task(self._send_loop(ws, peer, batch))

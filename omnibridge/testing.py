@@ -38,6 +38,7 @@ class FakeBroker:
         self.states: dict[str, DevServerState] = {p: running_state(p) for p in plugins}
         self.lock = threading.Lock()
         self.requests: list[dict] = []
+        self.log_tail: dict[str, list[dict]] = {}      # what `logs` answers, per plugin
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, protocol.EVENTS_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -97,7 +98,7 @@ class FakeBroker:
                 return protocol.ok_reply(req.id, {"epoch": self.epoch, "seq": self.seq, "plugins": {
                     pid: protocol.to_builtins(s) for pid, s in self.states.items()}})
             if req.command == "logs":
-                return protocol.ok_reply(req.id, {"entries": []})
+                return protocol.ok_reply(req.id, {"entries": self.log_tail.get(req.properties.get("plugin"), [])})
             if req.command == "list":
                 return protocol.ok_reply(req.id, {"plugins": [protocol.to_builtins(s) for s in self.states.values()]})
         return protocol.ok_reply(req.id, {})

@@ -336,7 +336,8 @@ def test_slow_browser_gets_a_fresh_snapshot_instead_of_blocking():
         hub = hubmod.Hub(queue_size=5)
         try:
             hub.epoch, hub.seq, hub.plugins, hub.synced = "e1", 10, {"a": {"pluginID": "a"}}, True
-            slow, fast = hub.add_peer("slow"), hub.add_peer("fast")
+            hub.following_logs = True       # no broker here to fetch log tails from
+            slow, fast = await hub.add_peer("slow"), await hub.add_peer("fast")
             assert json.loads(await fast.next())["type"] == "snapshot"
             for i in range(11, 20):
                 hub.seq = i
@@ -417,3 +418,67 @@ def test_a_stalled_browser_does_not_slow_the_others():
         stats = json.loads(http_get(bp.port, "/stats")[2])
     assert stats["overflows"] >= 1 and stats["gaps"] == 0
     print(f"fast client: {n} events in {fast_s:.2f}s while the other was stalled; overflows {stats['overflows']}")
+
+
+def test_log_lines_are_followed_only_while_a_browser_is_connected():
+    """An idle bridge gets no log events at all (the broker filters them); the first browser gets each plugin's log
+    tail in its snapshot, then every event in seq order; when it leaves, log events stop again."""
+    from omnibroker import protocol
+    from omnibridge.testing import BridgeProcess, running_state
+
+    def stats(bp) -> dict:
+        return json.loads(http_get(bp.port, "/stats")[2])
+
+    def wait_stats(bp, pred, what: str, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = stats(bp)
+            if pred(st):
+                return st
+            time.sleep(0.02)        # polling the bridge's counters over HTTP: no event to wait on
+        raise AssertionError(f"{what} within {timeout}s: {stats(bp)}\n{bp.logs()}")
+
+    def idle_round(bp) -> None:
+        """100 log events then one status: the status is seen, the log events are not."""
+        before = wait_stats(bp, lambda st: st["seq"] == bp.fake.seq, "bridge caught up")
+        for i in range(100):
+            bp.fake.publish(protocol.LOG, protocol.log_payload("a", "plugin", "info", f"idle {i}"), "a")
+        meta = bp.fake.status(running_state("a"))
+        after = wait_stats(bp, lambda st: st["seq"] == meta.seq, "status after the log burst")
+        assert after["events"] == before["events"] + 1 and after["gaps"] == 0 and after["resyncs"] == before["resyncs"]
+
+    async def with_browser(bp) -> None:
+        tail = [{"timestamp": protocol.now_rfc3339(), "source": "plugin", "level": "info", "message": f"old {i}",
+                 "pluginID": "a"} for i in range(3)]
+        bp.fake.log_tail["a"] = tail
+        async with connect(ws_url(bp.port, bp.token), open_timeout=5) as ws:
+            snap = await recv_json(ws)
+            assert snap["type"] == "snapshot" and snap["logs"]["a"] == tail
+            # the subscription reaches the broker asynchronously: publish until one log line comes through
+            deadline = time.monotonic() + 10
+            while True:
+                assert time.monotonic() < deadline, "no log event reached the browser"
+                bp.fake.publish(protocol.LOG, protocol.log_payload("a", "plugin", "info", "probe"), "a")
+                try:
+                    msg = await recv_json(ws, 0.2)
+                except asyncio.TimeoutError:
+                    continue
+                if msg["type"] == "event" and msg["topic"] == protocol.LOG:
+                    break
+            start = msg["meta"]["seq"]
+            for i in range(50):
+                bp.fake.publish(protocol.LOG, protocol.log_payload("a", "plugin", "info", f"live {i}"), "a")
+            got = [await recv_until(ws, lambda m: m.get("type") == "event" and m["meta"]["seq"] == start + k,
+                                    timeout=10, what=f"event {start + k}") for k in range(1, 51)]
+            assert [m["payload"][0]["message"] for m in got] == [f"live {i}" for i in range(50)]
+        wait_stats(bp, lambda st: st["browsers"] == 0, "browser gone")
+
+    with BridgeProcess(plugins=["a"]) as bp:
+        try:
+            wait_stats(bp, lambda st: st["brokerConnected"], "bridge synced")
+            idle_round(bp)
+            arun(with_browser(bp))
+            idle_round(bp)
+        except BaseException:
+            print(bp.logs())
+            raise
