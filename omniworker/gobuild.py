@@ -13,7 +13,9 @@
   process group (go, compile, link, asm, cgo) at once; the go tool's WORK dir is put under a GOTMPDIR of ours that is
   removed afterwards, so a killed build leaves no /tmp/go-build* behind.
 - `install(binary, dest_dir)` copies atomically to `<dest_dir>/plugin` (temp file in the same dir, fsync, rename) and
-  keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev` back.
+  keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev` back. Both remove
+  the installed binary's build stamp (`plugin.stamp`, see buildstamp.py) first: a stamp only ever describes the binary
+  GoPath stamped right after installing it.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 
 from omnibroker.protocol import BuildError
 
+from .buildstamp import remove_stamp
 from .children import Child
 from .context import PluginContext, strip_ansi
 
@@ -386,11 +389,13 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
 
     The new bytes go to a new inode (temp file in dest_dir, fsync, rename), so a running plugin is never written to
     (no ETXTBSY) and a reader sees either the old or the new binary. On any error (ENOSPC, EROFS, ...) the temp file
-    is removed, the installed binary is left as it was, and InstallError explains it in words.
+    is removed, the installed binary is left as it was, and InstallError explains it in words. Either way the
+    binary's build stamp is removed (the caller writes a new one after a successful install).
     """
     dest = os.path.join(dest_dir, name)
     prev = dest + PREV_SUFFIX
     tmp = None
+    remove_stamp(dest)
     try:
         os.makedirs(dest_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest_dir)
@@ -430,9 +435,11 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
 
 
 def rollback(dest_dir: str, name: str = BINARY_NAME) -> bool:
-    """Put `<name>.prev` back as `<name>` (atomically; .prev is kept). False when there is no previous binary."""
+    """Put `<name>.prev` back as `<name>` (atomically; .prev is kept). False when there is no previous binary.
+    The build stamp is removed in any case (it described the binary being replaced; the one put back has none)."""
     dest = os.path.join(dest_dir, name)
     prev = dest + PREV_SUFFIX
+    remove_stamp(dest)
     if not os.path.isfile(prev):
         return False
     tmp = f"{dest}.{os.getpid()}.rollback"

@@ -1,10 +1,20 @@
 """The managed Go path (Mode A's backend half): watch -> debounce -> build -> install -> reload the go-plugin.
 
 `GoPath(ctx)` owns a GoWatcher, a Builder and the serving PluginHost. Choices (settings in `[plugins.<id>.go]`):
-- `start()` ALWAYS builds first (`build_on_start = "always"`, the default): the sources may have changed while we were
-  stopped, and an unchanged tree costs a no-op `go build` (~0.2 s, nothing is relinked). `"missing"` builds only when
-  no binary is installed at `<home>/bin/plugin`. If that first build fails but a binary is installed, the installed
-  one is started anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
+- `start()` (`build_on_start`): `"changed"` (the default) builds only when the build inputs changed since the
+  installed binary was built. Every successful build + install writes `<home>/bin/plugin.stamp` (buildstamp.py): a
+  digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool binary's
+  identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path, size,
+  mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
+  the watcher runs (so later edits still trigger a build), if the stamp matches the current inputs and the installed
+  binary is the stamped one, that binary is started without a build (one info line on "go-build"); if it fails to
+  start, its stamp is removed and a normal build follows (no rollback to `plugin.prev`, older than the sources).
+  The stamp does NOT cover GOPATH/vendor/module-cache packages outside the plugin dir, nor files outside
+  `[go] watch` (embed, cgo): `omnictl rebuild <id>` always builds. gobuild's install() and rollback() remove the
+  stamp; a missing or garbled stamp means "build". `"always"` builds at every start (an unchanged tree costs a no-op
+  `go build`, ~0.2 CPU-second); `"missing"` builds only when no binary is installed at `<home>/bin/plugin`, even if
+  it is older than the sources. If a start build fails but a binary is installed, the installed one is started
+  anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
   keeps serving, switches invokes to the new one, then drains and stops the old one: invokes never wait, and a new
   binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` is the seed's
@@ -35,13 +45,15 @@ import grpc  # noqa: E402
 from omnibroker import protocol  # noqa: E402
 from omnibroker.protocol import BuildError, CommandError, ErrorCode  # noqa: E402
 
+from . import buildstamp  # noqa: E402
 from .context import PluginContext  # noqa: E402
 from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
 
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-_NOT_RELOADS = ("start", "start-stale", "restart")     # cycles that emit no legacy dev_reload_* events
+_NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
+BUILD_ON_START = ("changed", "always", "missing")
 
 
 class GoPath:
@@ -55,6 +67,7 @@ class GoPath:
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
         self.plugin: PluginHost | None = None
         self.watcher: GoWatcher | None = None
+        self._sources: GoWatcher | None = None          # the watcher's file filter (kept if watching failed)
         self.last_cycle: dict[str, Any] = {}          # timings (loop.time()) of the last build/reload cycle
         self.cycles = 0                                 # completed (not cancelled) cycles
         self._lock = asyncio.Lock()                     # serialises every change of self.plugin
@@ -70,6 +83,7 @@ class GoPath:
         self._cycle_waiters: list[asyncio.Future] = []
         self._stopping = False
         self._started = False
+        self._generation = 0                            # bumped by start() and stop()
         self._crash_streak = 0
         self._burst_first: float | None = None
         self._reload_open = False                       # a dev_reload_start awaits its complete/error
@@ -79,9 +93,9 @@ class GoPath:
         return self.ctx.setting("go", key, default)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Watch, build (see module doc), launch. Returns once the plugin is ready or the first attempt failed
-        (the failure is reported as events and status, never raised). Idempotent."""
+    async def start(self, *, force_build: bool = False) -> None:
+        """Watch, build (see module doc; `force_build` ignores `build_on_start`), launch. Returns once the plugin is
+        ready or the first attempt failed (the failure is reported as events and status, never raised). Idempotent."""
         ctx = self.ctx
         if not self.enabled:
             ctx.set(goStatus="idle")
@@ -90,6 +104,8 @@ class GoPath:
             return
         self._started = True
         self._stopping = False
+        self._generation += 1
+        generation = self._generation
         ctx.set(goStatus="starting", lastError="")
         output_rel = os.path.relpath(os.path.dirname(self.builder.output), ctx.dir)
         ignore = list(self._s("ignore", []) or [])
@@ -97,6 +113,7 @@ class GoPath:
             ignore.append(output_rel.replace(os.sep, "/") + "/**")
         self.watcher = GoWatcher(ctx, self._on_change, on_event=self._on_event, on_error=self._on_watch_error,
                                  ignore=ignore)
+        self._sources = self.watcher
         try:
             self.watcher.start()
         except WatchError as e:
@@ -105,9 +122,22 @@ class GoPath:
             ctx.errors([BuildError(message=str(e))])
             self.watcher = None
         self._runner = asyncio.create_task(self._run())
-        policy = str(self._s("build_on_start", "always"))
-        if policy == "missing" and os.path.isfile(self.installed):
-            await self._switch("start", None)
+        policy = str(self._s("build_on_start", "changed"))
+        if policy not in BUILD_ON_START:
+            ctx.log("manager", "warn", f"[plugins.{ctx.id}.go] build_on_start = {policy!r} is not one of "
+                                       f"{', '.join(BUILD_ON_START)}: building (as \"always\")")
+        if force_build or policy not in ("missing", "changed"):
+            skip = False
+        elif policy == "missing":
+            skip = os.path.isfile(self.installed)
+        else:
+            skip = await self._unchanged_since_install()
+            if self._stopping or generation != self._generation:
+                return                  # stopped (and maybe started again) while we looked
+        if skip:
+            # "changed": a stamped binary that fails to start is not rolled back to plugin.prev (older than the
+            # sources): nothing serves, so a build follows
+            await self._switch("start-unchanged" if policy == "changed" else "start", None)
             if self.plugin is None and not self._stopping:
                 await self._request_and_wait("start")
         else:
@@ -119,6 +149,7 @@ class GoPath:
         if not self.enabled:
             return
         self._stopping = True
+        self._generation += 1
         if self.watcher is not None:
             await self.watcher.stop()
             self.watcher = None
@@ -146,13 +177,13 @@ class GoPath:
         ctx.set(goStatus="stopped", grpcConnected=False, pluginPid=0, buildQueued=False)
 
     async def rebuild(self, wait: bool = True) -> bool:
-        """Force a build + reload now (no debounce; a running build is cancelled). With wait, returns whether the
-        cycle ended with the new plugin serving."""
+        """Force a build + reload now (no debounce; a running build is cancelled; never skipped by the build stamp).
+        With wait, returns whether the cycle ended with the new plugin serving."""
         if not self.enabled:
             self.ctx.log("manager", "info", "rebuild ignored: this plugin has no Go backend (no pkg/ dir)")
             return False
         if not self._started:
-            await self.start()
+            await self.start(force_build=True)
             return self.plugin is not None and self.ctx.state.goStatus == "ready"
         self._cancel_build("rebuild requested")
         if wait:
@@ -262,6 +293,58 @@ class GoPath:
         self._request(reason)
         return await fut
 
+    # --- internals: the build stamp ---------------------------------------------------------------------------------
+    def _inputs(self) -> str:
+        """The build inputs digest (buildstamp.inputs_digest). Blocking (walks the sources): run it in a thread."""
+        b = self.builder
+        sources = self._sources.snapshot() if self._sources is not None else []
+        return buildstamp.inputs_digest(b.command, b.cwd, b.output, b.env(), sources)
+
+    def _check_stamp(self) -> tuple[dict | None, str]:
+        if not os.path.isfile(self.installed):
+            return None, "no installed binary"
+        return buildstamp.check(self.installed, self._inputs())
+
+    async def _unchanged_since_install(self) -> bool:
+        """Does the installed binary come from the current inputs (its stamp says so)? Logs the verdict."""
+        ctx = self.ctx
+        try:
+            stamp, why = await asyncio.to_thread(self._check_stamp)
+        except Exception as e:          # never let the shortcut break a start: build
+            stamp, why = None, f"could not compare the build inputs: {e!r}"
+        if stamp is None:
+            ctx.log("go-build", "info", f"building at start: {why}")
+            return False
+        # what the status said when that binary was built (Omniview shows these)
+        ctx.set(lastBuildTime=str(stamp.get("built", "")), lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
+        ctx.log("go-build", "info",
+                f"sources unchanged since the installed build (stamp {stamp['inputs'][:12]}, built "
+                f"{stamp.get('built', '?')}): starting it without a build; `omnictl rebuild {ctx.id}` forces one")
+        return True
+
+    async def _snapshot_inputs(self) -> str | None:
+        try:
+            return await asyncio.to_thread(self._inputs)
+        except Exception as e:
+            self.ctx.log("go-build", "warn", f"could not snapshot the build inputs ({e!r}): this build will not be "
+                                             f"stamped, the next start builds again")
+            return None
+
+    def _install(self, result: BuildResult, inputs: str | None) -> str | None:
+        """Install (raises InstallError), then stamp it with the inputs taken before the build. Returns a stamp
+        error to log, if any. Blocking: run it in a thread."""
+        install(result.binary, self.bin_dir)
+        if inputs is None:
+            return None
+        try:
+            state = self.ctx.state          # the lastBuild* this build set: a start that skips the build restores them
+            buildstamp.write_stamp(self.installed, inputs, built=state.lastBuildTime,
+                                   duration_ns=state.lastBuildDuration)
+        except OSError as e:
+            buildstamp.remove_stamp(self.installed)
+            return f"could not write the build stamp {buildstamp.stamp_path(self.installed)}: {e.strerror or e}"
+        return None
+
     # --- internals: the cycle runner --------------------------------------------------------------------------------
     async def _run(self) -> None:
         while not self._stopping:
@@ -312,6 +395,7 @@ class GoPath:
             ctx.reload_start()
         self._phase = "building"
         ctx.set(goStatus="building")
+        inputs = await self._snapshot_inputs()          # BEFORE the build: a later edit is never stamped as built
         result: BuildResult = await self.builder.build()
         t["build_start"], t["build_end"], t["queued"] = result.started, result.finished, result.queued
         if result.cancelled:
@@ -329,11 +413,13 @@ class GoPath:
         ctx.log("go-build", "info", result.summary())
         self._phase = "installing"
         try:
-            await asyncio.to_thread(install, result.binary, self.bin_dir)
+            stamp_error = await asyncio.to_thread(self._install, result, inputs)
         except InstallError as e:
             self._fail(str(e), [BuildError(message=str(e))], reload=is_reload)
             t["end"] = loop.time()
             return False
+        if stamp_error:
+            ctx.log("go-build", "warn", stamp_error)
         t["installed"] = loop.time()
         self._phase = "switching"
         ok = await asyncio.shield(self._switch(reason, t))
@@ -391,12 +477,18 @@ class GoPath:
         return not keep_error
 
     async def _start_failed(self, e: PluginError, reason: str, keep_error: bool) -> bool:
-        """The new binary did not come up: roll back to plugin.prev, report, keep (or bring back) the old one."""
+        """The new binary did not come up: roll back to plugin.prev, report, keep (or bring back) the old one.
+        A stamped binary started without a build ("start-unchanged") is not rolled back: its stamp goes, a build
+        follows."""
         ctx = self.ctx
         rolled = False
-        if reason not in ("start-stale", "restart"):
+        if reason not in ("start-stale", "start-unchanged", "restart"):
             rolled = await asyncio.to_thread(rollback, self.bin_dir)
-        msg = f"the new plugin binary failed to start: {e}"
+        if reason == "start-unchanged":
+            await asyncio.to_thread(buildstamp.remove_stamp, self.installed)
+            msg = f"the installed plugin binary failed to start: {e}\n(building it again)"
+        else:
+            msg = f"the new plugin binary failed to start: {e}"
         if rolled:
             msg += "\n(rolled back to the previous binary; " + (
                 "the previous plugin keeps serving)" if self.plugin is not None else "restarting it)")

@@ -13,6 +13,8 @@
   right away (GoPath uses it to cancel a build that the change makes stale).
 - Events are handed from watchdog's thread to the loop with `loop.call_soon_threadsafe`; callbacks run on the loop.
 - Errors in words: the inotify watch/instance limit (names the sysctl), a missing or vanished directory.
+- `source_files()` / `snapshot()` list the relevant files that exist now with the same filtering (GoPath's build
+  stamp is computed from them, so the stamp and the watch never disagree on what a source is).
 """
 from __future__ import annotations
 
@@ -228,6 +230,48 @@ class GoWatcher:
         if self.is_ignored(rel, is_dir=True):
             return False
         return any(rec and (root == "" or rel == root or rel.startswith(root + "/")) for root, rec in self.roots)
+
+    def source_files(self) -> list[str]:
+        """The watched source files that exist now: relative posix paths, sorted; exactly those `matches()` accepts.
+
+        Walks only the globs' roots (`self.roots`, as the watch does), never entering an ignored dir (`ui/`,
+        `node_modules`, dot dirs, build output, `[go] ignore`); symlinked dirs are not followed. Blocking (a directory
+        walk: ~1 ms for 200 files in 11 dirs with warm caches): call it off the loop."""
+        found: set[str] = set()
+        for rel_root, recursive in self.roots:
+            if rel_root and self.is_ignored(rel_root, is_dir=True):
+                continue
+            stack = [(os.path.join(self.root, rel_root) if rel_root else self.root, rel_root)]
+            while stack:
+                path, rel = stack.pop()
+                try:
+                    it = os.scandir(path)
+                except OSError:             # missing (no pkg/ yet), vanished or unreadable: nothing there
+                    continue
+                with it:
+                    for entry in it:
+                        child = f"{rel}/{entry.name}" if rel else entry.name
+                        try:
+                            if entry.is_dir(follow_symlinks=False):
+                                if recursive and not self.is_ignored(child, is_dir=True):
+                                    stack.append((entry.path, child))
+                            elif self.matches(child) and entry.is_file():
+                                found.add(child)
+                        except OSError:
+                            continue
+        return sorted(found)
+
+    def snapshot(self) -> list[tuple[str, int, int, int, int]]:
+        """(path, size, mtime_ns, ctime_ns, inode) of each of `source_files()`, sorted by path; a file that vanished
+        meanwhile is left out (its deletion is a watch event anyway). Blocking: call it off the loop."""
+        out = []
+        for rel in self.source_files():
+            try:
+                st = os.stat(os.path.join(self.root, rel))
+            except OSError:
+                continue
+            out.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+        return out
 
     def relevant(self, event: FileSystemEvent) -> str | None:
         """The relative path an event is about, if it should trigger a build (runs on watchdog's thread)."""

@@ -300,6 +300,7 @@ def test_bad_binary_rolls_back_and_old_keeps_serving(harness, mode):
             assert h.ctx.state.goStatus == "error" and h.ctx.state.grpcConnected
             assert h.ctx.state.pluginPid == pid
             assert installed.read_bytes() == good                               # rolled back
+            assert not (h.home / "bin" / "plugin.stamp").exists()               # and the bad one's stamp gone
             assert await h.greet() == "Hello, omni"
             bad = [p for p in descendants() if p.pid != pid and p.name() == "plugin"]
             assert bad == []                                                    # the bad one is gone
@@ -544,4 +545,84 @@ def test_start_with_broken_sources_runs_installed_binary(harness):
             h.greeting.write_text(h.original_greeting)
             await h.wait_status(30, m, goStatus="ready", lastError="")
             assert await h.greet() == "Hello, omni"
+    run(main())
+
+
+# --- build_on_start = "changed": the build stamp ----------------------------------------------------------------------
+
+def test_restart_with_unchanged_sources_skips_the_build(harness):
+    """start (builds: no stamp yet) -> stop -> start: no `go build`, the same binary serves; an edit after that start
+    still builds; an edit made while stopped builds at the next start; "always" builds despite a matching stamp."""
+    h = harness(go={"build_on_start": "changed"})
+    installed = h.home / "bin" / "plugin"
+    stamp = h.home / "bin" / "plugin.stamp"
+
+    def exe(pid: int) -> str:
+        return os.readlink(f"/proc/{pid}/exe")
+
+    async def main():
+        m = h.mark()
+        async with started(h):                              # a binary is installed, but no stamp: build
+            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "building at start: no build stamp")
+            assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
+            assert stamp.is_file()
+            built_time = h.ctx.state.lastBuildTime
+            ino = installed.stat().st_ino
+            assert exe(h.ctx.state.pluginPid) == str(installed)
+        first_pid = h.ctx.state.pluginPid
+        h.ctx.set(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
+
+        m = h.mark()
+        async with started(h):                              # nothing changed: no build at all
+            assert h.logs(m, "$ go build") == [] and h.since(m, protocol.RELOAD_START) == []
+            [line] = h.logs(m, "sources unchanged since the installed build")
+            assert "starting it without a build" in line and "omnictl rebuild hello" in line
+            st = h.ctx.state
+            assert st.goStatus == "ready" and st.grpcConnected and st.lastBuildTime == built_time
+            assert st.lastBuildDuration > 0
+            assert st.pluginPid != first_pid and exe(st.pluginPid) == str(installed)
+            assert installed.stat().st_ino == ino                   # the same installed binary
+            assert await h.greet() == "Hello, omni"
+            # the watcher runs: an edit after such a start builds and reloads as usual
+            m2 = h.mark()
+            h.set_greeting("Watched")
+            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m2)
+            assert len(h.logs(m2, "$ go build")) == 1 and await h.greet() == "Watched, omni"
+
+        h.set_greeting("Offline")                           # edited while stopped
+        m = h.mark()
+        async with started(h):
+            assert h.logs(m, "sources unchanged") == [] and len(h.logs(m, "$ go build")) == 1
+            assert h.logs(m, "building at start: the sources")
+            assert h.ctx.state.goStatus == "ready" and await h.greet() == "Offline, omni"
+
+        h.ctx.settings["go"]["build_on_start"] = "always"   # read at each start
+        m = h.mark()
+        async with started(h):
+            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "sources unchanged") == []
+            assert await h.greet() == "Offline, omni"
+    run(main(), timeout=150)
+
+
+def test_stamped_binary_that_fails_to_start_is_rebuilt(harness):
+    """The stamp matches but the binary does not run (damaged in place: same inode, size and mtime): a build follows,
+    not a rollback to the older plugin.prev."""
+    h = harness(go={"build_on_start": "changed"})
+    installed = h.home / "bin" / "plugin"
+
+    async def main():
+        async with started(h):
+            assert await h.greet() == "Hello, omni"
+        st = installed.stat()
+        with open(installed, "r+b") as f:
+            f.write(b"\0\0\0\0")                            # no ELF magic any more
+        os.utime(installed, ns=(st.st_atime_ns, st.st_mtime_ns))
+        m = h.mark()
+        async with started(h):
+            assert h.logs(m, "sources unchanged since the installed build")
+            assert h.logs(m, "the installed plugin binary failed to start")
+            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "rolled back") == []
+            assert h.ctx.state.goStatus == "ready" and h.ctx.state.lastError == ""
+            assert await h.greet() == "Hello, omni"
+            assert (h.home / "bin" / "plugin.stamp").is_file()          # stamped again by that build
     run(main())
