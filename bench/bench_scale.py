@@ -11,8 +11,9 @@ Phases, in one run:
   soak     --soak-minutes of steady events: a client calls `invoke` round-robin over all plugins at --soak-rate/s
            (each call: control request -> broker -> worker -> gRPC -> plugin, whose log line comes back as a log
            event to a subscriber that checks `seq` for gaps); RSS of the broker and of two workers sampled every 10 s
-  warm     supervisord stopped and started again on the same trees and home (the morning restart: every `go build`
-           is a no-op) -> every plugin ready again
+  warm     supervisord stopped and started again on the same trees and home (the morning restart: nothing changed,
+           so each worker's build stamp matches and it starts the installed binary without `go build`; the raw
+           baseline is what the no-op `go build`s alone would cost) -> every plugin ready again
 Cleanup: supervisord shut down, then a scan for any process left behind (none is expected; any found is reported
 and killed).
 
@@ -514,7 +515,7 @@ def main() -> int:
         if not args.no_warm:
             svc2 = Service(config_text=cfg, extra_env={"OMNIVIEW_HOME": str(home)})
             runtimes.append(svc2.runtime)
-            log("warm start: same trees and home, every go build a no-op")
+            log("warm start: same trees and home, nothing changed (build stamps match)")
             res["warm"] = start_phase(svc2, ids, vite_ids, args.timeout, "warm")
             res["stop_warm_s"] = stop_service(svc2)
     finally:

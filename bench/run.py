@@ -285,7 +285,7 @@ def rows_scale(r: dict) -> list[dict]:
     out = []
     raw = r.get("raw_go_build", {})
     for phase, label, rawkey in (("cold", "cold start → all ready (each plugin compiles + links)", "cold"),
-                                 ("warm", "restart → all ready (same trees; go build is a no-op)", "noop")):
+                                 ("warm", "restart → all ready (same trees, unchanged: the build stamp skips `go build`)", "noop")):
         x = r.get(phase)
         if not x:
             continue

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import tempfile
+
+from omnibroker.files import write_atomic
 
 TOKEN_FILE = "bridge.token"
 PORT_FILE = "bridge.port"
@@ -23,22 +24,8 @@ def new_token() -> str:
 
 
 def write_private(path: str, text: str) -> None:
-    """Write `text` to `path` atomically with mode 0600 (temp file in the same dir, fsync, rename)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=directory)   # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write `text` to `path` atomically with mode 0600."""
+    write_atomic(path, text)
 
 
 def token_matches(given: str | None, token: str) -> bool:

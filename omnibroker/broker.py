@@ -3,7 +3,7 @@
 - control ROUTER  (clients' REQ):  validate, look the command up in the table, run it in its own task; commands for
                                    a worker are forwarded and answered when it replies (or with `timeout`), so the
                                    loop never waits on a slow worker.
-- workers ROUTER  (workers' DEALER, and omnievents): register, heartbeat, events, replies, build slots, supervisord
+- workers ROUTER  (workers' DEALER, and omnievents): register, events, replies, build slots, supervisord
                                    process states.
 - events XPUB     (subscribers):   everything goes out through EventBus (epoch/seq envelope).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ import zmq
 from . import protocol
 from .commands import COMMANDS, Command
 from .events import EventBus, bind, bind_xpub
+from .files import write_atomic
 from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
 from .registry import Registry
@@ -48,6 +50,7 @@ class WorkerLink:
         self.identity = identity
         self.pid = pid
         self.last_seen = time.monotonic()
+        self.alive_file: tuple[int, int] | None = None      # (mtime_ns, inode) of its alive file at the last look
         self.alive = True
         self.lost_since = 0.0
         self.pidfd = -1
@@ -102,8 +105,8 @@ class Broker:
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
-        # Every worker's heartbeat gets the same answer (100 plugins: 100 a second), so encode it once.
-        self._heartbeat_reply = protocol.encode(protocol.BrokerHeartbeat(epoch=self.events.epoch))
+        os.makedirs(os.path.dirname(protocol.alive_path("x")), mode=0o700, exist_ok=True)
+        write_atomic(protocol.epoch_path(), self.events.epoch, fsync=False)   # after binding: workers may register now
         self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
         for plugin in self.registry.plugins:
             self.events.states[plugin] = self._initial_state(plugin)
@@ -164,6 +167,8 @@ class Broker:
     async def remove_plugin(self, plugin: str) -> None:
         self.registry.remove(plugin)
         self.ports.forget(plugin)
+        with contextlib.suppress(OSError):
+            os.unlink(protocol.alive_path(plugin))
         self.registry.save()
         await self.sync_programs()
         link = self.workers.pop(plugin, None)
@@ -331,7 +336,7 @@ class Broker:
         try:
             link.pidfd = os.pidfd_open(link.pid)
         except (OSError, AttributeError):
-            return      # another pid namespace or an old kernel: supervisord's event and heartbeats still work
+            return      # another pid namespace or an old kernel: supervisord's event and liveness still work
 
         def died() -> None:
             self._unwatch(link)
@@ -347,18 +352,17 @@ class Broker:
             link.pidfd = -1
 
     def _touch(self, identity: bytes) -> str | None:
+        """Any message from a worker is a sign of life."""
         plugin = self.by_identity.get(identity)
         if plugin is not None:
-            link = self.workers[plugin]
-            link.last_seen = time.monotonic()
-            if link.alive and link.lost_since:
-                link.lost_since = 0.0
-                self._set_worker_status(plugin, "up")
+            self._seen(plugin, self.workers[plugin], time.monotonic())
         return plugin
 
-    def on_heartbeat(self, identity: bytes, body: list[bytes]) -> None:
-        self._touch(identity)
-        self._send_worker(identity, protocol.K_HEARTBEAT, self._heartbeat_reply)
+    def _seen(self, plugin: str, link: WorkerLink, now: float) -> None:
+        link.last_seen = now
+        if link.alive and link.lost_since:
+            link.lost_since = 0.0
+            self._set_worker_status(plugin, "up")
 
     def on_event(self, identity: bytes, body: list[bytes]) -> None:
         plugin = self._touch(identity)
@@ -417,6 +421,15 @@ class Broker:
             for plugin, link in list(self.workers.items()):
                 if not link.alive:
                     continue
+                try:
+                    st = os.stat(protocol.alive_path(plugin))
+                    touched = (st.st_mtime_ns, st.st_ino)
+                except OSError:
+                    touched = None
+                if touched is not None and touched != link.alive_file:
+                    # changed since the last look (not compared with the clock: a wall-clock jump is no death)
+                    link.alive_file = touched
+                    self._seen(plugin, link, now)
                 silent = now - link.last_seen
                 if silent > protocol.HEARTBEAT_LIVENESS and not link.lost_since:
                     link.lost_since = now
@@ -445,8 +458,7 @@ class Broker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.worker_handlers = {
-            protocol.K_REGISTER: self.on_register, protocol.K_HEARTBEAT: self.on_heartbeat,
-            protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply, protocol.K_TOKEN: self.on_token,
+            protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply, protocol.K_TOKEN: self.on_token,
             protocol.K_PROCSTATE: self.on_procstate}
         self.control_stream = Stream(self.control, self.on_control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)

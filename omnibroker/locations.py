@@ -29,6 +29,16 @@ def endpoint(name: str) -> str:
     return env or f"ipc://{runtime_dir()}/{name}.sock"
 
 
+def alive_path(plugin: str) -> str:
+    """The file a plugin's worker touches every second (the broker watches its mtime: see protocol.py)."""
+    return os.path.join(runtime_dir(), "alive", plugin)
+
+
+def epoch_path() -> str:
+    """The running broker's epoch; a worker that finds a new one there registers again."""
+    return os.path.join(runtime_dir(), "broker.epoch")
+
+
 def home_dir() -> str:
     return os.environ.get("OMNIVIEW_HOME") or os.path.expanduser("~/.omniview")
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from . import protocol
+from .files import write_atomic
 from .protocol import CommandError, Desired, ErrorCode, PluginSpec
 
 
@@ -95,12 +96,7 @@ class Registry:
             return StateFile()
 
     def save(self) -> None:
-        tmp = f"{self.state_path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(self.state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        write_atomic(self.state_path, msgspec.json.encode(self.state))
 
     # ---------------------------------------------------------------------------------------------------------------
     def get(self, plugin: Any) -> PluginRecord:

@@ -20,12 +20,12 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import psutil
 
 from omnibroker import protocol
+from omnibroker.files import write_atomic
 
 PROG = "omnictl run-external"
 VITE_PORTS = range(15173, 15274)        # 15173–15273
@@ -66,20 +66,8 @@ def parse_handshake(line: str) -> Handshake:
 
 def write_devinfo(path: str, info: protocol.DevInfo) -> None:
     """Atomically (temp file in the same directory + rename), mode 0600, directory 0700."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".devinfo.tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(protocol.encode(info) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomic(path, protocol.encode(info) + b"\n")
 
 
 def remove_devinfo(path: str, pid: int) -> bool:

@@ -12,6 +12,7 @@ import sys
 import xmlrpc.client
 
 from . import protocol
+from .files import write_atomic
 
 PREFIX = "omniworker-"
 
@@ -78,10 +79,7 @@ class SupervisorLink:
                     return False
         except OSError:
             pass
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, text, fsync=False)
         return True
 
     def included_plugins(self) -> set[str]:

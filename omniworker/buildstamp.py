@@ -29,6 +29,8 @@ import os
 import shutil
 from typing import Any, Iterable, Mapping, Sequence
 
+from omnibroker.files import write_atomic
+
 STAMP_VERSION = 1
 STAMP_SUFFIX = ".stamp"
 ENV_PREFIXES = ("GO", "CGO_")
@@ -96,15 +98,7 @@ def binary_identity(binary: str) -> dict[str, int]:
 def write_stamp(binary: str, inputs: str, **extra: Any) -> dict[str, Any]:
     """Stamp the binary installed at `binary` as built from `inputs` (atomically: tmp file + rename). Raises OSError."""
     doc = {**extra, "version": STAMP_VERSION, "inputs": inputs, "binary": binary_identity(binary)}
-    path = stamp_path(binary)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
-    except BaseException:
-        remove_file(tmp)
-        raise
+    write_atomic(stamp_path(binary), json.dumps(doc), fsync=False)
     return doc
 
 

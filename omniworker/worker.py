@@ -1,8 +1,8 @@
 """omniworker --plugin <id>: one plugin's worker, run by supervisord as program `omniworker-<id>`.
 
-The broker link: register (with the worker's real state, so a restarted broker learns it), heartbeat every second
-(the broker's answer carries its epoch: a new epoch means register again), commands in, replies and events out,
-build slots. The plugin's spec (path, settings) and desired state arrive in the broker's welcome.
+The broker link: register (with the worker's real state, so a restarted broker learns it), commands in, replies and
+events out, build slots. Liveness without messages (protocol.py, "Worker link"): every second the worker touches its
+alive file and reads the broker's epoch file; a new epoch there means the broker restarted: register again. The plugin's spec (path, settings) and desired state arrive in the broker's welcome.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import uuid
 from typing import Any, AsyncIterator
 
@@ -110,13 +109,20 @@ class BrokerLink:
             self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
 
 
+def _read_small(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read(256).strip()
+    except OSError:
+        return ""
+
+
 class Worker:
     def __init__(self, plugin: str):
         self.plugin = plugin
         self.link = BrokerLink(plugin)
         self.devserver: DevServer | None = None
         self.epoch = ""
-        self.last_heard = 0.0
         self.serial = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
 
@@ -131,27 +137,31 @@ class Worker:
         self.link.send(protocol.K_REGISTER, protocol.encode(reg))
 
     async def heartbeat_loop(self) -> None:
+        alive = protocol.alive_path(self.plugin)
+        os.makedirs(os.path.dirname(alive), mode=0o700, exist_ok=True)
         while True:
-            if not self.epoch or time.monotonic() - self.last_heard > protocol.HEARTBEAT_LIVENESS:
+            try:
+                os.utime(alive)
+            except FileNotFoundError:
+                os.close(os.open(alive, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            except OSError as e:
+                log.warning("cannot touch %s (%s): the broker will take this worker for lost", alive, e)
+            broker_epoch = _read_small(protocol.epoch_path())
+            if not self.epoch:
+                self.register()         # again each second until welcomed (the broker may not be up yet)
+            elif broker_epoch and broker_epoch != self.epoch:
+                log.info("broker restarted (epoch %s): registering again", broker_epoch)
                 self.epoch = ""
                 self.register()
-            self.link.send(protocol.K_HEARTBEAT, protocol.encode(protocol.Heartbeat(plugin=self.plugin)))
             await asyncio.sleep(protocol.HEARTBEAT_INTERVAL)
 
     async def recv_loop(self) -> None:
         while True:
             frames = await self.link.sock.recv_multipart()
-            self.last_heard = time.monotonic()
             kind, body = frames[0], frames[1:]
             try:
                 if kind == protocol.K_WELCOME:
                     await self.on_welcome(protocol.decode_welcome(body[0]))
-                elif kind == protocol.K_HEARTBEAT:
-                    hb = protocol.decode_broker_heartbeat(body[0])
-                    if self.epoch and hb.epoch != self.epoch:
-                        log.info("broker restarted (epoch %s): registering again", hb.epoch)
-                        self.epoch = ""
-                        self.register()
                 elif kind == protocol.K_COMMAND:
                     self._spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
                 elif kind == protocol.K_TOKEN:

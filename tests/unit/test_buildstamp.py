@@ -273,7 +273,7 @@ def test_write_stamp_failure_leaves_no_temp(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(buildstamp.json, "dump", boom)
+    monkeypatch.setattr(buildstamp.os, "replace", boom)     # the write itself failing, or the rename
     with pytest.raises(OSError):
         write_stamp(installed, "a" * 64)
     assert sorted(os.listdir(tmp_path / "bin")) == ["plugin"]
