@@ -96,6 +96,7 @@ class Hub:
         self.following_logs = False
         self._logs_settled = False      # a log event arrived since subscribing: from then on, every seq gap is a loss
         self._logs_fetch: asyncio.Future | None = None
+        self._tails_fetched = False     # the log tails since following began are in (else: at the next resync)
         self.peers: set[Peer] = set()
         # the state browsers start from
         self.epoch = ""
@@ -124,7 +125,9 @@ class Hub:
             self.following_logs, self._logs_settled = True, False
             self.logs.clear()           # stale since the last browser left; the fetch brings the current tails
             self.sub.setsockopt(zmq.SUBSCRIBE, protocol.LOG.encode())
-            self._logs_fetch = asyncio.ensure_future(self._fetch_logs())
+            self._tails_fetched = False
+            if self.broker_connected:   # else the browser is not kept waiting: the resync that finds it fetches
+                self._logs_fetch = asyncio.ensure_future(self._fetch_logs())
         if self._logs_fetch is not None:
             await asyncio.shield(self._logs_fetch)      # browsers arriving together share one fetch
         peer = Peer(self, name, self.queue_size)
@@ -209,6 +212,9 @@ class Hub:
             await self.resync(snap)
         elif snap["seq"] == self.seq and set(snap["plugins"]) != set(self.plugins):
             await self.resync(snap)     # a plugin was removed (no event says so)
+        elif self.following_logs and not self._tails_fetched and self._logs_fetch is None:
+            await self._fetch_logs()    # a browser came while the broker did not answer
+            self.broadcast_snapshot()
 
     async def resync(self, snap: dict | None = None) -> bool:
         if snap is None:
@@ -223,7 +229,7 @@ class Hub:
             self.logs.pop(gone, None)
         for gone in set(self.errors) - set(self.plugins):
             self.errors.pop(gone, None)
-        if first and self.following_logs:
+        if self.following_logs and (first or not self._tails_fetched):
             await self._fetch_logs()
         self.resyncs += 1
         self.synced = True
@@ -236,16 +242,19 @@ class Hub:
     async def _fetch_logs(self) -> None:
         """Each plugin's log tail from its worker, then the log events that raced the fetch and are not in it. Later
         events already in a tail are skipped for a while (`_fetched`)."""
-        async def one(pid: str) -> None:
+        async def one(pid: str) -> bool:
             reply = await self.client.request("logs", {"plugin": pid, "count": self.log_lines}, wait=3.0)
+            if reply.code == protocol.ErrorCode.TIMEOUT:
+                return False        # the broker did not answer: try again when it does (check / resync)
             if reply.status == "ok" and isinstance(reply.result, dict):
                 entries = reply.result.get("entries") or []
                 keys = {_log_key(e) for e in entries}
                 arrived = [e for e in self.logs.get(pid, ()) if _log_key(e) not in keys]
                 self.logs[pid] = collections.deque([*entries, *arrived], maxlen=self.log_lines)
                 self._fetched |= keys
+            return True             # a tail, or an answer saying there is none to get (worker down)
         try:
-            await asyncio.gather(*(one(pid) for pid in self.plugins))
+            self._tails_fetched = all(await asyncio.gather(*(one(pid) for pid in self.plugins)))
         finally:
             self._logs_fetch = None
         self._fetched_until = time.monotonic() + 10.0     # only events racing the fetch can repeat an entry

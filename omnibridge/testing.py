@@ -39,6 +39,8 @@ class FakeBroker:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.log_tail: dict[str, list[dict]] = {}      # what `logs` answers, per plugin
+        self.answering = threading.Event()              # clear it to play a broker that does not answer
+        self.answering.set()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, protocol.EVENTS_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -79,6 +81,8 @@ class FakeBroker:
                 if not sock.poll(100):
                     continue
                 frames = sock.recv_multipart()
+                if not self.answering.is_set():
+                    continue
                 envelope, body = frames[:-1], frames[-1]
                 try:
                     req = protocol.decode_request([body])

@@ -482,3 +482,30 @@ def test_log_lines_are_followed_only_while_a_browser_is_connected():
         except BaseException:
             print(bp.logs())
             raise
+
+
+def test_a_browser_arriving_while_the_broker_does_not_answer_gets_the_log_tails_once_it_does():
+    from omnibroker import protocol
+    from omnibridge.testing import BridgeProcess
+
+    tail = [{"timestamp": protocol.now_rfc3339(), "source": "go-build", "level": "error", "message": "pkg/x.go:1:1: boom",
+             "pluginID": "a"}]
+
+    async def go(bp):
+        async with connect(ws_url(bp.port, bp.token), open_timeout=5) as ws:
+            await recv_until(ws, lambda m: m.get("type") == "broker" and not m["connected"]
+                             or m.get("type") == "snapshot" and not m["broker"]["connected"],
+                             timeout=20, what="the bridge noticing the broker is gone")
+            bp.fake.answering.set()
+            snap = await recv_until(ws, lambda m: m.get("type") == "snapshot" and m["logs"].get("a"),
+                                    timeout=20, what="a snapshot with the log tail")
+            assert snap["logs"]["a"] == tail and snap["broker"]["connected"]
+
+    with BridgeProcess(plugins=["a"]) as bp:
+        bp.fake.log_tail["a"] = tail
+        bp.fake.answering.clear()
+        try:
+            arun(go(bp))
+        except BaseException:
+            print(bp.logs())
+            raise
