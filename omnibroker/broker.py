@@ -105,7 +105,7 @@ class Broker:
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
-        os.makedirs(os.path.dirname(protocol.alive_path("x")), mode=0o700, exist_ok=True)
+        os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
         write_atomic(protocol.epoch_path(), self.events.epoch, fsync=False)   # after binding: workers may register now
         self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
         for plugin in self.registry.plugins:
@@ -458,8 +458,8 @@ class Broker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.worker_handlers = {
-            protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply, protocol.K_TOKEN: self.on_token,
-            protocol.K_PROCSTATE: self.on_procstate}
+            protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
+            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate}
         self.control_stream = Stream(self.control, self.on_control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions

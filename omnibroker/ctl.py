@@ -198,5 +198,6 @@ def _call_pyzmq(endpoint: str | None, timeout: float, command: str, props: dict,
     with Client(endpoint, timeout=timeout, retries=max(1, retries)) as client:
         return to_builtins(client.request(command, props, wait=wait))
 
+
 if __name__ == "__main__":
     sys.exit(main())

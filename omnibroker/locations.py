@@ -29,9 +29,13 @@ def endpoint(name: str) -> str:
     return env or f"ipc://{runtime_dir()}/{name}.sock"
 
 
+def alive_dir() -> str:
+    return os.path.join(runtime_dir(), "alive")
+
+
 def alive_path(plugin: str) -> str:
     """The file a plugin's worker touches every second (the broker watches its mtime: see protocol.py)."""
-    return os.path.join(runtime_dir(), "alive", plugin)
+    return os.path.join(alive_dir(), plugin)
 
 
 def epoch_path() -> str:

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import CommandError, ErrorCode  # noqa: F401  (re-exported: part of the protocol)
-from .locations import (alive_path, config_path, endpoint, ensure_runtime_dir, epoch_path, home_dir,  # noqa: F401
-                        plugin_home, runtime_dir)
+from .locations import (alive_dir, alive_path, config_path, endpoint, ensure_runtime_dir, epoch_path,  # noqa: F401
+                        home_dir, plugin_home, runtime_dir)
 
 VERSION = "0.1.0"
 

@@ -2,7 +2,8 @@
 
 The broker link: register (with the worker's real state, so a restarted broker learns it), commands in, replies and
 events out, build slots. Liveness without messages (protocol.py, "Worker link"): every second the worker touches its
-alive file and reads the broker's epoch file; a new epoch there means the broker restarted: register again. The plugin's spec (path, settings) and desired state arrive in the broker's welcome.
+alive file and reads the broker's epoch file; a new epoch there means the broker restarted: register again. The
+plugin's spec (path, settings) and desired state arrive in the broker's welcome.
 """
 from __future__ import annotations
 
@@ -138,7 +139,7 @@ class Worker:
 
     async def heartbeat_loop(self) -> None:
         alive = protocol.alive_path(self.plugin)
-        os.makedirs(os.path.dirname(alive), mode=0o700, exist_ok=True)
+        os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
         while True:
             try:
                 os.utime(alive)
