@@ -97,6 +97,7 @@ class Hub:
         self._logs_settled = False      # a log event arrived since subscribing: from then on, every seq gap is a loss
         self._logs_fetch: asyncio.Future | None = None
         self._tails_fetched = False     # the log tails since following began are in (else: at the next resync)
+        self._arriving = 0              # browsers waiting for their first snapshot (not in `peers` yet)
         self.peers: set[Peer] = set()
         # the state browsers start from
         self.epoch = ""
@@ -128,16 +129,24 @@ class Hub:
             self._tails_fetched = False
             if self.broker_connected:   # else the browser is not kept waiting: the resync that finds it fetches
                 self._logs_fetch = asyncio.ensure_future(self._fetch_logs())
-        if self._logs_fetch is not None:
-            await asyncio.shield(self._logs_fetch)      # browsers arriving together share one fetch
-        peer = Peer(self, name, self.queue_size)
-        peer.push_now(self.snapshot_text())
-        self.peers.add(peer)
-        return peer
+        self._arriving += 1
+        try:
+            if self._logs_fetch is not None:
+                await asyncio.shield(self._logs_fetch)      # browsers arriving together share one fetch
+            peer = Peer(self, name, self.queue_size)
+            peer.push_now(self.snapshot_text())
+            self.peers.add(peer)
+            return peer
+        finally:
+            self._arriving -= 1
+            self._stop_following_if_alone()
 
     def remove_peer(self, peer: Peer) -> None:
         self.peers.discard(peer)
-        if not self.peers and self.following_logs:
+        self._stop_following_if_alone()
+
+    def _stop_following_if_alone(self) -> None:
+        if not self.peers and not self._arriving and self.following_logs:
             self.following_logs = False
             self.sub.setsockopt(zmq.UNSUBSCRIBE, protocol.LOG.encode())
 
