@@ -422,18 +422,8 @@ def managed_ready(s: dict, vite: bool = True) -> bool:
 
 def wait_status(svc: Service, plugin: str, pred: Callable[[dict], bool], timeout: float = 30.0,
                 what: str = "state") -> tuple[dict, float]:
-    """Poll `status` every 50 ms (a cheap request answered inline) until pred holds; (state, monotonic time)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        reply = svc.request("status", plugin=plugin, wait=0.5)
-        if reply is not None and reply.status == "ok":
-            last = reply.result
-            if pred(last):
-                return last, time.monotonic()
-        time.sleep(0.05)    # polling a cheap status request; no event carries "the whole state is as desired"
-    raise AssertionError(f"{plugin}: {what} not reached in {timeout}s; last: {last}\n"
-                         f"{svc.logs(f'logs/omniworker-{plugin}.log')}")
+    """Service.wait_state, plus the monotonic time it held (recovery times are measured with it)."""
+    return svc.wait_state(plugin, pred, timeout, what), time.monotonic()
 
 
 def rss_mb(pid: int) -> float:
