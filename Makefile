@@ -9,9 +9,16 @@ UI := examples/hello-plugin/ui
 export OMNI_RUNTIME_DIR ?= $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/omni,/tmp/omni-$(shell id -u))
 export OMNIVIEW_HOME ?= $(HOME)/.omniview
 
-.PHONY: setup bytecode run test test-fast bench contract go node chromium clean
+.PHONY: setup bytecode supervisor-defaults run test test-fast bench contract go node chromium clean
 
-setup: .venv/.installed go node bytecode
+setup: .venv/.installed go node bytecode supervisor-defaults
+
+# `supervisord -c supervisor.d/omni.conf` typed with no OMNI_RUNTIME_DIR: this .pth gives supervisord and supervisorctl
+# on omni's config the runtime dir omni computes (omnibroker/locations.py: supervisor_defaults).
+supervisor-defaults: .venv/.installed
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+		cmp -s deploy/omni-supervisor-defaults.pth "$$site/omni-supervisor-defaults.pth" || \
+		cp deploy/omni-supervisor-defaults.pth "$$site/omni-supervisor-defaults.pth"
 
 # Our modules' .pyc, written now: where PYTHONDONTWRITEBYTECODE is set, every worker (100 of them at scale) and every
 # omnictl call would otherwise compile the sources again at each start (about a third of the time a worker spends importing).

@@ -32,13 +32,15 @@ from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
 from .registry import Registry
 from .security import InsecureEndpoint
-from .supervisor_link import SupervisorLink, plugin_of
+from .supervisor_link import SupervisorLink, held_stopped, plugin_of
 from .zstream import Stream
 
 log = logging.getLogger("omnibroker")
 
 # Commands that change a plugin's state run one at a time per plugin (never globally: circus's lesson).
 EXCLUSIVE = {"add", "remove", "start", "stop", "restart", "attach", "detach"}
+# Commands that want the plugin running: they start a worker program held stopped in supervisord again.
+RUNS_WORKER = {"start", "restart"}
 REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
 UNRESPONSIVE_RESTART = 10.0     # a worker lost this long is restarted through supervisord
 
@@ -105,6 +107,7 @@ class Broker:
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
         write_atomic(protocol.epoch_path(), self.events.epoch, fsync=False)   # after binding: workers may register now
         self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
@@ -181,7 +184,10 @@ class Broker:
                                 workerPid=0)
         self.events.forget(plugin)
 
-    async def ensure_worker(self, plugin: str) -> WorkerLink:
+    async def ensure_worker(self, plugin: str, run: bool = False) -> WorkerLink:
+        """The plugin's live worker, waiting (REGISTER_WAIT) for one that is starting. A worker program that
+        supervisord holds stopped (supervisorctl stop, or FATAL) is not waited for: `run` starts it again through
+        XML-RPC, otherwise the answer is at once."""
         link = self.workers.get(plugin)
         if link is not None and link.alive:
             return link
@@ -189,18 +195,30 @@ class Broker:
         event.clear()
         if not os.path.exists(self.supervisor.include_path(plugin)):
             await self.sync_programs()
+        info = await self.supervisor.program_info(plugin)
+        if info is not None and held_stopped(info):
+            state = info["statename"]
+            if not run:
+                raise CommandError(ErrorCode.WORKER_UNAVAILABLE,
+                                   f"the {self.supervisor.describe(plugin)} is {state} in supervisord"
+                                   f"{' (stopped by hand)' if state == 'STOPPED' else ' (it kept exiting)'}; "
+                                   f"`omnictl start {plugin}` runs it again")
+            log.info("starting the held %s (%s) for a command", self.supervisor.describe(plugin), state)
+            self.held.discard(plugin)
+            self._set_worker_status(plugin, "starting")
+            await self.supervisor.start_worker(plugin)
         try:
             await asyncio.wait_for(event.wait(), REGISTER_WAIT)
         except asyncio.TimeoutError:
             raise CommandError(ErrorCode.WORKER_UNAVAILABLE,
-                               f"the worker for {plugin!r} did not register within {REGISTER_WAIT:.0f}s; "
-                               f"see {self.supervisor.log_dir}/omniworker-{plugin}.log") from None
+                               f"the {self.supervisor.describe(plugin)} did not register within "
+                               f"{REGISTER_WAIT:.0f}s") from None
         return self.workers[plugin]
 
     async def forward(self, cmd: Command, props: dict[str, Any]) -> Any:
         plugin = props["plugin"]
         self.registry.get(plugin)
-        link = await self.ensure_worker(plugin)
+        link = await self.ensure_worker(plugin, run=cmd.name in RUNS_WORKER)
         rid = uuid.uuid4().hex
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = (fut, plugin)
@@ -210,8 +228,8 @@ class Broker:
             reply = await asyncio.wait_for(fut, cmd.timeout)
         except asyncio.TimeoutError:
             raise CommandError(ErrorCode.TIMEOUT,
-                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s") \
-                from None
+                               f"the {self.supervisor.describe(plugin)} did not answer {cmd.name!r} within "
+                               f"{cmd.timeout:.0f}s") from None
         finally:
             self.pending.pop(rid, None)
         if reply.status != "ok":
@@ -222,7 +240,7 @@ class Broker:
         for fut, owner in list(self.pending.values()):
             if owner == plugin and not fut.done():
                 fut.set_result(protocol.error_reply(None, ErrorCode.WORKER_UNAVAILABLE,
-                                                    f"the worker for {plugin!r} went away: {why}"))
+                                                    f"the {self.supervisor.describe(plugin)} went away: {why}"))
 
     # --- control socket --------------------------------------------------------------------------------------------
     def on_control(self, frames: list[bytes]) -> None:
@@ -311,6 +329,7 @@ class Broker:
             self._unwatch(old)
             self.by_identity.pop(old.identity, None)
         link = self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        self.held.discard(reg.plugin)
         self.by_identity[identity] = reg.plugin
         self._watch_pid(reg.plugin, link)
         state = reg.state
@@ -396,8 +415,14 @@ class Broker:
         if link is not None and link.alive and (ev.state == "STARTING" or (ev.pid and ev.pid != link.pid)):
             return
         if ev.state == "STARTING":
+            self.held.discard(plugin)
             self._set_worker_status(plugin, "starting")
-        elif ev.state in ("EXITED", "BACKOFF", "FATAL", "STOPPED"):
+        elif ev.state == "STOPPING":    # on purpose: its death (pidfd, then STOPPED) is "stopped", not "exited"
+            self.held.add(plugin)
+        elif ev.state == "STOPPED":
+            self.held.add(plugin)
+            self._worker_gone(plugin, f"supervisord reports {ev.state}")
+        elif ev.state in ("EXITED", "BACKOFF", "FATAL"):
             self._worker_gone(plugin, f"supervisord reports {ev.state}")
 
     def _worker_gone(self, plugin: str, why: str) -> None:
@@ -409,7 +434,7 @@ class Broker:
         state = self.state_of(plugin)
         active = {"starting", "building", "running", "ready"}
         self._set_worker_status(
-            plugin, "exited", grpcConnected=False, pluginPid=0, workerPid=0,
+            plugin, "stopped" if plugin in self.held else "exited", grpcConnected=False, pluginPid=0, workerPid=0,
             viteStatus="stopped" if state.viteStatus in active else state.viteStatus,
             goStatus="stopped" if state.goStatus in active else state.goStatus)
 
@@ -476,11 +501,20 @@ class Broker:
         for attempt in range(50):
             try:
                 await self.sync_programs()
-                return
+                held = await self.supervisor.stopped_plugins()
             except CommandError as e:
                 if attempt == 0:
                     log.warning("%s; retrying", e.reason)
                 await asyncio.sleep(0.2)
+                continue
+            except Exception as e:      # noqa: BLE001 - XML-RPC failure: the events will tell
+                log.warning("could not list supervisord's stopped programs: %s", e)
+                return
+            for plugin in held & set(self.registry.plugins):     # held before this broker started: say so
+                if plugin not in self.workers:
+                    self.held.add(plugin)
+                    self._set_worker_status(plugin, "stopped")
+            return
 
 
 def _is_worker_of(pid: int, plugin: str) -> bool:

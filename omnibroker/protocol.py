@@ -43,8 +43,9 @@ DevProcessStatus = Literal["idle", "starting", "building", "running", "ready", "
 Mode = Literal["idle", "managed", "external"]
 LogSource = Literal["vite", "go-build", "go-watch", "manager", "plugin"]
 LogLevel = Literal["debug", "info", "warn", "error"]
-# The worker process as the broker sees it (extra field, not Omniview's).
-WorkerStatus = Literal["none", "starting", "up", "lost", "exited"]
+# The worker process as the broker sees it (extra field, not Omniview's): "exited" died (supervisord restarts it),
+# "stopped" stopped by hand in supervisord (supervisorctl stop) until a `start` runs it again.
+WorkerStatus = Literal["none", "starting", "up", "lost", "exited", "stopped"]
 
 
 def now_rfc3339() -> str:

@@ -98,9 +98,36 @@ class SupervisorLink:
                 pass
         return await self.call(_update_ours)
 
-    async def pid(self, plugin: str) -> int:
-        info = await self.call(lambda s: s.getProcessInfo(f"{program_name(plugin)}:{program_name(plugin)}"))
-        return int(info.get("pid") or 0)
+    def log_path(self, plugin: str) -> str:
+        return os.path.join(self.log_dir, program_name(plugin) + ".log")
+
+    def describe(self, plugin: str) -> str:
+        """The worker as a person looks for it: its supervisord program and its log."""
+        return f"worker program {program_name(plugin)} (log: {self.log_path(plugin)})"
+
+    async def program_info(self, plugin: str) -> dict | None:
+        """supervisord's getProcessInfo for the plugin's worker; None when it has no such program or does not answer."""
+        try:
+            return await self.call(lambda s: s.getProcessInfo(f"{program_name(plugin)}:{program_name(plugin)}"))
+        except Exception:       # noqa: BLE001 - xmlrpc Fault, socket errors: "unknown" to every caller
+            return None
+
+    async def stopped_plugins(self) -> set[str]:
+        """Plugins whose worker program someone stopped by hand."""
+        infos = await self.call(lambda s: s.getAllProcessInfo())
+        return {plugin_of(i["name"]) for i in infos if plugin_of(i["name"]) and stopped_by_hand(i)}
+
+    async def start_worker(self, plugin: str) -> None:
+        """Start a stopped (or given-up) worker program again; one already starting is left alone."""
+        name = f"{program_name(plugin)}:{program_name(plugin)}"
+
+        def go(s):
+            try:
+                s.startProcess(name, False)
+            except xmlrpc.client.Fault as e:
+                if "ALREADY_STARTED" not in e.faultString:
+                    raise
+        await self.call(go)
 
     async def restart_worker(self, plugin: str) -> None:
         """Stop and start the worker program (used when a worker is unresponsive)."""
@@ -113,6 +140,18 @@ class SupervisorLink:
                 pass
             s.startProcess(name, False)
         await self.call(go)
+
+
+def stopped_by_hand(info: dict) -> bool:
+    """Whether someone stopped the program (supervisorctl stop): STOPPED after it ran. A program just added is
+    STOPPED too, until supervisord autostarts it a moment later; it never ran, so its `start` is 0."""
+    return info.get("statename") == "STOPPED" and bool(info.get("start"))
+
+
+def held_stopped(info: dict) -> bool:
+    """Whether supervisord holds the program down and will not start it by itself: stopped by hand, or FATAL (it
+    gave up restarting a program that kept exiting)."""
+    return stopped_by_hand(info) or info.get("statename") == "FATAL"
 
 
 def _update_ours(s) -> dict[str, list[str]]:

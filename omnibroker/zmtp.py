@@ -96,3 +96,16 @@ def request(path: str, body: bytes, timeout: float) -> bytes:
         return parts[1]
     finally:
         sock.close()
+
+
+def listening(path: str) -> bool:
+    """Whether something accepts connections on unix socket `path` (a connect, closed at once)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(1.0)
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
