@@ -45,7 +45,8 @@ def _when(stamp: str) -> str:
     except ValueError:
         return stamp
     age = (dt.datetime.now(dt.timezone.utc) - t).total_seconds()
-    ago = f"{age:.0f} s ago" if age < 120 else f"{age / 60:.0f} min ago" if age < 7200 else f"{age / 3600:.0f} h ago"
+    ago = f"{int(age)} s ago" if age < 120 else f"{int(age // 60)} min ago" if age < 7200 else \
+        f"{int(age // 3600)} h ago"
     return f"{t.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({ago})"
 
 
@@ -259,7 +260,7 @@ def _wait_for_broker(control: str, budget: float) -> str:
     runtime = os.path.dirname(control) or locations.runtime_dir()
     if not zmtp.listening(os.path.join(runtime, "supervisor.sock")):
         return (f"no omni service at {runtime}: start it with `supervisord -c {locations.SUPERVISOR_CONF}` "
-                f"(or `make run` in {locations.REPO})")
+                f"(or `make run` in {locations.REPO}); nothing accepts connections on {control}")
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline:
         if zmtp.listening(control):
