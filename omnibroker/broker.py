@@ -195,9 +195,8 @@ class Broker:
         event.clear()
         if not os.path.exists(self.supervisor.include_path(plugin)):
             await self.sync_programs()
-        info = await self.supervisor.program_info(plugin)
-        if info is not None and held_stopped(info):
-            state = info["statename"]
+        state = await self.held_state(plugin)
+        if state:
             if not run:
                 raise CommandError(ErrorCode.WORKER_UNAVAILABLE,
                                    f"the {self.supervisor.describe(plugin)} is {state} in supervisord"
@@ -214,6 +213,15 @@ class Broker:
                                f"the {self.supervisor.describe(plugin)} did not register within "
                                f"{REGISTER_WAIT:.0f}s") from None
         return self.workers[plugin]
+
+    async def held_state(self, plugin: str) -> str:
+        """supervisord's state of the plugin's worker program when it holds it down (STOPPED by hand, or FATAL) and
+        no worker of it is alive; "" otherwise."""
+        link = self.workers.get(plugin)
+        if link is not None and link.alive:
+            return ""
+        info = await self.supervisor.program_info(plugin)
+        return info["statename"] if info is not None and held_stopped(info) else ""
 
     async def forward(self, cmd: Command, props: dict[str, Any]) -> Any:
         plugin = props["plugin"]

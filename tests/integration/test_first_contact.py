@@ -160,7 +160,7 @@ def probe_plugin(root: Path) -> Path:
 def test_worker_stopped_in_supervisorctl_answers_at_once_and_start_runs_it(service, tmp_path):
     service.call("add", plugin="probe", path=str(probe_plugin(tmp_path / "probe")))
     service.wait_state("probe", lambda s: s["workerStatus"] == "up", what="worker up")
-    old_pid = service.program_pid("omniworker-probe")
+    old_pid = service.wait_program("omniworker-probe")
     events = service.subscribe(protocol.STATUS)
     assert "stopped" in supervisorctl(service, "stop", "omniworker-probe")
     events.wait(lambda e: e.payload["pluginID"] == "probe" and e.payload["workerStatus"] == "stopped",
@@ -181,6 +181,12 @@ def test_worker_stopped_in_supervisorctl_answers_at_once_and_start_runs_it(servi
     assert run.returncode == 1 and took < 2.0, (run, took)
     assert "the broker answered; the worker for 'probe' did not (worker_unavailable)" in run.stderr, run.stderr
     assert "omniworker-probe.log" in run.stderr and "broker running" not in run.stderr, run.stderr
+
+    # `stop` of a plugin whose worker is stopped: nothing runs, so it is done at once
+    run, took = omnictl("stop", "probe", "--json", env=bare_env(service.runtime))
+    assert run.returncode == 0 and took < 2.0, (run, took)
+    assert json.loads(run.stdout)["mode"] == "idle" and json.loads(run.stdout)["workerStatus"] == "stopped"
+    assert service.program_pid("omniworker-probe") is None
 
     # `start` is the wish to run it: the program is started again and the plugin answers
     run, took = omnictl("start", "probe", "--no-vite", "--no-go", "--json", env=bare_env(service.runtime))
@@ -220,3 +226,18 @@ def test_omnictl_flags_after_the_subcommand_and_plain_words(service, tmp_path):
     assert lines["grpcConnected"] == "no" and lines["registered"] == "yes", human.stdout
     assert lines["lastBuildTime"] == "never" and lines["lastBuildDuration"] == "none", human.stdout
     assert "True" not in human.stdout and "False" not in human.stdout, human.stdout
+
+
+def test_omnictl_names_a_silent_worker_and_its_log(service, tmp_path):
+    service.call("add", plugin="probe", path=str(probe_plugin(tmp_path / "probe")))
+    service.wait_state("probe", lambda s: s["workerStatus"] == "up", what="worker up")
+    pid = service.wait_program("omniworker-probe")
+    os.kill(pid, signal.SIGSTOP)        # alive but silent: the broker answers for it
+    try:
+        run, took = omnictl("logs", "probe", env=bare_env(service.runtime))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run.returncode == 1, run
+    assert "the broker answered; the worker for 'probe' did not (" in run.stderr, run.stderr
+    assert f"omniworker-probe (log: {service.runtime}/logs/omniworker-probe.log)" in run.stderr, run.stderr
+    assert "broker running" not in run.stderr
