@@ -40,7 +40,7 @@ log = logging.getLogger("omnibroker")
 # Commands that change a plugin's state run one at a time per plugin (never globally: circus's lesson).
 EXCLUSIVE = {"add", "remove", "start", "stop", "restart", "attach", "detach"}
 # Commands that want the plugin running: they start a worker program held stopped in supervisord again.
-RUNS_WORKER = {"start", "restart"}
+RUNS_WORKER = {"start", "restart", "attach"}
 REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
 UNRESPONSIVE_RESTART = 10.0     # a worker lost this long is restarted through supervisord
 

@@ -50,6 +50,16 @@ def _when(stamp: str) -> str:
     return f"{t.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({ago})"
 
 
+def _clock(stamp: str) -> str:
+    """A log entry's RFC 3339 time as local wall-clock time with milliseconds."""
+    import datetime as dt
+    try:
+        t = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    return t.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
 def _word(key: str, value: Any) -> str:
     """A state field in plain words with units."""
     if isinstance(value, bool):
@@ -80,7 +90,7 @@ def _human(command: str, result: Any) -> str:
         head = f"epoch {result['epoch']} seq {result['seq']}"
         return head + "\n" + _table(list(result.get("plugins", {}).values()), STATE_COLUMNS)
     if command == "logs":
-        return "\n".join(f"{e['timestamp']} {e['source']:<8} {e['level']:<5} {e['message']}"
+        return "\n".join(f"{_clock(e['timestamp'])} {e['source']:<8} {e['level']:<5} {e['message']}"
                          for e in result.get("entries", []))
     if command == "rebuild":
         return f"{result['pluginID']}: rebuild accepted; the build's progress and errors arrive as events " \
@@ -100,7 +110,8 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnictl", description="control the omni dev-server broker")
     _global_flags(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    named = next((a.replace("-", "_") for a in argv if not a.startswith("-")), "")
+    named = next((a.replace("-", "_") for i, a in enumerate(argv)
+                  if not a.startswith("-") and (i == 0 or argv[i - 1] not in ("--endpoint", "--timeout"))), "")
     for name, cmd in COMMANDS.items():
         if named in COMMANDS and name != named:
             continue
@@ -167,7 +178,7 @@ def _event_summary(ev) -> str:
     p = ev.payload
     if ev.topic.endswith("/status"):
         return f"mode={p['mode']} vite={p['viteStatus']}:{p['vitePort']} go={p['goStatus']} " \
-               f"grpc={p['grpcConnected']} worker={p.get('workerStatus')}"
+               f"grpc={_word('grpcConnected', p['grpcConnected'])} worker={p.get('workerStatus')}"
     if ev.topic.endswith("/log"):
         return " | ".join(f"[{e['source']}/{e['level']}] {e['message']}" for e in p)
     if ev.topic.endswith("/error"):

@@ -83,6 +83,7 @@ def test_supervisord_as_typed_in_a_fresh_shell():
                          env={"REPO": str(REPO), "PATH": os.environ["PATH"]}, capture_output=True, text=True,
                          timeout=120)
     out = run.stdout + run.stderr
+    assert "cannot be expanded" not in out, f"the venv lacks omni-supervisor-defaults.pth (`make setup`):\n{out}"
     assert run.returncode == 0 and "== done" in out, out
     sections = dict(part.split("\n", 1) for part in out.split("== ")[1:])
     assert sections["ping"].startswith("pong: epoch"), out

@@ -31,6 +31,25 @@ def test_durations_and_zero_time():
     assert ctl._word("lastBuildTime", "") == "never"
 
 
+def test_log_times_are_local_clock_times():
+    stamp = "2026-12-01T14:10:05.123Z"
+    local = dt.datetime(2026, 12, 1, 14, 10, 5, 123000, tzinfo=dt.timezone.utc).astimezone()
+    out = ctl._human("logs", {"entries": [{"timestamp": stamp, "source": "vite", "level": "info", "message": "hi"}]})
+    assert out.startswith(local.strftime("%H:%M:%S") + ".123 vite")
+
+
+def test_global_flags_before_or_after_the_subcommand():
+    def parse(*argv):
+        return ctl._build_parser(list(argv)).parse_args(list(argv))
+    for argv in (("--timeout", "3", "status", "hello", "--json"), ("status", "hello", "--json", "--timeout", "3"),
+                 ("--json", "status", "--timeout", "3", "hello")):
+        args = parse(*argv)
+        assert (args.command_name, args.plugin, args.ctl_json, args.ctl_timeout) == ("status", "hello", True, 3.0)
+    args = parse("--timeout", "2", "invoke", "hello", "--method", "/a.B/C", "--request", "", "--timeout", "7")
+    assert (args.ctl_timeout, args.timeout) == (2.0, 7.0)      # after `invoke`, --timeout is invoke's own
+    assert parse("status", "hello").ctl_timeout == 5.0 and not parse("status", "hello").ctl_json
+
+
 def test_rebuild_replies_accepted_as_documented():
     class Broker:
         async def forward(self, cmd, props):
