@@ -28,11 +28,14 @@ STATE_COLUMNS = ("pluginID", "mode", "workerStatus", "viteStatus", "vitePort", "
 
 
 def _duration(ns: int) -> str:
+    """Nanoseconds (Go's time.Duration) as `812 ms`, `4.92 s` or `1 min 35 s`."""
     if not ns:
         return "none"
     seconds = ns / 1e9
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s" if seconds < 60 else \
-        f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    if seconds < 59.995:
+        return f"{seconds * 1000:.0f} ms" if seconds < 0.9995 else f"{seconds:.2f} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s"
 
 
 def _when(stamp: str) -> str:
