@@ -103,7 +103,7 @@ def load_config(path: str) -> Config:
         doc["service"] = None
     for key in doc:
         if key not in ("service", "plugins"):
-            cfg.errors.append(f"{at(key)}: unknown top-level key {key!r}; known: service, plugins")
+            cfg.errors.append(f"{at(key)}: unknown top-level key {key!r} (known: service, plugins)")
     try:
         cfg.service = settings.check_service(doc.get("service", {}))
     except settings.SettingsError as e:
@@ -127,8 +127,8 @@ def load_config(path: str) -> Config:
             typed, worker_table = settings.check_plugin({k: v for k, v in table.items() if k != "path"})
         except settings.SettingsError as e:
             key = re.sub(r"\[\d+\]", "", e.key)
-            cfg.errors.append(f"{at('plugins', pid, *filter(None, key.split('.')))}: [plugins.{pid}] {e}; "
-                              "entry ignored")
+            cfg.errors.append(f"{at('plugins', pid, *filter(None, key.split('.')))}: [plugins.{pid}] {e} "
+                              "(entry ignored)")
             cfg.bad.append(pid)
             continue
         spec = PluginSpec(id=pid, path=os.path.normpath(os.path.join(base, os.path.expanduser(rel))),

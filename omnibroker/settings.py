@@ -174,7 +174,7 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     known = _keys(PluginSettings)
     for key, value in table.items():
         if key not in known:
-            raise SettingsError(key, f"unknown key; known: {', '.join(known)}")
+            raise SettingsError(key, f"unknown key (known: {', '.join(known)})")
         section = SECTIONS.get(key)
         if section is None or not isinstance(value, dict):
             continue
@@ -193,7 +193,7 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
                 new[k] = v
             else:
                 raise SettingsError(f"{key}.{k}",
-                                    f"unknown key; known: {', '.join(sec_known + list(aliases))}")
+                                    f"unknown key (known: {', '.join(sec_known + list(aliases))})")
         out[key] = new
     return out
 
@@ -228,7 +228,7 @@ def check_service(table: dict[str, Any]) -> ServiceSettings:
     known = _keys(ServiceSettings)
     for key in table:
         if key not in known:
-            raise SettingsError(key, f"unknown key; known: {', '.join(known)}")
+            raise SettingsError(key, f"unknown key (known: {', '.join(known)})")
     return _convert(table, ServiceSettings)
 
 
