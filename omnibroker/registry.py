@@ -61,7 +61,7 @@ def check_plugin_id(plugin: Any) -> str:
 def storage_error(e: OSError, path: str) -> CommandError:
     """The reply for a state file that could not be written: a full runtime dir says so."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return CommandError(ErrorCode.NO_SPACE, f"the runtime dir {os.path.dirname(path)} is full: cannot write "
+        return CommandError(ErrorCode.NO_SPACE, f"the runtime dir {protocol.runtime_dir()} is full: cannot write "
                                                 f"{path} ({e.strerror}); nothing was changed")
     return CommandError(ErrorCode.STORAGE, f"cannot write {path}: {e.strerror or e}; nothing was changed")
 
