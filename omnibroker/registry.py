@@ -131,6 +131,7 @@ def load_config(path: str) -> Config:
                               "(entry ignored)")
             cfg.bad.append(pid)
             continue
+        worker_table.pop("autostart", None)      # the broker's, not the worker's: a change restarts nothing
         spec = PluginSpec(id=pid, path=os.path.normpath(os.path.join(base, os.path.expanduser(rel))),
                           settings=worker_table)
         desired = Desired(mode="managed" if typed.autostart else "idle", vite=typed.run_vite, go=typed.run_go)

@@ -198,7 +198,7 @@ def _normalise(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_PATH = re.compile(r"- at `\$((?:\.[^`.\[]+|\[\d+\])*)`")
+_PATH = re.compile(r"- at `\$((?:\.[^`.\[]+|\[\d+\]|\[\.\.\.\])*)`")
 
 
 def _convert(table: dict[str, Any], cls: type) -> Any:
@@ -209,7 +209,7 @@ def _convert(table: dict[str, Any], cls: type) -> Any:
         m = _PATH.search(text)
         key = ""
         if m:
-            key = m.group(1).lstrip(".")
+            key = m.group(1).lstrip(".").replace("[...]", "")      # [...]: some value of a table
             text = text[:m.start()].rstrip(" -")
         raise SettingsError(key, text) from None
 
