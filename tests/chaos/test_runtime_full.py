@@ -8,11 +8,12 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from kit import Service, copy_example, plugin_toml
+from kit import RESULTS, Service, copy_example, plugin_toml
 
 
 def _can_mount(tmp: Path) -> str:
@@ -44,8 +45,9 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def programs(svc: Service) -> dict[str, str]:
-    return {p["name"]: p["statename"] for p in svc.supervisor().getAllProcessInfo()
+def programs(svc: Service) -> dict[str, tuple[str, int]]:
+    """supervisord's worker programs: name -> (state, pid); the same pid means the worker was not restarted."""
+    return {p["name"]: (p["statename"], p["pid"]) for p in svc.supervisor().getAllProcessInfo()
             if p["name"].startswith("omniworker-")}
 
 
@@ -67,6 +69,7 @@ def test_full_runtime_dir_changes_nothing(tmp_path):
         svc.call("add", plugin="q2", path=str(q2))
         for plugin in ("q1", "q2"):
             svc.wait_state(plugin, lambda s: s["workerStatus"] == "up", what="worker up")
+            svc.wait_program(f"omniworker-{plugin}")
         before = listed(svc)
         programs_before = programs(svc)
         state_file = svc.runtime / "state.json"
@@ -78,8 +81,11 @@ def test_full_runtime_dir_changes_nothing(tmp_path):
         attempts = [("add", {"plugin": "q3", "path": str(q3)}), ("remove", {"plugin": "q2"}),
                     ("remove", {"plugin": "q1"}), ("start", {"plugin": "q1"}), ("attach", {"plugin": "q2"}),
                     ("stop", {"plugin": "q2"}), ("add", {"plugin": "q2", "path": str(q3)})]
+        answers = []
         for command, props in attempts:
+            t0 = time.monotonic()
             reply = svc.request(command, wait=30, **props)
+            answers.append(time.monotonic() - t0)
             assert reply is not None and reply.status == "error", (command, props, reply)
             assert reply.code == "no_space" and reply.reason.startswith(full), (command, props, reply)
         assert svc.call("ping")["epoch"]
@@ -97,7 +103,10 @@ def test_full_runtime_dir_changes_nothing(tmp_path):
         sup = svc.supervisor()
         sup.stopProcess("omnibroker")
         sup.startProcess("omnibroker")
+        t0 = time.monotonic()
         assert svc.wait_ping()["epoch"] != epoch
+        RESULTS["runtime_full"] = {"refusals": len(answers), "slowest_answer_s": round(max(answers), 3),
+                                   "broker_restart_s": round(time.monotonic() - t0, 2)}
         assert listed(svc) == before
         assert programs(svc) == programs_before
         # and the refused changes now go through
