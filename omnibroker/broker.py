@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -111,7 +112,7 @@ class Broker:
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
-        write_atomic(protocol.epoch_path(), self.events.epoch, fsync=False)   # after binding: workers may register now
+        _write_epoch(self.events.epoch)         # after binding: workers may register now
         self.slots = BuildSlots(service.slots, self._grant_slot)
         self.dir_errors: dict[str, str] = {}        # plugin -> "its directory does not exist" (see check_plugin_dir)
         self.config = ConfigWatch(self)
@@ -570,6 +571,26 @@ class Broker:
                 if attempt == 0:
                     log.warning("%s; retrying", e.reason)
                 await asyncio.sleep(0.2)
+
+
+def _write_epoch(epoch: str) -> None:
+    """Tell running workers this broker's epoch (they register again when it changes).
+
+    In a full runtime dir the atomic replace (a new file) fails; epochs all have the same length, so the old file's
+    bytes are overwritten in place, which needs no new space (a worker reading meanwhile at worst registers once more).
+    """
+    path = protocol.epoch_path()
+    try:
+        write_atomic(path, epoch, fsync=False)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
+    with open(path, "r+b") as f:
+        if os.fstat(f.fileno()).st_size != len(epoch):
+            raise OSError(errno.ENOSPC, f"the runtime dir is full: cannot write {path}")
+        f.write(epoch.encode())
 
 
 def _is_worker_of(pid: int, plugin: str) -> bool:
