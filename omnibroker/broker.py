@@ -145,38 +145,28 @@ class Broker:
         self.events.status(state)
 
     def allocate_port(self, plugin: str) -> int:
-        """The plugin's Vite port, its preference persisted (if the write fails: no port taken, the error raised)."""
-        undo = self._port_undo(plugin)
-        port = self.ports.allocate(plugin)
-        try:
-            self.registry.save()
-        except CommandError:
-            undo()
-            raise
-        return port
+        """The plugin's Vite port, its preference persisted."""
+        return self._port_and(plugin, True, self.registry.save)
 
-    def _port_undo(self, plugin: str):
-        """A function that puts the plugin's port assignment and preference back as they are now."""
+    def set_desired(self, plugin: str, desired: protocol.Desired) -> int:
+        """Persist a desired state and, for managed mode with Vite, take the Vite port; returns it (0 without)."""
+        return self._port_and(plugin, desired.mode == "managed" and desired.vite,
+                              lambda: self.registry.set_desired(plugin, desired))
+
+    def _port_and(self, plugin: str, want: bool, persist) -> int:
+        """Take the plugin's Vite port (if `want`), then `persist` (one state file write, which carries the port
+        preference): both or neither — a failed write puts the assignment and the preference back."""
         held, preferred = self.ports.port_of(plugin), self.ports.preferred.get(plugin)
-
-        def undo() -> None:
+        port = self.ports.allocate(plugin) if want else 0
+        try:
+            persist()
+        except CommandError:
             if held is None:
                 self.ports.release(plugin)
             if preferred is None:
                 self.ports.preferred.pop(plugin, None)
             else:
                 self.ports.preferred[plugin] = preferred
-        return undo
-
-    def set_desired(self, plugin: str, desired: protocol.Desired) -> int:
-        """Persist a desired state and, for managed mode with Vite, the Vite port, in one write: both or neither.
-        Returns the port (0 without Vite)."""
-        undo = self._port_undo(plugin)
-        port = self.ports.allocate(plugin) if desired.mode == "managed" and desired.vite else 0
-        try:
-            self.registry.set_desired(plugin, desired)
-        except CommandError:
-            undo()
             raise
         return port
 
@@ -574,23 +564,17 @@ class Broker:
 
 
 def _write_epoch(epoch: str) -> None:
-    """Tell running workers this broker's epoch (they register again when it changes).
-
-    In a full runtime dir the atomic replace (a new file) fails; epochs all have the same length, so the old file's
-    bytes are overwritten in place, which needs no new space (a worker reading meanwhile at worst registers once more).
-    """
+    """Tell running workers this broker's epoch (they register again when it changes). In a full runtime dir the
+    atomic replace fails; epochs all have one length, so the old bytes are overwritten in place (no new space)."""
     path = protocol.epoch_path()
     try:
         write_atomic(path, epoch, fsync=False)
-        return
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.getsize(path) != len(epoch):
             raise
         log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
-    with open(path, "r+b") as f:
-        if os.fstat(f.fileno()).st_size != len(epoch):
-            raise OSError(errno.ENOSPC, f"the runtime dir is full: cannot write {path}")
-        f.write(epoch.encode())
+        with open(path, "r+b") as f:
+            f.write(epoch.encode())
 
 
 def _is_worker_of(pid: int, plugin: str) -> bool:
