@@ -82,7 +82,8 @@ class ConfigWatch:
         self._timer = self._loop.call_later(DEBOUNCE, self.broker._spawn, self._reload_changed())
 
     async def _reload_changed(self) -> None:
-        if self._read() == self._seen:
+        data = self._read()
+        if data is None or data == self._seen:      # gone (maybe for a moment, as a save goes): only `reload` applies
             return
         try:
             await self.reload()
