@@ -139,7 +139,7 @@ def load_config(path: str) -> Config:
     return cfg
 
 
-class Reload(msgspec.Struct, kw_only=True):
+class ReloadResult(msgspec.Struct, kw_only=True):
     """What a reload changed, by plugin id."""
     added: list[str] = []
     removed: list[str] = []
@@ -168,13 +168,13 @@ class Registry:
             if pid in self.plugins:
                 self.plugins[pid].desired = desired
 
-    def reload(self) -> Reload:
+    def reload(self) -> ReloadResult:
         """Read omni.toml again. Entries new in the file are registered, entries gone from it are forgotten, changed
         ones take the new spec (desired states are kept); plugins added or removed at run time are the user's and
         stay as they are. A refused entry keeps its previous version; an unreadable file changes nothing."""
         config = load_config(self.config_path)
         self.config_error = "; ".join(config.errors)
-        result = Reload()
+        result = ReloadResult()
         if not config.readable:
             return result
         if config.service is not None:
