@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -30,7 +31,8 @@ from .events import EventBus, bind, bind_xpub
 from .files import write_atomic
 from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
-from .registry import Registry
+from .config_watch import ConfigWatch
+from .registry import Registry, storage_error
 from .security import InsecureEndpoint
 from .supervisor_link import SupervisorLink, held_stopped, plugin_of
 from .zstream import Stream
@@ -76,6 +78,11 @@ class BuildSlots:
         self.waiting = deque(w for w in self.waiting if w[0] != token)
         self._pump()
 
+    def resize(self, capacity: int) -> None:
+        """A new capacity (omni.toml reloaded): builds holding a slot keep it; waiting ones get the new room."""
+        self.capacity = max(1, capacity)
+        self._pump()
+
     def release_worker(self, identity: bytes) -> None:
         for token in [t for t, i in self.holders.items() if i == identity]:
             del self.holders[token]
@@ -95,8 +102,7 @@ class Broker:
         self.ctx = zmq.Context()
         self.registry = Registry(protocol.config_path(), os.path.join(self.runtime, "state.json"))
         service = self.registry.service
-        vite_range = service.get("vite_ports", [15173, 15273])
-        self.ports = PortAllocator(int(vite_range[0]), int(vite_range[1]), self.registry.state.ports)
+        self.ports = PortAllocator(service.vite_ports[0], service.vite_ports[1], self.registry.state.ports)
         self.supervisor = SupervisorLink(self.runtime)
         self.control = self._bind(zmq.ROUTER, protocol.endpoint("control"))
         self.worker_sock = self._bind(zmq.ROUTER, protocol.endpoint("workers"))
@@ -109,10 +115,14 @@ class Broker:
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
-        write_atomic(protocol.epoch_path(), self.events.epoch, fsync=False)   # after binding: workers may register now
-        self.slots = BuildSlots(int(service.get("build_slots", os.cpu_count() or 2)), self._grant_slot)
+        _write_epoch(self.events.epoch)         # after binding: workers may register now
+        self.slots = BuildSlots(service.slots, self._grant_slot)
+        self.dir_errors: dict[str, str] = {}        # plugin -> "its directory does not exist" (see check_plugin_dir)
+        self.config = ConfigWatch(self)
         for plugin in self.registry.plugins:
             self.events.states[plugin] = self._initial_state(plugin)
+        if self.registry.config_error:
+            log.error("configuration: %s", self.registry.config_error)
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -138,13 +148,47 @@ class Broker:
         self.events.status(state)
 
     def allocate_port(self, plugin: str) -> int:
-        port = self.ports.allocate(plugin)
-        self.registry.save()
+        """The plugin's Vite port, its preference persisted."""
+        return self._port_and(plugin, True, self.registry.save)
+
+    def set_desired(self, plugin: str, desired: protocol.Desired) -> int:
+        """Persist a desired state and, for managed mode with Vite, take the Vite port; returns it (0 without)."""
+        return self._port_and(plugin, desired.mode == "managed" and desired.vite,
+                              lambda: self.registry.set_desired(plugin, desired))
+
+    def _port_and(self, plugin: str, want: bool, persist) -> int:
+        """Take the plugin's Vite port (if `want`), then `persist` (one state file write, which carries the port
+        preference): both or neither — a failed write puts the assignment and the preference back."""
+        held, preferred = self.ports.port_of(plugin), self.ports.preferred.get(plugin)
+        port = self.ports.allocate(plugin) if want else 0
+        try:
+            persist()
+        except CommandError:
+            if held is None:
+                self.ports.release(plugin)
+            if preferred is None:
+                self.ports.preferred.pop(plugin, None)
+            else:
+                self.ports.preferred[plugin] = preferred
+            raise
         return port
 
     def release_port(self, plugin: str) -> None:
+        """Give the port back; its preference (persisted) stays."""
         self.ports.release(plugin)
-        self.registry.save()
+
+    def check_plugin_dir(self, plugin: str) -> str:
+        """"" when the plugin's source directory exists; else the error, which becomes the plugin's `lastError`
+        (kept over its worker's status events until the directory is there again) and an error event."""
+        path = self.registry.get(plugin).spec.path
+        if os.path.isdir(path):
+            self.dir_errors.pop(plugin, None)
+            return ""
+        message = self.dir_errors[plugin] = f"the plugin directory {path} does not exist"
+        self.events.status(msgspec.structs.replace(self.state_of(plugin), lastError=message))
+        self.events.publish(protocol.ERROR, protocol.ErrorPayload(
+            pluginID=plugin, errors=[protocol.BuildError(file=path, message=message)]), plugin)
+        return message
 
     # --- plugins and their worker programs -------------------------------------------------------------------------
     async def sync_programs(self) -> None:
@@ -154,25 +198,48 @@ class Broker:
             raise CommandError(ErrorCode.SUPERVISOR, f"supervisord at {self.supervisor.url} failed: {e}") from None
 
     async def add_plugin(self, plugin: str, path: str, settings: dict | None) -> None:
+        """Register or re-point a plugin. Its program file and the state file are written before anything changes:
+        when either write fails (a full runtime dir), the plugin is as it was and the error says why."""
         if settings is None:        # `start --path`: keep the settings a plugin already has
             settings = self.registry.plugins[plugin].spec.settings if plugin in self.registry.plugins else {}
-        _, changed = self.registry.add(plugin, path, settings)
+        include = self.supervisor.include_path(plugin)
+        had_include = os.path.exists(include)
+        try:
+            self.supervisor.write_include(plugin)
+        except OSError as e:
+            raise storage_error(e, include) from None
+        try:
+            _, changed = self.registry.add(plugin, path, settings)
+        except CommandError:
+            if not had_include:
+                with contextlib.suppress(OSError):
+                    os.unlink(include)
+            raise
         if changed or plugin not in self.events.states:
-            self.events.states[plugin] = self._initial_state(plugin)
-            link = self.workers.get(plugin)
-            if link is not None and link.alive:
-                # The worker has the old spec: restart it so it registers with the new one.
-                self._send_worker(link.identity, protocol.K_COMMAND,
-                                  protocol.encode(protocol.Request(id="respawn", command="exit")))
-            self._set_worker_status(plugin, "starting")
+            self._respec(plugin)
         await self.sync_programs()
 
+    def _respec(self, plugin: str) -> None:
+        """A plugin's spec is new: fresh state, and a running worker restarts to register with the new spec."""
+        self.dir_errors.pop(plugin, None)
+        self.events.states[plugin] = self._initial_state(plugin)
+        link = self.workers.get(plugin)
+        if link is not None and link.alive:
+            self._send_worker(link.identity, protocol.K_COMMAND,
+                              protocol.encode(protocol.Request(id="respawn", command="exit")))
+        self._set_worker_status(plugin, "starting")
+
     async def remove_plugin(self, plugin: str) -> None:
+        """Forget a plugin: the state file first (a failed write changes nothing), then memory and supervisord."""
         self.registry.remove(plugin)
+        await self._drop_plugin(plugin)
+
+    async def _drop_plugin(self, plugin: str) -> None:
+        """Everything but the registry: port, liveness file, worker program, link, pending requests, state."""
         self.ports.forget(plugin)
+        self.dir_errors.pop(plugin, None)
         with contextlib.suppress(OSError):
             os.unlink(protocol.alive_path(plugin))
-        self.registry.save()
         await self.sync_programs()
         link = self.workers.pop(plugin, None)
         if link is not None:
@@ -344,7 +411,11 @@ class Broker:
         state.workerStatus, state.workerPid = "up", reg.pid
         state.devPath = state.devPath or record.spec.path    # a new worker learns its path in the welcome
         vite_port = 0
-        if record.desired.mode == "managed" and record.desired.vite:
+        desired = record.desired
+        if desired.mode == "managed" and (missing := self.check_plugin_dir(reg.plugin)):
+            desired = msgspec.structs.replace(desired, mode="idle")     # nothing to run; `start` checks again
+            state.lastError = missing
+        if desired.mode == "managed" and desired.vite:
             if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
                 vite_port = state.vitePort
             else:
@@ -353,7 +424,7 @@ class Broker:
                 except CommandError as e:
                     state.lastError = e.reason
         self.events.status(state)
-        welcome = protocol.Welcome(epoch=self.events.epoch, spec=record.spec, desired=record.desired,
+        welcome = protocol.Welcome(epoch=self.events.epoch, spec=record.spec, desired=desired,
                                    vitePort=vite_port)
         self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
         self.registered.setdefault(reg.plugin, asyncio.Event()).set()
@@ -395,7 +466,14 @@ class Broker:
         plugin = self._touch(identity)
         if plugin is None or len(body) < 2:
             return
-        self.events.worker_status(body[0].decode(), body[1], plugin)
+        topic = body[0].decode()
+        if topic == protocol.STATUS and plugin in self.dir_errors:
+            state = protocol.decode_state(body[1])
+            if state.pluginID == plugin:
+                self.events.status(msgspec.structs.replace(
+                    state, lastError=state.lastError or self.dir_errors[plugin]))
+            return
+        self.events.worker_status(topic, body[1], plugin)
 
     def on_reply(self, identity: bytes, body: list[bytes]) -> None:
         self._touch(identity)
@@ -498,7 +576,9 @@ class Broker:
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
         liveness = asyncio.create_task(self.liveness_loop())
+        self.config.start()
         await stop.wait()
+        self.config.stop()
         liveness.cancel()
         for stream in (self.control_stream, self.worker_stream, self.events_stream):
             stream.close()
@@ -523,6 +603,20 @@ class Broker:
                     self.held.add(plugin)
                     self._set_worker_status(plugin, "stopped")
             return
+
+
+def _write_epoch(epoch: str) -> None:
+    """Tell running workers this broker's epoch (they register again when it changes). In a full runtime dir the
+    atomic replace fails; epochs all have one length, so the old bytes are overwritten in place (no new space)."""
+    path = protocol.epoch_path()
+    try:
+        write_atomic(path, epoch, fsync=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.getsize(path) != len(epoch):
+            raise
+        log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
+        with open(path, "r+b") as f:
+            f.write(epoch.encode())
 
 
 def _is_worker_of(pid: int, plugin: str) -> bool:

@@ -86,9 +86,16 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def _config_line(result: Any) -> str:
+    """omni.toml's problems, as `ping` and `list` report them (empty when none)."""
+    error = result.get("configError") if isinstance(result, dict) else ""
+    return f"\nconfig error: {error}" if error else ""
+
+
 def _human(command: str, result: Any) -> str:
     if command == "list":
-        return _table(result.get("plugins", []), STATE_COLUMNS) if result.get("plugins") else "no plugins"
+        table = _table(result.get("plugins", []), STATE_COLUMNS) if result.get("plugins") else "no plugins"
+        return table + _config_line(result)
     if command == "snapshot":
         head = f"epoch {result['epoch']} seq {result['seq']}"
         return head + "\n" + _table(list(result.get("plugins", {}).values()), STATE_COLUMNS)
@@ -101,7 +108,7 @@ def _human(command: str, result: Any) -> str:
     if isinstance(result, dict) and "pluginID" in result:
         return "\n".join(f"{k:<18} {_word(k, v)}" for k, v in result.items())
     if command == "ping":
-        return f"pong: epoch {result['epoch']}, version {result['version']}"
+        return f"pong: epoch {result['epoch']}, version {result['version']}" + _config_line(result)
     return json.dumps(result, indent=2)
 
 

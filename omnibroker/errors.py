@@ -10,6 +10,9 @@ class ErrorCode:
     UNKNOWN_PLUGIN = "unknown_plugin"
     BAD_PROPERTY = "bad_property"
     NO_PORT = "no_port"
+    NO_PLUGIN_DIR = "no_plugin_dir"     # the plugin's source directory does not exist (any more)
+    NO_SPACE = "no_space"               # the runtime dir is full: the change was not made
+    STORAGE = "storage_error"           # another failure to write the runtime dir: the change was not made
     BUSY = "busy"
     TIMEOUT = "timeout"
     WORKER_UNAVAILABLE = "worker_unavailable"

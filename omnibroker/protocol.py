@@ -38,6 +38,7 @@ RELOAD_START = "plugin/dev_reload_start"
 RELOAD_COMPLETE = "plugin/dev_reload_complete"
 RELOAD_ERROR = "plugin/dev_reload_error"
 TOPICS = (STATUS, LOG, ERROR, RELOAD_START, RELOAD_COMPLETE, RELOAD_ERROR)
+CONFIG = "omni/config"      # ours: omni.toml's problems changed, payload {"path", "error"}, meta pluginID ""
 
 DevProcessStatus = Literal["idle", "starting", "building", "running", "ready", "error", "stopped"]
 Mode = Literal["idle", "managed", "external"]

@@ -1,18 +1,21 @@
 """The plugins the broker knows, what the user wants of each (desired state), and their ports.
 
-Two sources: `omni.toml` (declared plugins, read, never rewritten) and the runtime dir's `state.json` (plugins added or
-removed at run time, desired states, port preferences), written atomically on every change so a restarted broker
-resumes where the killed one was.
+Two sources: `omni.toml` (declared plugins, checked against the settings schema, read again on `reload`, never
+rewritten) and the runtime dir's `state.json` (plugins added or removed at run time, desired states, port
+preferences), written atomically before every change takes effect so a restarted broker resumes where the killed one
+was, and a write that fails (a full disk) leaves everything as it was.
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tomllib
 from typing import Any
 
 import msgspec
 
-from . import protocol
+from . import protocol, settings
 from .files import write_atomic
 from .protocol import CommandError, Desired, ErrorCode, PluginSpec
 
@@ -55,38 +58,148 @@ def check_plugin_id(plugin: Any) -> str:
     return plugin
 
 
-def load_config(path: str) -> tuple[dict[str, PluginRecord], dict[str, Any]]:
-    """Parse omni.toml: `[service]` settings and `[plugins.<id>]` tables (`path` relative to the file)."""
+def storage_error(e: OSError, path: str) -> CommandError:
+    """The reply for a state file that could not be written: a full runtime dir says so."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CommandError(ErrorCode.NO_SPACE, f"the runtime dir {protocol.runtime_dir()} is full: cannot write "
+                                                f"{path} ({e.strerror}); nothing was changed")
+    return CommandError(ErrorCode.STORAGE, f"cannot write {path}: {e.strerror or e}; nothing was changed")
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """What one reading of omni.toml gave: the valid entries, `[service]`, and every problem found."""
+    records: dict[str, PluginRecord] = {}
+    service: settings.ServiceSettings | None = None     # None: absent or refused (the defaults, or what was in use)
+    errors: list[str] = []
+    bad: list[str] = []                 # ids of [plugins.<id>] entries refused (they keep their previous version)
+    readable: bool = True               # False: a syntax error or an unreadable file; nothing in it was used
+
+
+def load_config(path: str) -> Config:
+    """Parse and check omni.toml: `[service]` and `[plugins.<id>]` tables (`path` relative to the file).
+
+    A bad entry is refused alone (its error names the file and line); a syntax error refuses the whole file."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
-        return {}, {}
+        return Config(service=settings.ServiceSettings())
+    except OSError as e:
+        return Config(errors=[f"{path}: cannot read: {e.strerror or e}"], readable=False)
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\s*\(at line (\d+), column \d+\)$", str(e))
+        where = f"{path}:{m.group(1)}" if m else path
+        return Config(errors=[f"{where}: {str(e)[:m.start()] if m else e}"], readable=False)
+
+    def at(*keys: str) -> str:
+        line = settings.locate(text, keys)
+        return f"{path}:{line}" if line else path
+
+    cfg = Config()
+    if not isinstance(doc.get("service", {}), dict):
+        doc["service"] = None
+    for key in doc:
+        if key not in ("service", "plugins"):
+            cfg.errors.append(f"{at(key)}: unknown top-level key {key!r} (known: service, plugins)")
+    try:
+        cfg.service = settings.check_service(doc.get("service", {}))
+    except settings.SettingsError as e:
+        key = re.sub(r"\[\d+\]", "", e.key)
+        cfg.errors.append(f"{at('service', *key.split('.'))}: [service] {e}")
+    plugins = doc.get("plugins", {})
+    if not isinstance(plugins, dict):
+        cfg.errors.append(f"{at('plugins')}: 'plugins' must be a table of [plugins.<id>] tables")
+        plugins = {}
     base = os.path.dirname(os.path.abspath(path))
-    records: dict[str, PluginRecord] = {}
-    for pid, table in (doc.get("plugins") or {}).items():
-        if not protocol.valid_plugin_id(pid) or not isinstance(table, dict) or "path" not in table:
-            raise SystemExit(f"{path}: [plugins.{pid}] needs a valid id and a 'path'")
-        settings = {k: v for k, v in table.items() if k not in ("path", "autostart")}
-        spec = PluginSpec(id=pid, path=os.path.normpath(os.path.join(base, table["path"])), settings=settings)
-        desired = Desired(mode="managed" if table.get("autostart") else "idle",
-                          vite=bool(table.get("vite", True)), go=bool(table.get("go", True)))
-        records[pid] = PluginRecord(spec=spec, desired=desired, declared=True)
-    return records, doc.get("service") or {}
+    for pid, table in plugins.items():
+        try:
+            if not protocol.valid_plugin_id(pid):
+                raise settings.SettingsError("", "not a valid plugin id (1-64 of A-Z a-z 0-9 . _ -, starting with "
+                                                 "a letter or digit, no '..')")
+            if not isinstance(table, dict):
+                raise settings.SettingsError("", "must be a table")
+            rel = table.get("path")
+            if not isinstance(rel, str) or not rel:
+                raise settings.SettingsError("path", "required: the plugin's source directory (a string)")
+            typed, worker_table = settings.check_plugin({k: v for k, v in table.items() if k != "path"})
+        except settings.SettingsError as e:
+            key = re.sub(r"\[\d+\]", "", e.key)
+            cfg.errors.append(f"{at('plugins', pid, *filter(None, key.split('.')))}: [plugins.{pid}] {e} "
+                              "(entry ignored)")
+            cfg.bad.append(pid)
+            continue
+        worker_table.pop("autostart", None)      # the broker's, not the worker's: a change restarts nothing
+        spec = PluginSpec(id=pid, path=os.path.normpath(os.path.join(base, os.path.expanduser(rel))),
+                          settings=worker_table)
+        desired = Desired(mode="managed" if typed.autostart else "idle", vite=typed.run_vite, go=typed.run_go)
+        cfg.records[pid] = PluginRecord(spec=spec, desired=desired, declared=True)
+    return cfg
+
+
+class ReloadResult(msgspec.Struct, kw_only=True):
+    """What a reload changed, by plugin id."""
+    added: list[str] = []
+    removed: list[str] = []
+    changed: list[str] = []
 
 
 class Registry:
+    """Every change is all-or-nothing: the new state file is written first, and memory changes only once it is on
+    disk; a failed write raises (no_space / storage_error) with nothing changed."""
+
     def __init__(self, config_path: str, state_path: str):
+        self.config_path = config_path
         self.state_path = state_path
-        self.plugins, self.service = load_config(config_path)
+        config = load_config(config_path)
+        self.config_error = "; ".join(config.errors)
+        self.service = config.service or settings.ServiceSettings()
+        self.declared = config.records
         self.state = self._load_state()
-        for pid in self.state.removed:
-            self.plugins.pop(pid, None)
+        self.plugins: dict[str, PluginRecord] = {}
+        for pid, record in self.declared.items():
+            if pid not in self.state.removed:
+                self.plugins[pid] = record
         for pid, spec in self.state.added.items():
             self.plugins[pid] = PluginRecord(spec=spec)
         for pid, desired in self.state.desired.items():
             if pid in self.plugins:
                 self.plugins[pid].desired = desired
+
+    def reload(self) -> ReloadResult:
+        """Read omni.toml again. Entries new in the file are registered, entries gone from it are forgotten, changed
+        ones take the new spec (desired states are kept); plugins added or removed at run time are the user's and
+        stay as they are. A refused entry keeps its previous version; an unreadable file changes nothing."""
+        config = load_config(self.config_path)
+        self.config_error = "; ".join(config.errors)
+        result = ReloadResult()
+        if not config.readable:
+            return result
+        if config.service is not None:
+            self.service = config.service
+        declared = dict(config.records)
+        for pid in config.bad:
+            if pid in self.declared:
+                declared[pid] = self.declared[pid]
+        runtime = set(self.state.added) | set(self.state.removed)
+        for pid, record in declared.items():
+            current = self.plugins.get(pid)
+            if pid in runtime:
+                continue
+            if current is None:
+                record.desired = self.state.desired.get(pid, record.desired)
+                self.plugins[pid] = record
+                result.added.append(pid)
+            elif current.spec != record.spec:
+                current.spec = record.spec
+                result.changed.append(pid)
+        for pid in set(self.declared) - set(declared) - runtime:
+            if self.plugins.pop(pid, None) is not None:
+                result.removed.append(pid)
+        self.declared = declared
+        return result
 
     def _load_state(self) -> StateFile:
         try:
@@ -96,7 +209,26 @@ class Registry:
             return StateFile()
 
     def save(self) -> None:
-        write_atomic(self.state_path, msgspec.json.encode(self.state))
+        """Write the state file as it is in memory (the port preferences changed in place)."""
+        self._write(self.state)
+
+    def _write(self, state: StateFile) -> None:
+        try:
+            write_atomic(self.state_path, msgspec.json.encode(state))
+        except OSError as e:
+            raise storage_error(e, self.state_path) from None
+
+    def _commit(self, change) -> None:
+        """Write the state `change` makes of a copy of the current one; adopt it only once it is on disk."""
+        new = StateFile(added=dict(self.state.added), removed=list(self.state.removed),
+                        desired=dict(self.state.desired), ports=self.state.ports)   # ports: shared with PortAllocator
+        change(new)
+        self._write(new)
+        if new.ports is not self.state.ports:      # replaced by `change`: update the shared dict in place
+            self.state.ports.clear()
+            self.state.ports.update(new.ports)
+            new.ports = self.state.ports
+        self.state = new
 
     # ---------------------------------------------------------------------------------------------------------------
     def get(self, plugin: Any) -> PluginRecord:
@@ -104,27 +236,35 @@ class Registry:
             raise CommandError(ErrorCode.UNKNOWN_PLUGIN, f"no plugin {plugin!r} is registered")
         return self.plugins[plugin]
 
-    def add(self, plugin: str, path: str, settings: dict[str, Any]) -> tuple[PluginRecord, bool]:
+    def add(self, plugin: str, path: str, plugin_settings: dict[str, Any]) -> tuple[PluginRecord, bool]:
         """Register (or re-point) a plugin; returns (record, changed)."""
-        spec = PluginSpec(id=plugin, path=path, settings=settings)
+        spec = PluginSpec(id=plugin, path=path, settings=plugin_settings)
         old = self.plugins.get(plugin)
         if old is not None and old.spec == spec:
             return old, False
-        record = PluginRecord(spec=spec, desired=old.desired if old else Desired())
-        self.plugins[plugin] = record
-        self.state.added[plugin] = spec
-        if plugin in self.state.removed:
-            self.state.removed.remove(plugin)
-        self.save()
+
+        def change(state: StateFile) -> None:
+            state.added[plugin] = spec
+            if plugin in state.removed:
+                state.removed.remove(plugin)
+        self._commit(change)
+        record = self.plugins[plugin] = PluginRecord(spec=spec, desired=old.desired if old else Desired())
         return record, True
 
     def remove(self, plugin: str) -> None:
-        record = self.plugins.pop(plugin)
-        self.state.added.pop(plugin, None)
-        self.state.desired.pop(plugin, None)
-        if record.declared and plugin not in self.state.removed:
-            self.state.removed.append(plugin)
-        self.save()
+        """Forget a plugin, its desired state and its preferred port."""
+        record = self.get(plugin)
+        preferred = self.state.ports.get("preferred")
+
+        def change(state: StateFile) -> None:
+            state.added.pop(plugin, None)
+            state.desired.pop(plugin, None)
+            if record.declared and plugin not in state.removed:
+                state.removed.append(plugin)
+            if isinstance(preferred, dict) and plugin in preferred:
+                state.ports = dict(state.ports, preferred={k: v for k, v in preferred.items() if k != plugin})
+        self._commit(change)
+        del self.plugins[plugin]
 
     def set_mode(self, plugin: str, mode: str) -> None:
         """Change only the desired mode; which halves run (vite, go) stays as last asked."""
@@ -132,6 +272,6 @@ class Registry:
         self.set_desired(plugin, Desired(mode=mode, vite=old.vite, go=old.go))
 
     def set_desired(self, plugin: str, desired: Desired) -> None:
-        self.plugins[plugin].desired = desired
-        self.state.desired[plugin] = desired
-        self.save()
+        record = self.get(plugin)
+        self._commit(lambda state: state.desired.__setitem__(plugin, desired))
+        record.desired = desired

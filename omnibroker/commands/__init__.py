@@ -14,6 +14,7 @@ from .list import List
 from .logs import Logs
 from .ping import Ping
 from .rebuild import Rebuild
+from .reload import Reload
 from .remove import Remove
 from .restart import Restart
 from .snapshot import Snapshot
@@ -23,6 +24,6 @@ from .stop import Stop
 
 COMMANDS: dict[str, Command] = {c.name: c() for c in (
     Ping, List, Status, Snapshot, Add, Remove, Start, Stop, Restart, Rebuild, Attach, Detach, Logs, ExternalInfo,
-    Invoke)}
+    Invoke, Reload)}
 
 __all__ = ["COMMANDS", "Command", "Prop"]

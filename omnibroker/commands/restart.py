@@ -1,5 +1,5 @@
 """`restart` control command."""
-from .base import PLUGIN, Command
+from .base import PLUGIN, Command, CommandError, ErrorCode
 
 
 class Restart(Command):
@@ -8,4 +8,10 @@ class Restart(Command):
     properties = {"plugin": PLUGIN}
     forward = True
     timeout = 30.0
+
+    async def execute(self, broker, props):
+        missing = broker.check_plugin_dir(props["plugin"])
+        if missing:
+            raise CommandError(ErrorCode.NO_PLUGIN_DIR, missing)
+        return await broker.forward(self, props)
 

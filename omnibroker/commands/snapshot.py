@@ -3,11 +3,12 @@ from .base import Command
 
 
 class Snapshot(Command):
-    """Epoch, last seq and every plugin's state: what a late subscriber applies events on top of."""
+    """Epoch, last seq and every plugin's state: what a late subscriber applies events on top of; and omni.toml's
+    problems (`configError`)."""
     name = "snapshot"
     properties = {}
     immediate = True
 
     def run(self, broker, props):
-        return broker.events.snapshot()
+        return dict(broker.events.snapshot(), configError=broker.config.error)
 

@@ -1,10 +1,11 @@
 """`start` control command."""
-from .base import PLUGIN, Command, Prop
+from .base import PLUGIN, Command, CommandError, ErrorCode, Prop
 
 
 class Start(Command):
     """Run the plugin's dev server in managed mode (Vite + Go watch/build/reload); idempotent. Returns at once with
-    the state; progress arrives as status events (Omniview: StartDevServer, StartDevServerForPath)."""
+    the state; progress arrives as status events (Omniview: StartDevServer, StartDevServerForPath). A plugin whose
+    directory does not exist is refused (`no_plugin_dir`), checked at each start."""
     name = "start"
     properties = {"plugin": PLUGIN, "path": Prop(str, "register this source directory first"),
                   "vite": Prop(bool, "run Vite (default true)"), "go": Prop(bool, "watch and build Go (default true)")}
@@ -18,9 +19,11 @@ class Start(Command):
         if "path" in props:
             await broker.add_plugin(plugin, validate_plugin_dir(props.pop("path")), None)
         record = broker.registry.get(plugin)
+        missing = broker.check_plugin_dir(plugin)
+        if missing:
+            raise CommandError(ErrorCode.NO_PLUGIN_DIR, missing)
         desired = Desired(mode="managed", vite=props.get("vite", record.desired.vite),
                           go=props.get("go", record.desired.go))
         props.update(vite=desired.vite, go=desired.go)
-        props["vitePort"] = broker.allocate_port(plugin) if desired.vite else 0
-        broker.registry.set_desired(plugin, desired)
+        props["vitePort"] = broker.set_desired(plugin, desired)
         return await broker.forward(self, props)
