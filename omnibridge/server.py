@@ -149,8 +149,8 @@ class Bridge:
         if host not in self.hosts:
             log.warning("refused %s: Host %r is not the bridge (%s)", url.path, host, ", ".join(sorted(self.hosts)))
             return self._text(403, "Forbidden: unexpected Host header\n")
-        query = parse_qs(url.query)
-        token = (query.get("token") or [None])[0] or auth.bearer(request.headers.get("Authorization"))
+        in_url = (parse_qs(url.query).get("token") or [None])[0]
+        token = in_url or auth.bearer(request.headers.get("Authorization"))
         has_token = auth.token_matches(token, self.token)
         has_cookie = auth.token_matches(auth.cookie_value(request.headers.get("Cookie"), self.port), self.session)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
@@ -171,7 +171,7 @@ class Bridge:
         if upgrade:
             return self._text(404, "Not Found: the WebSocket is at /ws\n")
         page = url.path in ("/", "/index.html")
-        if page and token is not None and has_token:
+        if page and in_url is not None and has_token:
             # the token exchange: a cookie for this bridge, and the address bar without the token
             return self._response(303, b"", "text/plain; charset=utf-8",
                                   {"Location": url.path, "Set-Cookie": auth.session_cookie(self.port, self.session)})
