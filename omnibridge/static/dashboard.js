@@ -113,19 +113,42 @@ function installPreamble(base) {
   return preambles.get(base);
 }
 
-/** React and react-dom/client as the plugin's own modules see them (Vite's pre-bundled copies: one React). */
-async function reactFrom(base) {
-  const [react, client] = await Promise.all([import(/* @vite-ignore */ `${base}/@id/react`),
-    import(/* @vite-ignore */ `${base}/@id/react-dom/client`)]);
+/** Where the plugin's Vite keeps its pre-bundled dependencies: {dir, hash} or null (no react-dom in that UI).
+ *  Vite pre-bundles a dependency the first time a module asks for it (react-dom/client: when the dashboard does); when
+ *  that changes the bundle, what it served before names stale copies (HTTP 504 "Outdated Optimize Dep"; Vite 8 then
+ *  answers `/@id/react` with 504 for good). So before importing anything the dashboard asks for the entry and
+ *  react-dom/client as text until the deps version in their URLs (`?v=`) stops changing. */
+async function settleDeps(base, entry) {
+  let last = null;
+  let deps = null;
+  for (let round = 0; round < 25; round++) {
+    const texts = await Promise.all([entry, "/@id/react-dom/client"].map((p) =>
+      fetch(base + p, { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => "")));
+    const versions = [...new Set(texts.join("\n").match(/[?&]v=[0-9a-f]+/g) || [])].sort().join();
+    const m = texts[1].match(/["'](\/[^"'\s]*?\/deps\/)[\w.-]+\.js\?v=([0-9a-f]+)["']/);
+    deps = m ? { dir: m[1], hash: m[2] } : null;
+    if (versions === last) break;
+    last = versions;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return deps;
+}
+
+/** React and react-dom/client as the plugin's own modules see them: Vite's pre-bundled copies at the URLs its import
+ *  analysis writes for bare imports (`<deps dir>/react.js?v=<hash>`), so the page has one React. */
+async function reactFrom(base, deps) {
+  if (!deps) throw new Error(`${base} serves no pre-bundled react-dom/client (is react-dom a dependency of the UI?)`);
+  const [react, client] = await Promise.all([import(/* @vite-ignore */ `${base}${deps.dir}react.js?v=${deps.hash}`),
+    import(/* @vite-ignore */ `${base}${deps.dir}react-dom_client.js?v=${deps.hash}`)]);
   const React = react.createElement ? react : react.default;
   const createRoot = client.createRoot || (client.default && client.default.createRoot);
   return { React, createRoot };
 }
 
 /** {what, render?: (element, props) => unmount} for a loaded entry module. */
-async function viewOf(base, mod) {
+async function viewOf(base, deps, mod) {
   const make = async (what, node) => {
-    const { React, createRoot } = await reactFrom(base);
+    const { React, createRoot } = await reactFrom(base, deps);
     return {
       what,
       render: (el, props) => {
@@ -212,10 +235,11 @@ class PluginView {
     let mod;
     let view;
     try {
+      const deps = await settleDeps(base, path);
       await installPreamble(base);
       // a failed import() stays failed for that URL: a retry imports a distinct URL (its imports are shared)
       mod = await import(/* @vite-ignore */ retry ? `${url}?omni_retry=${Date.now()}` : url);
-      view = await viewOf(base, mod);
+      view = await viewOf(base, deps, mod);
     } catch (err) {
       if (!stale()) this._fail(`could not import ${url}: ${errText(err)}`, base);
       return;
