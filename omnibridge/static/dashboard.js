@@ -217,7 +217,8 @@ class PluginView {
         return;
       }
       if (stale()) return;
-      if (res.status === 404) continue;
+      // absent: a 404, or the SPA fallback's index.html that Vite answers for any path when the UI has one
+      if (res.status === 404 || (res.ok && !/javascript/.test(res.headers.get("content-type") || ""))) continue;
       if (!res.ok) {          // Vite's own error (a syntax error, a missing import): its text says what is wrong
         const text = (await res.text()).slice(0, 4000);
         if (!stale()) this._fail(`Vite could not serve ${candidate} (HTTP ${res.status}): ${text}`, base);
