@@ -9,10 +9,11 @@ One asyncio loop, one `websockets` server on 127.0.0.1:
 - `GET /ws`           WebSocket: {"type":"snapshot",…} then {"type":"event",…}; browser → {"type":"request",…} →
                       {"type":"reply",…}; {"type":"resync"} → a fresh snapshot. `&batch=1`: the server may put
                       several messages in one frame as a JSON array (omni-client.js asks for it)
-Every request comes from a socket of the bridge's own uid and names the bridge in `Host`; everything but the help page
-needs the session cookie or the token; a WebSocket also needs an allowed Origin when it has one, and the token itself
-when it has none (auth.py). Anything else gets HTTP 403. Static files carry no secret, but they are served only to
-an authenticated user all the same: nothing else needs them.
+Every request comes from a socket of the bridge's own uid and names the bridge in `Host` (auth.py); anything else gets
+HTTP 403. The dashboard page and the WebSocket also need the session cookie or the token (a WebSocket: an allowed
+Origin when it has one, the token itself when it has none). The static files and /stats carry no secret (the page
+itself carries none either: it is the WebSocket that acts), so they are served to the bridge's own user without
+them: `/stats` is the liveness probe of scripts and tests, which should not need the secret to ask "are you up?".
 
 Environment: OMNI_BRIDGE_PORT (default 15170; 0 = any free port), OMNI_BRIDGE_ORIGINS (extra allowed origins, comma
 separated), plus the usual OMNI_RUNTIME_DIR / OMNI_CONTROL / OMNI_EVENTS. Once the socket is bound the bridge writes,
@@ -152,7 +153,9 @@ class Bridge:
         in_url = (parse_qs(url.query).get("token") or [None])[0]
         token = in_url or auth.bearer(request.headers.get("Authorization"))
         has_token = auth.token_matches(token, self.token)
-        has_cookie = auth.token_matches(auth.cookie_value(request.headers.get("Cookie"), self.port), self.session)
+        # a token presented must be the right one, cookie or not (an old URL says so instead of half-working)
+        has_cookie = token is None and auth.token_matches(auth.cookie_value(request.headers.get("Cookie"), self.port),
+                                                          self.session)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if url.path == "/ws":
             if not upgrade:
@@ -170,16 +173,17 @@ class Bridge:
             return self._text(403, "Forbidden: bad or missing token\n")
         if upgrade:
             return self._text(404, "Not Found: the WebSocket is at /ws\n")
-        page = url.path in ("/", "/index.html")
-        if page and in_url is not None and has_token:
-            # the token exchange: a cookie for this bridge, and the address bar without the token
-            return self._response(303, b"", "text/plain; charset=utf-8",
-                                  {"Location": url.path, "Set-Cookie": auth.session_cookie(self.port, self.session)})
-        if not (has_token or has_cookie):
-            if token is not None:
-                log.warning("refused %s with a wrong token", url.path)
-            return self._response(403, self._help_page(), "text/html; charset=utf-8", {"Content-Security-Policy": HELP_CSP})
-        return self.serve_http(url.path)
+        if url.path in ("/", "/index.html"):
+            if in_url is not None and has_token:
+                # the token exchange: a cookie for this bridge, and the address bar without the token
+                return self._response(303, b"", "text/plain; charset=utf-8", {
+                    "Location": url.path, "Set-Cookie": auth.session_cookie(self.port, self.session)})
+            if not (has_token or has_cookie):
+                if token is not None:
+                    log.warning("refused %s with a wrong token", url.path)
+                return self._response(403, self._help_page(), "text/html; charset=utf-8",
+                                      {"Content-Security-Policy": HELP_CSP})
+        return self.serve_http(url.path)     # static files and /stats: no secret in them (see the module's doc)
 
     def _help_page(self) -> bytes:
         """What a request without the token or the cookie gets: how to obtain the dashboard's URL, never the token."""

@@ -65,8 +65,8 @@ export class OmniClient {
    *  the WebSocket (it outlives a restart of the bridge); the page never sees the token. */
   static fromPage(opts = {}) {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    // a refused WebSocket does not say why: an HTTP request with the same cookie does (403 = not authenticated)
-    const authProbe = async () => (await fetch("/stats", { cache: "no-store", credentials: "same-origin" })).status === 403;
+    // a refused WebSocket does not say why: the page, asked for with the same cookie, does (403 = not authenticated)
+    const authProbe = async () => (await fetch("/", { cache: "no-store", credentials: "same-origin" })).status === 403;
     return new OmniClient({ url: `${scheme}//${location.host}/ws`, authProbe, ...opts });
   }
 

@@ -217,7 +217,7 @@ def test_page_on_another_origin_is_refused(page, omni, foreign_site, shot):
 
 
 def test_wrong_token_is_refused_and_right_token_works(page, omni):
-    page.goto(omni.url)
+    page.goto(omni.base + "dashboard.css")      # the bridge's origin, before the token exchange: no cookie
     bad = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token=not-the-token")
     assert bad["opened"] is False and bad["first"] is None, bad
     omni.wait_bridge_log("refused WebSocket with a wrong token")
@@ -225,6 +225,11 @@ def test_wrong_token_is_refused_and_right_token_works(page, omni):
     assert missing["opened"] is False, missing
     good = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token={omni.token}")
     assert good["opened"] is True and good["first"] == "snapshot", good
+    page.goto(omni.url)                         # now with the session cookie
+    cookie = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws")
+    assert cookie["opened"] is True and cookie["first"] == "snapshot", cookie
+    bad = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token=not-the-token")
+    assert bad["opened"] is False, bad          # a wrong token is refused, cookie or not
     # the HTTP status of the refusal, seen from the browser's own network stack
     resp = page.request.get(f"http://127.0.0.1:{omni.port}/ws?token=not-the-token",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",

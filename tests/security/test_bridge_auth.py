@@ -2,7 +2,8 @@
 as a second local user (`runuser -u nobody`, as root).
 
 - another user gets 403 on every HTTP path and every WebSocket, even with the right token, and never the token;
-- the same user without the token or the cookie gets 403 and a page saying how to get the URL, never the token;
+- the same user without the token or the cookie gets, for the dashboard page, 403 and a page saying how to get the
+  URL, never the token (the static files and /stats carry no secret and are served to that user as they are);
 - `GET /?token=…` trades the token for an HttpOnly, SameSite=Strict cookie named after the port and redirects to the
   same path without it; the cookie opens the dashboard and, with an allowed Origin, the WebSocket;
 - a WebSocket without Origin (not a browser) must present the token: the cookie alone is refused.
@@ -129,16 +130,20 @@ def test_another_users_websocket_is_refused_even_with_the_token(bridge):
 
 
 # --- the same user ------------------------------------------------------------------------------------------------------
-def test_without_token_or_cookie_every_path_is_403_and_says_how_to_get_the_url(bridge):
+def test_without_token_or_cookie_the_page_is_403_and_says_how_to_get_the_url(bridge):
     svc, port, token = bridge
-    for path in PATHS:
+    for path in ("/", "/index.html", "/?token=wrong", "/?token=", f"/?token={token[:-1]}"):
         status, headers, body = get(port, path)
-        assert status == (426 if path == "/ws" else 403), (path, status)     # /ws: only a WebSocket
+        assert status == 403 and headers["content-type"].startswith("text/html"), (path, status)
+        assert b"omnictl dashboard" in body and str(svc.runtime / "bridge.url").encode() in body
         assert token.encode() not in body and token not in str(headers), path
-    status, headers, body = get(port, "/")
-    assert status == 403 and headers["content-type"].startswith("text/html")
-    assert b"omnictl dashboard" in body and str(svc.runtime / "bridge.url").encode() in body
-    assert get(port, "/?token=wrong")[0] == 403
+    # what carries no secret is served to the bridge's own user as it is: never the token
+    for path in ("/dashboard.js", "/omni-client.js", "/dashboard.css", "/stats"):
+        status, headers, body = get(port, path)
+        assert status == 200 and token.encode() not in body and token not in str(headers), path
+    for path in ("/bridge.token", "/../bridge.token", "/bridge.url", "/nope"):
+        assert get(port, path)[0] == 404, path
+    assert get(port, "/ws")[0] == 426
 
 
 def test_token_is_exchanged_for_a_strict_httponly_cookie_and_dropped_from_the_url(bridge):
@@ -188,3 +193,12 @@ def test_dashboard_url_file_is_private(bridge):
     assert path.read_text() == f"http://127.0.0.1:{port}/?token={token}\n"
     st = os.stat(svc.runtime / "bridge.session")
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.getuid()
+
+
+def test_a_wrong_token_is_refused_even_with_the_cookie(bridge):
+    """An old URL (a previous start's token) gets the help page, not a half-working dashboard."""
+    _, port, token = bridge
+    cookie = exchange(port, token)
+    status, _, body = get(port, "/?token=from-an-old-start", {"Cookie": cookie})
+    assert status == 403 and b"omnictl dashboard" in body
+    assert asyncio.run(ws_status(port, "?token=wrong", origin=f"http://127.0.0.1:{port}", Cookie=cookie)) == 403
