@@ -70,7 +70,8 @@ class FakeBroker:
         """What the broker does when omni.toml's problems change: `configError` and an omni/config event."""
         with self.lock:
             self.config_error = error
-        return self.publish("omni/config", {"path": path, "error": error}, "")
+        from .hub import CONFIG
+        return self.publish(CONFIG, {"path": path, "error": error}, "")
 
     def restart(self) -> None:
         """What a broker restart looks like to subscribers: a new epoch, seq from 0."""
