@@ -111,6 +111,9 @@ def allowed_hosts(port: int) -> set[str]:
 
 
 # --- who is on the other end -------------------------------------------------------------------------------------------
+_LITTLE = sys.byteorder == "little"
+
+
 def _hex_v4(addr: str) -> str:
     """/proc/net/tcp's spelling of an IPv4 address: the 4 bytes in host (little-endian on x86/arm) order."""
     packed = socket.inet_aton(addr)
@@ -123,8 +126,6 @@ def _hex_v6(addr: str) -> str:
     words = [packed[i:i + 4] for i in range(0, 16, 4)]
     return "".join((w[::-1] if _LITTLE else w).hex().upper() for w in words)
 
-
-_LITTLE = sys.byteorder == "little"
 
 
 def _keys(peer: tuple, local: tuple) -> list[tuple[str, bytes]]:
