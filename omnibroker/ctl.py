@@ -83,7 +83,8 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
                          add_help=False)
     ext.set_defaults(command_name="run-external")
     sub.add_parser("curve-keygen", help="create CURVE keys for TCP endpoints (omnictl curve-keygen DIR)")
-    sub.add_parser("dashboard", help="print the dashboard's URL (with its token) to open in a browser")
+    sub.add_parser("dashboard", help="print the dashboard's URL (with its token) to open in a browser") \
+        .set_defaults(command_name="dashboard")
     return parser
 
 
@@ -160,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         public, secret = keygen(argv[1])
         print(f"wrote {public} and {secret}; set OMNI_CURVE_DIR={argv[1]} for the service and its clients")
         return EXIT_OK
-    if argv[:1] == ["dashboard"] and len(argv) == 1:
-        return _dashboard()
     args = _build_parser(argv).parse_args(argv)
+    if args.command_name == "dashboard":
+        return _dashboard()
     if args.command_name == "tail":
         from .client import BrokerUnavailable, Client
         client = Client(args.endpoint, timeout=args.timeout)
