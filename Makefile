@@ -46,11 +46,20 @@ $(UI)/node_modules/.package-lock.json: $(UI)/package-lock.json
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
+# supervisord runs in the foreground of this shell's job; the dashboard's URL (with its token) is printed once the bridge
+# has written <runtime>/bridge.url. Ctrl-C reaches supervisord (same process group) and is passed on, which stops all.
 run: setup
 	@mkdir -p -m 700 "$(OMNI_RUNTIME_DIR)"
-	@echo "omni: runtime $(OMNI_RUNTIME_DIR), home $(OMNIVIEW_HOME); dashboard http://127.0.0.1:$${OMNI_BRIDGE_PORT:-15170}/"
+	@rm -f "$(OMNI_RUNTIME_DIR)/bridge.url"
+	@echo "omni: runtime $(OMNI_RUNTIME_DIR), home $(OMNIVIEW_HOME)"
 	@echo "omni: in another shell: PATH=$$PWD/.venv/bin:\$$PATH OMNI_RUNTIME_DIR=$(OMNI_RUNTIME_DIR) omnictl list"
-	PATH="$$PWD/.venv/bin:$$PATH" exec .venv/bin/supervisord -n -c supervisor.d/omni.conf
+	@url="$(OMNI_RUNTIME_DIR)/bridge.url"; \
+	PATH="$$PWD/.venv/bin:$$PATH" .venv/bin/supervisord -n -c supervisor.d/omni.conf & sv=$$!; \
+	trap 'kill -TERM $$sv 2>/dev/null' INT TERM; \
+	for i in $$(seq 600); do [ -s "$$url" ] && break; kill -0 $$sv 2>/dev/null || break; sleep 0.1; done; \
+	if [ -s "$$url" ]; then echo "omni: dashboard $$(cat "$$url")  (again later: omnictl dashboard)"; \
+	elif kill -0 $$sv 2>/dev/null; then echo "omni: the bridge has not written $$url yet: see $(OMNI_RUNTIME_DIR)/omnibridge.log"; fi; \
+	while kill -0 $$sv 2>/dev/null; do wait $$sv; done; wait $$sv
 
 test: setup chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests

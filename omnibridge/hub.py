@@ -41,9 +41,11 @@ LOG_LINES = 500            # log entries per plugin kept for late joiners
 IDLE_CHECK = 2.0           # seconds between checks of the broker (alive? same epoch? same plugin set?)
 RETRY = 1.0                # seconds between snapshot attempts while the broker is down
 
+# the broker's omni.toml problems: {"path": str, "error": str} (error "" once the file loads), meta pluginID ""
+CONFIG = "omni/config"
 # always followed; protocol.LOG only while a browser is connected
 QUIET_TOPICS = (protocol.STATUS, protocol.ERROR, protocol.RELOAD_START, protocol.RELOAD_COMPLETE,
-                protocol.RELOAD_ERROR)
+                protocol.RELOAD_ERROR, CONFIG)
 
 # errors stay listed until a build succeeds (goStatus becomes ready), a reload completes, or an empty error event
 _CLEARING_GO = ("ready",)
@@ -105,6 +107,7 @@ class Hub:
         self.plugins: dict[str, dict] = {}
         self.logs: dict[str, collections.deque] = {}
         self.errors: dict[str, list] = {}
+        self.config_error = ""          # the broker's `configError`, kept current by omni/config events
         self.broker_connected = False
         self.synced = False
         self._fetched: set[tuple] = set()      # log entries fetched with `logs` at first sync (de-dup vs events)
@@ -153,7 +156,8 @@ class Hub:
     def snapshot_message(self) -> dict:
         return {"type": "snapshot", "epoch": self.epoch, "seq": self.seq, "plugins": self.plugins,
                 "logs": {pid: list(lines) for pid, lines in self.logs.items()},
-                "errors": self.errors, "broker": {"connected": self.broker_connected}}
+                "errors": self.errors, "configError": self.config_error,
+                "broker": {"connected": self.broker_connected}}
 
     def snapshot_text(self) -> str:
         if self._snapshot_text is None:
@@ -234,6 +238,8 @@ class Hub:
             snap = reply.result
         first = not self.epoch
         self.epoch, self.seq, self.plugins = snap["epoch"], snap["seq"], dict(snap["plugins"])
+        error = snap.get("configError")
+        self.config_error = error if isinstance(error, str) else ""
         for gone in set(self.logs) - set(self.plugins):
             self.logs.pop(gone, None)
         for gone in set(self.errors) - set(self.plugins):
@@ -342,6 +348,9 @@ class Hub:
                 self.errors.pop(plugin, None)
         elif topic == protocol.RELOAD_COMPLETE:
             self.errors.pop(plugin, None)
+        elif topic == CONFIG and isinstance(payload, dict):
+            error = payload.get("error")
+            self.config_error = error if isinstance(error, str) else ""
 
     def stats(self) -> dict:
         return {"epoch": self.epoch, "seq": self.seq, "plugins": len(self.plugins), "browsers": len(self.peers),

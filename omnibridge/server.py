@@ -1,18 +1,24 @@
 """omnibridge: the browser's way into omni (protocol.md, "Frontend bridge"; omnibridge/README.md).
 
 One asyncio loop, one `websockets` server on 127.0.0.1:
-- `GET /`             the dashboard (index.html with this start's token in <meta name="omni-token">)
+- `GET /?token=…`     the token exchange: 303 to the same path without the token, with the session cookie
+- `GET /`             the dashboard (index.html; no secret in it), or, without the cookie or the token, 403 and a
+                      short page saying how to get the dashboard's URL (`omnictl dashboard`, <runtime>/bridge.url)
 - `GET /<file>`       the dashboard's static files (omnibridge/static/), Cache-Control: no-store
 - `GET /stats`        the hub's counters (JSON)
-- `GET /ws?token=…`   WebSocket: {"type":"snapshot",…} then {"type":"event",…}; browser → {"type":"request",…} →
+- `GET /ws`           WebSocket: {"type":"snapshot",…} then {"type":"event",…}; browser → {"type":"request",…} →
                       {"type":"reply",…}; {"type":"resync"} → a fresh snapshot. `&batch=1`: the server may put
                       several messages in one frame as a JSON array (omni-client.js asks for it)
-Every request must name the bridge in `Host` (DNS-rebinding guard); a WebSocket upgrade also needs the token and, when
-the browser sends an Origin, an allowed one; anything else gets HTTP 403.
+Every request comes from a socket of the bridge's own uid and names the bridge in `Host` (auth.py); anything else gets
+HTTP 403. The dashboard page and the WebSocket also need the session cookie or the token (a WebSocket: an allowed
+Origin when it has one, the token itself when it has none). The static files and /stats carry no secret (the page
+itself carries none either: it is the WebSocket that acts), so they are served to the bridge's own user without
+them: `/stats` is the liveness probe of scripts and tests, which should not need the secret to ask "are you up?".
 
 Environment: OMNI_BRIDGE_PORT (default 15170; 0 = any free port), OMNI_BRIDGE_ORIGINS (extra allowed origins, comma
-separated), plus the usual OMNI_RUNTIME_DIR / OMNI_CONTROL / OMNI_EVENTS. The token goes to <runtime>/bridge.token and
-the port actually bound to <runtime>/bridge.port, both 0600, both written atomically after the socket is bound.
+separated), plus the usual OMNI_RUNTIME_DIR / OMNI_CONTROL / OMNI_EVENTS. Once the socket is bound the bridge writes,
+each 0600 and atomically, <runtime>/bridge.token, bridge.port and bridge.url (the dashboard's URL with the token,
+written last); a clean stop removes them. <runtime>/bridge.session (the cookie's value) outlives restarts.
 """
 from __future__ import annotations
 
@@ -49,7 +55,6 @@ MAX_MESSAGE = 1 << 20           # from a browser
 MAX_IN_FLIGHT = 64              # control requests per browser awaiting their reply
 BATCH_MAX = 500                 # messages per WebSocket frame with ?batch=1
 BATCH_BYTES = 512 * 1024        # (stop adding messages to a batch past this size)
-TOKEN_PLACEHOLDER = "__OMNI_TOKEN__"
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -81,10 +86,28 @@ CSP = "; ".join([
 ])
 
 
+HELP_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+HELP_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">
+<title>omni dev dashboard: open it with its URL</title></head>
+<body style="font: 15px/1.5 system-ui, sans-serif; max-width: 42em; margin: 3em auto">
+<h1>omni dev dashboard</h1>
+<p>This address needs the dashboard's own URL, which carries a secret token. As the user who runs omni, get it with</p>
+<pre>omnictl dashboard</pre>
+<p>or read <code>{url_file}</code> (<code>make run</code> prints it too), and open that URL here. The browser then keeps
+a cookie for this dashboard, so this page is only seen again when that cookie is lost.</p>
+</body></html>
+"""
+
+
 class Bridge:
-    def __init__(self, hub: Hub, token: str, port: int = 0, extra_origins: str | None = None):
+    def __init__(self, hub: Hub, token: str, port: int = 0, extra_origins: str | None = None, *,
+                 session: str | None = None, runtime: str = ""):
         self.hub = hub
         self.token = token
+        self.session = session or auth.new_token()      # the cookie's value (auth.session_secret)
+        self.runtime = runtime
+        self.uid = os.getuid()
         self.extra_origins = extra_origins
         self.set_port(port)
         self._ids = itertools.count(1)
@@ -116,12 +139,23 @@ class Bridge:
         return self._response(status, text.encode(), "text/plain; charset=utf-8")
 
     def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Every request, HTTP or WebSocket upgrade, passes here first (auth.py's model); None accepts an upgrade."""
+        url = urlsplit(request.path)
+        uid = auth.peer_uid(conn.remote_address, conn.local_address)
+        if uid != self.uid:
+            log.warning("refused %s from %s: its socket belongs to uid %s, not to this bridge's uid %d", url.path,
+                        conn.remote_address, "unknown" if uid is None else uid, self.uid)
+            return self._text(403, "Forbidden: this bridge serves only the user who runs it\n")
         host = request.headers.get("Host", "")
         if host not in self.hosts:
-            log.warning("refused %s: Host %r is not the bridge (%s)", request.path.split("?")[0], host,
-                        ", ".join(sorted(self.hosts)))
+            log.warning("refused %s: Host %r is not the bridge (%s)", url.path, host, ", ".join(sorted(self.hosts)))
             return self._text(403, "Forbidden: unexpected Host header\n")
-        url = urlsplit(request.path)
+        in_url = (parse_qs(url.query).get("token") or [None])[0]
+        token = in_url or auth.bearer(request.headers.get("Authorization"))
+        has_token = auth.token_matches(token, self.token)
+        # a token presented must be the right one, cookie or not (an old URL says so instead of half-working)
+        has_cookie = token is None and auth.token_matches(auth.cookie_value(request.headers.get("Cookie"), self.port),
+                                                          self.session)
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
         if url.path == "/ws":
             if not upgrade:
@@ -130,14 +164,31 @@ class Bridge:
             if origin is not None and origin not in self.origins:
                 log.warning("refused WebSocket from origin %r (allowed: %s)", origin, ", ".join(sorted(self.origins)))
                 return self._text(403, "Forbidden: origin not allowed\n")
-            token = (parse_qs(url.query).get("token") or [None])[0]
-            if not auth.token_matches(token, self.token):
-                log.warning("refused WebSocket with %s token (origin %r)", "a wrong" if token else "no", origin)
-                return self._text(403, "Forbidden: bad or missing token\n")
-            return None                     # accept the handshake
+            if has_token or (has_cookie and origin is not None):
+                return None                     # accept the handshake
+            if has_cookie:
+                log.warning("refused WebSocket without Origin presenting only the cookie")
+                return self._text(403, "Forbidden: a client that is not a browser must present the token\n")
+            log.warning("refused WebSocket with %s token (origin %r)", "a wrong" if token else "no", origin)
+            return self._text(403, "Forbidden: bad or missing token\n")
         if upgrade:
             return self._text(404, "Not Found: the WebSocket is at /ws\n")
-        return self.serve_http(url.path)
+        if url.path in ("/", "/index.html"):
+            if in_url is not None and has_token:
+                # the token exchange: a cookie for this bridge, and the address bar without the token
+                return self._response(303, b"", "text/plain; charset=utf-8", {
+                    "Location": url.path, "Set-Cookie": auth.session_cookie(self.port, self.session)})
+            if not (has_token or has_cookie):
+                if token is not None:
+                    log.warning("refused %s with a wrong token", url.path)
+                return self._response(403, self._help_page(), "text/html; charset=utf-8",
+                                      {"Content-Security-Policy": HELP_CSP})
+        return self.serve_http(url.path)     # static files and /stats: no secret in them (see the module's doc)
+
+    def _help_page(self) -> bytes:
+        """What a request without the token or the cookie gets: how to obtain the dashboard's URL, never the token."""
+        url_file = os.path.join(self.runtime, auth.URL_FILE) if self.runtime else f"<runtime>/{auth.URL_FILE}"
+        return HELP_PAGE.format(url_file=html.escape(url_file)).encode()
 
     def serve_http(self, path: str) -> Response:
         if path == "/stats":
@@ -151,10 +202,7 @@ class Bridge:
             return self._text(404, "Not Found\n")
         with open(full, "rb") as f:
             body = f.read()
-        extra = {}
-        if name == "index.html":
-            body = body.replace(TOKEN_PLACEHOLDER.encode(), html.escape(self.token, quote=True).encode())
-            extra["Content-Security-Policy"] = CSP
+        extra = {"Content-Security-Policy": CSP} if name == "index.html" else {}
         return self._response(200, body, CONTENT_TYPES[ext], extra)
 
     # --- WebSocket ---------------------------------------------------------------------------------------------
@@ -254,6 +302,10 @@ class Bridge:
             pass
 
 
+def dashboard_url(port: int, token: str) -> str:
+    return f"http://{HOST}:{port}/?token={token}"
+
+
 def _timeout_for(command: str, props: dict) -> float:
     """How long to wait for the broker: the command's own timeout (forwarded ones wait for a worker) plus margin."""
     try:
@@ -271,7 +323,8 @@ def _timeout_for(command: str, props: dict) -> float:
 async def run(port: int, runtime: str) -> None:
     token = auth.new_token()
     hub = Hub()
-    bridge = Bridge(hub, token, port)
+    bridge = Bridge(hub, token, port, session=auth.session_secret(os.path.join(runtime, auth.SESSION_FILE)),
+                    runtime=runtime)
     logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         server = await serve(bridge.handler, HOST, port, process_request=bridge.process_request,
@@ -282,12 +335,13 @@ async def run(port: int, runtime: str) -> None:
         raise SystemExit(1) from None
     actual = server.sockets[0].getsockname()[1]
     bridge.set_port(actual)
-    token_path = os.path.join(runtime, auth.TOKEN_FILE)
-    port_path = os.path.join(runtime, auth.PORT_FILE)
-    auth.write_private(token_path, token + "\n")
-    auth.write_private(port_path, f"{actual}\n")
-    log.info("omnibridge on http://%s:%d/ (token in %s; allowed origins: %s)", HOST, actual, token_path,
-             ", ".join(sorted(bridge.origins)))
+    files = {os.path.join(runtime, auth.TOKEN_FILE): token + "\n",
+             os.path.join(runtime, auth.PORT_FILE): f"{actual}\n",
+             os.path.join(runtime, auth.URL_FILE): dashboard_url(actual, token) + "\n"}
+    for path, text in files.items():        # the URL last: `make run` waits for it
+        auth.write_private(path, text)
+    log.info("omnibridge on http://%s:%d/ (its URL with the token in %s; allowed origins: %s)", HOST, actual,
+             os.path.join(runtime, auth.URL_FILE), ", ".join(sorted(bridge.origins)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -307,7 +361,7 @@ async def run(port: int, runtime: str) -> None:
             await asyncio.wait_for(server.wait_closed(), 3)
         except asyncio.TimeoutError:
             pass
-        for path, mine in ((token_path, token + "\n"), (port_path, f"{actual}\n")):
+        for path, mine in files.items():
             try:
                 with open(path) as f:
                     if f.read() == mine:        # another bridge may have started since: leave its files

@@ -39,6 +39,7 @@ class FakeBroker:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.log_tail: dict[str, list[dict]] = {}      # what `logs` answers, per plugin
+        self.config_error = ""                          # `configError` in ping/list/snapshot
         self.answering = threading.Event()              # clear it to play a broker that does not answer
         self.answering.set()
         self.pub = self.ctx.socket(zmq.PUB)
@@ -64,6 +65,13 @@ class FakeBroker:
 
     def status(self, state: DevServerState) -> EventMeta:
         return self.publish(protocol.STATUS, state, state.pluginID)
+
+    def config(self, error: str, path: str = "/src/omni.toml") -> EventMeta:
+        """What the broker does when omni.toml's problems change: `configError` and an omni/config event."""
+        with self.lock:
+            self.config_error = error
+        from .hub import CONFIG
+        return self.publish(CONFIG, {"path": path, "error": error}, "")
 
     def restart(self) -> None:
         """What a broker restart looks like to subscribers: a new epoch, seq from 0."""
@@ -97,14 +105,17 @@ class FakeBroker:
         with self.lock:
             self.requests.append({"command": req.command, "properties": req.properties})
             if req.command == "ping":
-                return protocol.ok_reply(req.id, {"epoch": self.epoch, "version": protocol.VERSION})
+                return protocol.ok_reply(req.id, {"epoch": self.epoch, "version": protocol.VERSION,
+                                                  "configError": self.config_error})
             if req.command == "snapshot":
                 return protocol.ok_reply(req.id, {"epoch": self.epoch, "seq": self.seq, "plugins": {
-                    pid: protocol.to_builtins(s) for pid, s in self.states.items()}})
+                    pid: protocol.to_builtins(s) for pid, s in self.states.items()},
+                    "configError": self.config_error})
             if req.command == "logs":
                 return protocol.ok_reply(req.id, {"entries": self.log_tail.get(req.properties.get("plugin"), [])})
             if req.command == "list":
-                return protocol.ok_reply(req.id, {"plugins": [protocol.to_builtins(s) for s in self.states.values()]})
+                return protocol.ok_reply(req.id, {"plugins": [protocol.to_builtins(s) for s in self.states.values()],
+                                                  "configError": self.config_error})
         return protocol.ok_reply(req.id, {})
 
     def close(self) -> None:
@@ -119,7 +130,7 @@ class BridgeProcess:
     """The real `omnibridge` program in a temp runtime dir, in front of a FakeBroker (for load tests and benchmarks).
 
         with BridgeProcess(plugins=[f"p{i}" for i in range(10)]) as bp:
-            bp.fake.publish(...); open(bp.url) in a browser; bp.token
+            bp.fake.publish(...); open(bp.url) in a browser (the URL with the token); bp.port, bp.token
     """
 
     def __init__(self, plugins: list[str] = (), extra_env: dict[str, str] | None = None, timeout: float = 20.0):
@@ -154,26 +165,28 @@ class BridgeProcess:
         self.port, self.token = self._wait_files(timeout)
 
     def _wait_files(self, timeout: float) -> tuple[int, str]:
+        """(port, token) from <runtime>/bridge.url, the file the bridge writes last (a new one after a restart)."""
         import os
+        from urllib.parse import parse_qs, urlsplit
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"omnibridge exited {self.proc.returncode}: {self.logs()}")
             try:
-                with open(os.path.join(self.runtime, "bridge.port")) as f:
-                    port = int(f.read())
-                with open(os.path.join(self.runtime, "bridge.token")) as f:
-                    token = f.read().strip()
+                with open(os.path.join(self.runtime, "bridge.url")) as f:
+                    url = urlsplit(f.read().strip())
+                token = parse_qs(url.query)["token"][0]
                 if token and token != self.token:
-                    return port, token
-            except (OSError, ValueError):
+                    return int(url.port), token
+            except (OSError, ValueError, KeyError, TypeError):
                 pass
             time.sleep(0.05)        # files written once by another process: nothing to wait on
-        raise TimeoutError(f"omnibridge did not write its port and token within {timeout}s: {self.logs()}")
+        raise TimeoutError(f"omnibridge did not write its URL within {timeout}s: {self.logs()}")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        """The dashboard's URL with the token, as `omnictl dashboard` prints it."""
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
 
     def logs(self) -> str:
         try:

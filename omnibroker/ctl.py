@@ -149,6 +149,8 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
                          add_help=False)
     ext.set_defaults(command_name="run-external")
     sub.add_parser("curve-keygen", help="create CURVE keys for TCP endpoints (omnictl curve-keygen DIR)")
+    sub.add_parser("dashboard", help="print the dashboard's URL (with its token) to open in a browser") \
+        .set_defaults(command_name="dashboard")
     return parser
 
 
@@ -196,6 +198,35 @@ def _event_summary(ev) -> str:
     return json.dumps(p)
 
 
+def _dashboard() -> int:
+    """`omnictl dashboard`: the URL the bridge wrote to <runtime>/bridge.url (0600: only its user reads the token),
+    once something listens on its port (a bridge killed -9 leaves a stale file)."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from .locations import runtime_dir
+    path = os.path.join(runtime_dir(), "bridge.url")
+    try:
+        with open(path) as f:
+            url = f.read().strip()
+        port = urlsplit(url).port
+    except FileNotFoundError:
+        print(f"omnictl: the bridge is not up (no {path}); start omni with `make run`", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (OSError, ValueError) as e:
+        print(f"omnictl: cannot read the dashboard's URL from {path}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        socket.create_connection(("127.0.0.1", port or 0), timeout=2).close()
+    except OSError as e:
+        print(f"omnictl: the bridge is not up ({path} names port {port}, which does not answer: {e.strerror or e})",
+              file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(url)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "run-external" in argv:
@@ -211,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {public} and {secret}; set OMNI_CURVE_DIR={argv[1]} for the service and its clients")
         return EXIT_OK
     args = _build_parser(argv).parse_args(argv)
+    if args.command_name == "dashboard":
+        return _dashboard()
     if args.command_name == "tail":
         from .client import BrokerUnavailable, Client
         client = Client(args.ctl_endpoint, timeout=args.ctl_timeout)

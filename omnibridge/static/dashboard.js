@@ -1,14 +1,15 @@
-// The omni dev dashboard: a card per plugin (status dots, facts, actions, error overlay, build output) and, for a
-// plugin whose Vite is running, its UI imported straight from Vite (native ESM + HMR) and remounted with a new key on
-// plugin/dev_reload_complete. Plain DOM, no framework; every DOM write happens in one requestAnimationFrame per
-// frame, so ten busy plugins cost one layout per frame.
+// The omni dev dashboard: a banner for omni.toml's problems, a card per plugin (status dots, facts, actions, error
+// overlay, build output) and, for a plugin whose Vite is up, its UI imported straight from Vite (plugin-view.js) and
+// remounted with a new key on plugin/dev_reload_complete. Plain DOM, no framework; every DOM write happens in one
+// requestAnimationFrame per frame, so ten busy plugins cost one layout per frame.
+import { h } from "./dom.js";
 import {
   OmniClient, TOPICS, decodeStringField1, encodeStringField1,
 } from "./omni-client.js";
+import { PluginView } from "./plugin-view.js";
 
 const LOG_LINES = 500;
 const CHUNK = 50;              // log lines per chunk element
-const ENTRY = "/src/entry.tsx";
 const GREET_METHOD = "/hello.Greeter/Greet";
 const COMMANDS = ["start", "stop", "restart", "attach", "detach", "rebuild"];
 const COLORS = { running: "green", ready: "green", starting: "yellow", building: "yellow", error: "red" };
@@ -23,18 +24,6 @@ let frame = 0;
 let structureDirty = true;
 let headerDirty = true;
 
-function h(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") e.className = v;
-    else if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
-
 const colorOf = (status) => COLORS[status] || "grey";
 
 function fmtDuration(ns) {
@@ -47,100 +36,6 @@ function fmtTime(rfc) {
   if (!rfc) return "";
   const d = new Date(rfc);
   return isNaN(d) ? rfc : d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
-}
-
-// --- the plugin's own UI, loaded from its Vite dev server -----------------------------------------------------------
-class PluginView {
-  constructor(id, host) {
-    this.id = id;
-    this.host = host;
-    this.url = null;        // entry URL wanted (null: Vite not running)
-    this.mod = null;
-    this.unmount = null;
-    this.key = 0;
-    this.gen = 0;
-    this.note = h("div", { class: "view-note", "data-testid": `view-note-${id}` });
-    this.box = h("div", { class: "view-root", "data-testid": `view-${id}` });
-    host.append(this.note, this.box);
-    const invoke = (method, bytes, opts) => omni.invoke(id, method, bytes, opts);
-    const greet = async (name = "omni") =>
-      decodeStringField1(await invoke(GREET_METHOD, encodeStringField1(name)));
-    this.props = { pluginID: id, invoke, greet };
-  }
-
-  update(st) {
-    const base = st && st.viteStatus === "running" && st.vitePort
-      ? (st.viteURL || `http://127.0.0.1:${st.vitePort}`) : null;
-    const url = base ? base + ENTRY : null;
-    if (url === this.url) return;
-    this.url = url;
-    this._unmount();
-    this.mod = null;
-    if (url) this._load(url, false);
-    else this._note(st && st.viteStatus !== "idle" ? `UI: Vite ${st.viteStatus}` : "UI: Vite not running");
-  }
-
-  async _load(url, retry) {
-    const gen = ++this.gen;
-    this._note(`loading ${url}`);
-    let mod;
-    try {
-      // a failed import() stays failed for that URL: a retry imports a distinct URL (its imports are shared)
-      mod = await import(/* @vite-ignore */ retry ? `${url}?omni_retry=${Date.now()}` : url);
-    } catch (err) {
-      if (gen !== this.gen) return;
-      this._note(`could not import ${url}: ${err && err.message ? err.message : err}`, "error");
-      this.note.append(" ", h("button", { text: "retry", onclick: () => this._load(url, true) }));
-      return;
-    }
-    if (gen !== this.gen) return;
-    if (typeof mod.mount !== "function") {
-      this._note(`${url} exports no mount(element, props)`, "error");
-      return;
-    }
-    this.mod = mod;
-    this._mount();
-  }
-
-  _mount() {
-    this.key += 1;                         // the seed's reloadKey: a fresh element and a fresh React root
-    const el = h("div", { "data-reload-key": String(this.key) });
-    this.box.replaceChildren(el);
-    this.box.dataset.reloadKey = String(this.key);
-    try {
-      const un = this.mod.mount(el, this.props);
-      this.unmount = typeof un === "function" ? un : null;
-      this._note(`UI from ${this.url} (mount #${this.key})`);
-    } catch (err) {
-      this._note(`mount() failed: ${err && err.message ? err.message : err}`, "error");
-    }
-  }
-
-  _unmount() {
-    const un = this.unmount;
-    this.unmount = null;
-    if (un) {
-      try { un(); } catch (err) { console.error(`unmount of ${this.id} failed`, err); }
-    }
-    this.box.replaceChildren();
-  }
-
-  /** plugin/dev_reload_complete: the backend is new, so remount the view (no page reload). */
-  remount() {
-    if (!this.mod) return;
-    this._unmount();
-    this._mount();
-  }
-
-  destroy() {
-    this.gen++;
-    this._unmount();
-  }
-
-  _note(text, status = "ok") {
-    this.note.textContent = text;
-    this.note.dataset.status = status;
-  }
 }
 
 // --- one card per plugin ------------------------------------------------------------------------------------------
@@ -199,7 +94,10 @@ class Card {
     this.output.addEventListener("toggle", () => {
       if (this.output.open) { this.logChanged = true; this.logsDirty = true; schedule(); }
     });
-    this.view = new PluginView(id, viewHost);
+    const invoke = (method, bytes, opts) => omni.invoke(id, method, bytes, opts);
+    const greet = async (name = "omni") =>
+      decodeStringField1(await invoke(GREET_METHOD, encodeStringField1(name)));
+    this.view = new PluginView(id, viewHost, { pluginID: id, invoke, greet });
   }
 
   async run(cmd) {
@@ -396,6 +294,9 @@ function flush() {
 const connEl = document.querySelector('[data-testid="connection"]');
 const epochEl = document.querySelector('[data-testid="epoch"]');
 const latencyEl = document.querySelector('[data-testid="latency"]');
+const configEl = document.querySelector('[data-testid="config-error"]');
+const configText = configEl.querySelector(".text");
+const authEl = document.querySelector('[data-testid="auth-refused"]');
 
 function renderHeader() {
   headerDirty = false;
@@ -407,6 +308,9 @@ function renderHeader() {
   connEl.querySelector(".dot").dataset.color = color;
   connEl.querySelector(".conn-text").textContent = text;
   epochEl.textContent = s.epoch ? `epoch ${s.epoch} · seq ${s.seq}` : "";
+  setText(configText, s.configError || "");
+  if (configEl.hidden !== !s.configError) configEl.hidden = !s.configError;
+  if (authEl.hidden !== !s.authRefused) authEl.hidden = !s.authRefused;
 }
 
 function renderLatency() {

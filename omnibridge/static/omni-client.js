@@ -2,12 +2,14 @@
 //
 //   import { OmniClient } from "http://127.0.0.1:15170/omni-client.js";
 //   const omni = new OmniClient({ url: "ws://127.0.0.1:15170/ws", token });   // or OmniClient.fromPage()
+//   (a page served by the bridge itself needs no token: its session cookie goes with the WebSocket)
 //   omni.subscribe((change, state) => { ... });     // change.kind: "snapshot" | "event" | "connection"
 //   omni.connect();
 //   const st = await omni.request("start", { plugin: "hello" });            // resolves with the result
 //
 // State (omni.state): { epoch, seq, plugins: {id: DevServerState}, logs: {id: [LogEntry]}, errors: {id: [BuildError]},
-// connected (the WebSocket), brokerConnected }. Events are applied in seq order on top of the bridge's snapshot
+// configError (the broker's omni.toml problem, "" when none), connected (the WebSocket), brokerConnected, authRefused
+// (the bridge refuses this page: its cookie is missing or stale) }. Events are applied in seq order on top of the bridge's snapshot
 // (ZeroMQ Clone pattern); a new epoch or a gap makes the client ask for a fresh snapshot and ignore events until it
 // arrives. Reconnects by itself with backoff. See omnibridge/README.md.
 
@@ -15,12 +17,14 @@ const STATUS = "plugin/devserver/status";
 const LOG = "plugin/devserver/log";
 const ERROR = "plugin/devserver/error";
 const RELOAD_COMPLETE = "plugin/dev_reload_complete";
+const CONFIG = "omni/config";
 
 export const TOPICS = {
   STATUS, LOG, ERROR,
   RELOAD_START: "plugin/dev_reload_start",
   RELOAD_COMPLETE,
   RELOAD_ERROR: "plugin/dev_reload_error",
+  CONFIG,
 };
 
 export class OmniError extends Error {
@@ -34,13 +38,14 @@ export class OmniError extends Error {
 
 export class OmniClient {
   /**
-   * @param {{url: string, token: string, logLines?: number, requestTimeout?: number, WebSocket?: any}} opts
+   * @param {{url: string, token?: string, authProbe?: () => Promise<boolean>, logLines?: number,
+   *   requestTimeout?: number, WebSocket?: any}} opts
    */
-  constructor({ url, token, tokenProvider = null, logLines = 500, requestTimeout = 60000,
+  constructor({ url, token = "", authProbe = null, logLines = 500, requestTimeout = 60000,
     WebSocket: WS = globalThis.WebSocket }) {
     this.url = url;
     this.token = token;
-    this.tokenProvider = tokenProvider;   // async () => token: asked again when a connection is refused
+    this.authProbe = authProbe;     // async () => true when the bridge refuses us (asked after a refused connection)
     this.logLines = logLines;
     this.requestTimeout = requestTimeout;
     this.WS = WS;
@@ -52,22 +57,17 @@ export class OmniClient {
     this.retry = 250;
     this.waitingSnapshot = true;
     this.stats = { events: 0, snapshots: 0, resyncs: 0, reconnects: 0 };
-    this.state = { epoch: "", seq: 0, plugins: {}, logs: {}, errors: {}, connected: false, brokerConnected: false };
+    this.state = { epoch: "", seq: 0, plugins: {}, logs: {}, errors: {}, configError: "", connected: false,
+      brokerConnected: false, authRefused: false };
   }
 
-  /** A client for the dashboard page served by the bridge itself (token from <meta name="omni-token">). */
+  /** A client for the dashboard page served by the bridge itself: the page's HttpOnly session cookie authenticates
+   *  the WebSocket (it outlives a restart of the bridge); the page never sees the token. */
   static fromPage(opts = {}) {
-    const meta = document.querySelector('meta[name="omni-token"]');
-    const token = meta ? meta.content : "";
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    // a restarted bridge has a new token: read it again from a fresh copy of this page
-    const tokenProvider = async () => {
-      const html = await (await fetch(location.pathname, { cache: "no-store" })).text();
-      const doc = new DOMParser().parseFromString(html, "text/html");
-      const m = doc.querySelector('meta[name="omni-token"]');
-      return m ? m.content : null;
-    };
-    return new OmniClient({ url: `${scheme}//${location.host}/ws`, token, tokenProvider, ...opts });
+    // a refused WebSocket does not say why: the page, asked for with the same cookie, does (403 = not authenticated)
+    const authProbe = async () => (await fetch("/", { cache: "no-store", credentials: "same-origin" })).status === 403;
+    return new OmniClient({ url: `${scheme}//${location.host}/ws`, authProbe, ...opts });
   }
 
   /** listener(change, state); change = {kind:"snapshot"} | {kind:"event", topic, payload, meta} |
@@ -81,7 +81,8 @@ export class OmniClient {
     if (this.ws || this.closed) return this;
     const sep = this.url.includes("?") ? "&" : "?";
     // batch=1: under load the bridge packs queued messages into one frame (a JSON array): far fewer message events
-    const ws = new this.WS(`${this.url}${sep}token=${encodeURIComponent(this.token)}&batch=1`);
+    const auth = this.token ? `token=${encodeURIComponent(this.token)}&` : "";
+    const ws = new this.WS(`${this.url}${sep}${auth}batch=1`);
     this.ws = ws;
     this.waitingSnapshot = true;
     let opened = false;
@@ -89,6 +90,7 @@ export class OmniClient {
       opened = true;
       this.retry = 250;
       this.state.connected = true;
+      this.state.authRefused = false;
       this._emit({ kind: "connection", connected: true });
     };
     ws.onmessage = (ev) => this._onMessage(ev.data);
@@ -102,11 +104,13 @@ export class OmniClient {
       if (!this.closed) {
         this.stats.reconnects++;
         setTimeout(async () => {
-          if (!opened && this.tokenProvider) {      // refused (or bridge down): maybe it restarted with a new token
-            try {
-              const token = await this.tokenProvider();
-              if (token) this.token = token;
-            } catch { /* bridge down: try again later */ }
+          if (!opened && this.authProbe) {      // refused, or the bridge is down: which one?
+            let refused = false;
+            try { refused = await this.authProbe(); } catch { /* bridge down: try again later */ }
+            if (refused !== this.state.authRefused) {
+              this.state.authRefused = refused;
+              this._emit({ kind: "auth", refused });
+            }
           }
           this.connect();
         }, this.retry);
@@ -201,6 +205,7 @@ export class OmniClient {
     s.logs = {};
     for (const [id, lines] of Object.entries(msg.logs || {})) s.logs[id] = lines.slice(-this.logLines);
     s.errors = { ...(msg.errors || {}) };
+    s.configError = typeof msg.configError === "string" ? msg.configError : "";
     s.brokerConnected = !!(msg.broker && msg.broker.connected);
     this.waitingSnapshot = false;
     this.stats.snapshots++;
@@ -236,6 +241,8 @@ export function applyEvent(s, topic, payload, plugin, logLines = 500) {
     else delete s.errors[plugin];
   } else if (topic === RELOAD_COMPLETE) {
     delete s.errors[plugin];
+  } else if (topic === CONFIG && payload && typeof payload === "object") {
+    s.configError = typeof payload.error === "string" ? payload.error : "";
   }
 }
 

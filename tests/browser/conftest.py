@@ -48,6 +48,11 @@ class Omni:
 
     @property
     def url(self) -> str:
+        """The dashboard's URL with its token, as `make run` and `omnictl dashboard` print it."""
+        return (self.svc.runtime / "bridge.url").read_text().strip()
+
+    @property
+    def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
     def bridge_log(self) -> str:

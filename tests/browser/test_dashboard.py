@@ -50,7 +50,7 @@ def test_dashboard_shows_hello_running(page, omni, shot):
     open_dashboard(page, omni)
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
     expect(page.get_by_test_id("mode-hello")).to_have_text("managed")
-    expect(page.get_by_test_id("vite-status-hello")).to_have_text("running")
+    expect(page.get_by_test_id("vite-status-hello")).to_have_text(re.compile(r"^(running|ready)$"))
     expect(page.get_by_test_id("go-status-hello")).to_have_text("ready")
     expect(page.get_by_test_id("port-hello")).to_have_text(re.compile(r"^\d+ \(http://127\.0\.0\.1:\d+\)$"))
     expect(page.get_by_test_id("last-build-hello")).to_have_text(re.compile(r"\d\d:\d\d:\d\d\.\d{3} \(\d"))
@@ -211,13 +211,13 @@ def test_page_on_another_origin_is_refused(page, omni, foreign_site, shot):
     omni.wait_bridge_log(f"refused WebSocket from origin '{origin}'")
     # and it cannot read the token from the dashboard page either (no CORS)
     read = page.evaluate("""(url) => fetch(url).then(r => r.text()).then(() => "read", e => "blocked: " + e)""",
-                         omni.url)
+                         omni.base)
     assert read.startswith("blocked"), read
     shot(page, "06-foreign-origin-refused")
 
 
 def test_wrong_token_is_refused_and_right_token_works(page, omni):
-    page.goto(omni.url)
+    page.goto(omni.base + "dashboard.css")      # the bridge's origin, before the token exchange: no cookie
     bad = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token=not-the-token")
     assert bad["opened"] is False and bad["first"] is None, bad
     omni.wait_bridge_log("refused WebSocket with a wrong token")
@@ -225,6 +225,11 @@ def test_wrong_token_is_refused_and_right_token_works(page, omni):
     assert missing["opened"] is False, missing
     good = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token={omni.token}")
     assert good["opened"] is True and good["first"] == "snapshot", good
+    page.goto(omni.url)                         # now with the session cookie
+    cookie = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws")
+    assert cookie["opened"] is True and cookie["first"] == "snapshot", cookie
+    bad = page.evaluate(TRY_WS, f"ws://127.0.0.1:{omni.port}/ws?token=not-the-token")
+    assert bad["opened"] is False, bad          # a wrong token is refused, cookie or not
     # the HTTP status of the refusal, seen from the browser's own network stack
     resp = page.request.get(f"http://127.0.0.1:{omni.port}/ws?token=not-the-token",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -305,8 +310,8 @@ def test_broker_restart_resyncs_the_page_without_reload(page, fake_bridge):
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "broker-down", timeout=15_000)
 
 
-def test_bridge_restart_reconnects_with_the_new_token(page):
-    """A restarted bridge has a new token: the page reads it again from a fresh copy of itself, no reload."""
+def test_bridge_restart_reconnects_with_its_cookie(page):
+    """A restarted bridge has a new token, but the session cookie outlives it: the page reconnects, no reload."""
     import socket
 
     from omnibridge.testing import BridgeProcess
@@ -323,5 +328,73 @@ def test_bridge_restart_reconnects_with_the_new_token(page):
         assert bp.token != old and bp.port == port
         expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=20_000)
         expect(page.get_by_test_id("card-solo")).to_be_visible()
-        assert page.evaluate("window.omniDashboard.omni.token") == bp.token
+        assert page.evaluate("window.omniDashboard.omni.token") == ""     # the page never had it
         assert still_same_page(page)
+
+
+# --- the token exchange (issue 13) ---------------------------------------------------------------------------------
+def test_opening_the_url_trades_the_token_for_a_cookie_and_drops_it(page, fake_bridge, shot):
+    fb = fake_bridge
+    base = f"http://127.0.0.1:{fb.port}/"
+    page.goto(fb.url)
+    expect(page.locator("section.card")).to_have_count(len(fb.plugins))
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+    assert page.url == base                                   # no token in the address bar
+    assert fb.token not in page.content()
+    assert page.evaluate("document.cookie") == ""             # HttpOnly: not readable by scripts
+    cookies = page.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"], c["path"]) for c in cookies] == \
+        [(f"omni-session-{fb.port}", True, "Strict", "/")], cookies
+    assert fb.token not in cookies[0]["value"]
+    assert page.evaluate("performance.getEntriesByType('navigation')[0].name") == base
+    shot(page, "09-after-token-exchange")
+
+
+def test_without_the_cookie_the_page_says_how_to_get_the_url(page, fake_bridge, shot):
+    fb = fake_bridge
+    resp = page.goto(f"http://127.0.0.1:{fb.port}/")
+    assert resp.status == 403
+    expect(page.locator("body")).to_contain_text("omnictl dashboard")
+    expect(page.locator("body")).to_contain_text(f"{fb.runtime}/bridge.url")
+    assert fb.token not in page.content()
+    shot(page, "10-no-cookie-help-page")
+
+
+def test_a_page_whose_cookie_is_gone_says_so(page):
+    """The bridge restarts while the browser has lost its cookie: the page says to open the URL again."""
+    import socket
+
+    from omnibridge.testing import BridgeProcess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with BridgeProcess(plugins=["solo"], extra_env={"OMNI_BRIDGE_PORT": str(port)}) as bp:
+        page.goto(bp.url)
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+        expect(page.get_by_test_id("auth-refused")).to_be_hidden()
+        page.context.clear_cookies()
+        bp.restart()
+        expect(page.get_by_test_id("auth-refused")).to_be_visible(timeout=20_000)
+        expect(page.get_by_test_id("auth-refused")).to_contain_text("omnictl dashboard")
+        page.goto(bp.url)           # what the user does: the new URL
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+        expect(page.get_by_test_id("auth-refused")).to_be_hidden()
+
+
+# --- omni.toml's problems -----------------------------------------------------------------------------------------
+def test_config_error_banner(page, fake_bridge, shot):
+    fb = fake_bridge
+    page.goto(fb.url)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
+    banner = page.get_by_test_id("config-error")
+    expect(banner).to_be_hidden()
+    problem = "/src/omni.toml:4: expected '=' after a key; /src/omni.toml:9: [plugins.x] path does not exist"
+    fb.fake.config(problem)
+    expect(banner).to_be_visible(timeout=15_000)
+    expect(banner).to_contain_text(problem)
+    shot(page, "11-config-error-banner")
+    page.reload()                   # a page opened later gets it from the snapshot
+    expect(banner).to_contain_text(problem, timeout=15_000)
+    fb.fake.config("")
+    expect(banner).to_be_hidden(timeout=15_000)

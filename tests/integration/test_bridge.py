@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +43,7 @@ def bridge_files(svc, timeout: float = 20.0, not_token: str | None = None) -> tu
         try:
             port = int((svc.runtime / "bridge.port").read_text())
             token = (svc.runtime / "bridge.token").read_text().strip()
-            if token and token != not_token and _answers(port):
+            if token and token != not_token and _answers(port, token):
                 return port, token
         except (OSError, ValueError):
             pass
@@ -49,20 +51,23 @@ def bridge_files(svc, timeout: float = 20.0, not_token: str | None = None) -> tu
     raise AssertionError(f"bridge files not written within {timeout}s\n{svc.logs('omnibridge.log')}")
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, token: str) -> bool:
     """The bridge answers and has its first snapshot from the broker."""
     try:
-        status, _, body = http_get(port, "/stats")
+        status, _, body = http_get(port, "/stats", token=token)
         return status == 200 and json.loads(body)["brokerConnected"]
     except OSError:
         return False
 
 
-def http_get(port: int, path: str, host: str | None = None) -> tuple[int, dict, bytes]:
+def http_get(port: int, path: str, host: str | None = None, token: str | None = None) -> tuple[int, dict, bytes]:
+    """GET as a script would: with the token, when given, in an Authorization header."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.putrequest("GET", path, skip_host=True)
         conn.putheader("Host", host or f"127.0.0.1:{port}")
+        if token is not None:
+            conn.putheader("Authorization", f"Bearer {token}")
         conn.endheaders()
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
@@ -141,21 +146,21 @@ def test_token_and_port_files_are_private(bridge):
 ])
 def test_static_files_content_type_and_no_store(bridge, path, ctype):
     _, port, token = bridge
-    status, headers, body = http_get(port, path)
+    status, headers, body = http_get(port, path, token=token)
     assert status == 200
     assert headers["content-type"].startswith(ctype)
     assert headers["cache-control"] == "no-store"
     assert headers["x-content-type-options"] == "nosniff"
+    assert token.encode() not in body
     if ctype == "text/html":
-        assert f'<meta name="omni-token" content="{token}">'.encode() in body
         assert "frame-ancestors 'none'" in headers["content-security-policy"]
 
 
 @pytest.mark.parametrize("path", ["/../server.py", "/%2e%2e/server.py", "/static/../auth.py", "/nope.js",
                                   "/.hidden", "/__init__.py"])
 def test_no_file_outside_static(bridge, path):
-    _, port, _ = bridge
-    status, _, body = http_get(port, path)
+    _, port, token = bridge
+    status, _, body = http_get(port, path, token=token)
     assert status == 404, body
 
 
@@ -163,14 +168,14 @@ def test_no_file_outside_static(bridge, path):
 def test_foreign_host_header_is_refused(bridge, host):
     """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the token."""
     _, port, token = bridge
-    status, _, body = http_get(port, "/", host=host.format(port=port))
+    status, _, body = http_get(port, "/", host=host.format(port=port), token=token)
     assert status == 403
     assert token.encode() not in body
 
 
 def test_localhost_host_is_served(bridge):
-    _, port, _ = bridge
-    assert http_get(port, "/", host=f"localhost:{port}")[0] == 200
+    _, port, token = bridge
+    assert http_get(port, "/", host=f"localhost:{port}", token=token)[0] == 200
 
 
 # --- WebSocket auth ---------------------------------------------------------------------------------------------
@@ -415,7 +420,7 @@ def test_a_stalled_browser_does_not_slow_the_others():
         except BaseException:
             print(bp.logs())
             raise
-        stats = json.loads(http_get(bp.port, "/stats")[2])
+        stats = json.loads(http_get(bp.port, "/stats", token=bp.token)[2])
     assert stats["overflows"] >= 1 and stats["gaps"] == 0
     print(f"fast client: {n} events in {fast_s:.2f}s while the other was stalled; overflows {stats['overflows']}")
 
@@ -427,7 +432,7 @@ def test_log_lines_are_followed_only_while_a_browser_is_connected():
     from omnibridge.testing import BridgeProcess, running_state
 
     def stats(bp) -> dict:
-        return json.loads(http_get(bp.port, "/stats")[2])
+        return json.loads(http_get(bp.port, "/stats", token=bp.token)[2])
 
     def wait_stats(bp, pred, what: str, timeout: float = 10.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -509,3 +514,57 @@ def test_a_browser_arriving_while_the_broker_does_not_answer_gets_the_log_tails_
         except BaseException:
             print(bp.logs())
             raise
+
+
+# --- omni.toml's problems (the broker's `configError`, topic omni/config) ------------------------------------------------
+def test_config_error_is_in_the_snapshot_and_its_events_are_forwarded():
+    from omnibridge.testing import BridgeProcess
+
+    async def go(bp):
+        async with connect(ws_url(bp.port, bp.token), open_timeout=5) as ws:
+            snap = await recv_json(ws)
+            assert snap["type"] == "snapshot" and snap["configError"] == "/src/omni.toml:3: expected '='", snap
+            meta = bp.fake.config("")           # fixed
+            ev = await recv_until(ws, lambda m: m.get("type") == "event" and m["topic"] == "omni/config",
+                                  what="the omni/config event")
+            assert ev["payload"] == {"path": "/src/omni.toml", "error": ""} and ev["meta"]["seq"] == meta.seq
+            assert ev["meta"]["pluginID"] == ""
+            bp.fake.config("/src/omni.toml:7: unknown key 'bogus'")
+            await recv_until(ws, lambda m: m.get("type") == "event" and m["topic"] == "omni/config"
+                             and m["payload"]["error"], what="the second omni/config event")
+        async with connect(ws_url(bp.port, bp.token), open_timeout=5) as ws:     # a late browser starts from it
+            snap = await recv_json(ws)
+            assert snap["configError"] == "/src/omni.toml:7: unknown key 'bogus'"
+
+    with BridgeProcess(plugins=["a"]) as bp:
+        bp.fake.config("/src/omni.toml:3: expected '='")    # the bridge takes it from an event or its first snapshot
+        try:
+            arun(go(bp))
+        except BaseException:
+            print(bp.logs())
+            raise
+
+
+# --- omnictl dashboard ---------------------------------------------------------------------------------------------------
+def _omnictl_dashboard(runtime) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "omnictl"
+    return subprocess.run([str(exe), "dashboard"], capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, OMNI_RUNTIME_DIR=str(runtime)))
+
+
+def test_omnictl_dashboard_prints_the_url_or_says_the_bridge_is_not_up():
+    from omnibridge.testing import BridgeProcess
+
+    with BridgeProcess(plugins=["a"]) as bp:
+        out = _omnictl_dashboard(bp.runtime)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"http://127.0.0.1:{bp.port}/?token={bp.token}\n"
+        runtime = Path(bp.runtime)
+        bp._stop_proc()
+        assert not (runtime / "bridge.url").exists()              # a clean stop removes it
+        out = _omnictl_dashboard(runtime)
+        assert out.returncode == 3 and "the bridge is not up" in out.stderr and "make run" in out.stderr, out
+        (runtime / "bridge.url").write_text(f"http://127.0.0.1:{bp.port}/?token=stale\n")    # as after kill -9
+        out = _omnictl_dashboard(runtime)
+        assert out.returncode == 3 and f"names port {bp.port}, which does not answer" in out.stderr, out
+        assert out.stdout == ""
