@@ -11,6 +11,7 @@ class ErrorCode:
     BAD_PROPERTY = "bad_property"
     NO_PORT = "no_port"
     BUSY = "busy"
+    TOO_LARGE = "too_large"
     TIMEOUT = "timeout"
     WORKER_UNAVAILABLE = "worker_unavailable"
     NOT_RUNNING = "not_running"
