@@ -33,9 +33,10 @@ VERSION = "0.1.0"
 #                      that client's socket: it waits, nothing is lost)
 #   A client with at most CONTROL_SNDHWM requests outstanding never loses a reply: MAX_IN_FLIGHT < CONTROL_SNDHWM.
 # Events XPUB, per subscriber:
-#   queued events   <= EVENTS_SNDHWM x MAX_EVENT_BYTES = 1,000 x 64 KiB = 64 MiB at worst; ~0.4 MB of typical log
-#                      events (~400 B) + the kernel send buffer. A subscriber that falls further behind loses events
-#                      and sees a `seq` gap, which it repairs with `snapshot`.
+#   queued events   <= EVENTS_SNDHWM events: ~10 MB of typical log events (~1 KB each in libzmq's queue, measured),
+#                      160 MiB at worst (every one MAX_EVENT_BYTES), + the kernel send buffer. A subscriber that falls
+#                      further behind loses events and sees a `seq` gap, which it repairs with `snapshot`. (10,000 is
+#                      what a subscriber that reads needs to take a burst of 10,000 events on a loaded machine.)
 MAX_REQUEST_BYTES = 1 << 20          # the control socket's ZMQ_MAXMSGSIZE: libzmq disconnects a peer sending more
 MAX_REPLY_BYTES = 1 << 20            # an encoded control reply over this becomes a `too_large` error
 CONTROL_SNDHWM = 128                 # replies queued per control client
@@ -43,9 +44,9 @@ CONTROL_RCVHWM = 128                 # requests queued per control client before
 MAX_IN_FLIGHT = 64                   # requests per control client being executed at once (the bridge is one client)
 MAX_LOG_COUNT = 5_000                # `logs` count (a worker keeps 5,000 entries per plugin)
 MAX_INVOKE_RESPONSE_BYTES = (MAX_REPLY_BYTES - 4096) // 4 * 3   # so that base64 + the reply's envelope fit
-EVENTS_SNDHWM = 1_000                # broker XPUB send high-water mark, per subscriber (messages)
-MAX_EVENT_BYTES = 64 << 10           # a worker's event payload over this is not published (a log event says so)
-MAX_LOG_MESSAGE = 8_192              # characters of one log line or lastError; longer ones are cut (and say so)
+EVENTS_SNDHWM = 10_000               # broker XPUB send high-water mark, per subscriber (messages)
+MAX_EVENT_BYTES = 16 << 10           # a worker's event payload over this is not published (a log event says so)
+MAX_LOG_MESSAGE = 4_096              # characters of one log line or lastError; longer ones are cut (and say so)
 PLUGIN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SUBSCRIBER_RCVHWM = 200_000          # what our own subscribers set (their memory: they absorb bursts)
 
