@@ -305,8 +305,7 @@ class Broker:
                 reply.id, ErrorCode.TOO_LARGE, f"the reply is {len(body)} bytes, over the limit of "
                 f"{protocol.MAX_REPLY_BYTES} bytes (MAX_REPLY_BYTES); ask for less (e.g. a smaller `logs` count)"))
         if not self.control_stream.send(envelope + [body]):
-            log.warning("could not send reply %r: the client is gone or has %d unread replies (CONTROL_SNDHWM)",
-                        reply.id, protocol.CONTROL_SNDHWM)
+            log.warning("could not send reply %r: the client is gone", reply.id)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
