@@ -389,3 +389,61 @@ def _sleeps(svc: Service) -> list[int]:
         except psutil.Error:
             continue
     return out
+
+
+def test_no_stopped_killed_or_removed_plugin_keeps_a_build_slot(tmp_path):
+    """`build_slots = 1`; `hang`'s build never ends by itself (timeout 600 s). Each way a plugin can go away while it
+    holds the slot or waits for it gives the slot to the next one at once."""
+    hang = copy_example(tmp_path / "hang", ui=False)
+    normal = copy_example(tmp_path / "normal", ui=False)
+    hang_toml = plugin_toml("hang", hang).replace(
+        "[plugins.hang.build]\n", '[plugins.hang.build]\ncommand = ["sleep", "3600"]\n')
+    normal_toml = plugin_toml("normal", normal, autostart=False) + '[plugins.normal.go]\nbuild_on_start = "always"\n'
+    svc = Service("[service]\nbuild_slots = 1\n\n" + hang_toml + normal_toml)
+
+    def holds_slot(plugin: str) -> dict:
+        return svc.wait_state(plugin, lambda s: s["goStatus"] == "building" and not s["buildQueued"], timeout=60,
+                              what=f"{plugin} building in the slot")
+
+    def queued(plugin: str) -> dict:
+        return svc.wait_state(plugin, lambda s: s["buildQueued"], timeout=30, what=f"{plugin} waiting for the slot")
+
+    def ready(plugin: str) -> dict:
+        return svc.wait_state(plugin, lambda s: managed_ready(s, vite=False), timeout=120, what=f"{plugin} ready")
+
+    try:
+        svc.start()
+        holds_slot("hang")
+        # 1. stopped while waiting: leaves the queue (a grant to it would never be given back)
+        svc.call("start", plugin="normal")
+        queued("normal")
+        svc.call("stop", plugin="normal")
+        svc.wait_state("normal", lambda s: s["goStatus"] == "stopped" and not s["buildQueued"], what="normal stopped")
+        # 2. stopped while building
+        svc.call("stop", plugin="hang")
+        svc.call("start", plugin="normal")
+        ready("normal")
+        svc.call("stop", plugin="normal")
+        # 3. its worker killed while building (supervisord starts a new one, which builds again, after `normal`)
+        svc.call("start", plugin="hang")
+        holds_slot("hang")
+        svc.call("start", plugin="normal")
+        queued("normal")
+        worker = svc.program_pid("omniworker-hang")
+        os.kill(worker, signal.SIGKILL)
+        ready("normal")
+        # 4. removed while building
+        before = holds_slot("hang")["workerPid"]
+        assert before != worker
+        built = svc.call("status", plugin="normal")["lastBuildTime"]
+        svc.call("rebuild", plugin="normal")
+        queued("normal")
+        svc.call("remove", plugin="hang")
+        svc.wait_state("normal", lambda s: s["lastBuildTime"] != built and managed_ready(s, vite=False),
+                       timeout=120, what="normal rebuilt")
+        deadline = time.monotonic() + 5
+        while _sleeps(svc) and time.monotonic() < deadline:
+            time.sleep(0.05)    # polling the process table
+        assert not _sleeps(svc), "a build's sleep outlived its plugin"
+    finally:
+        svc.cleanup()
