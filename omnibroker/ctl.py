@@ -38,8 +38,10 @@ def _human(command: str, result: Any) -> str:
         head = f"epoch {result['epoch']} seq {result['seq']}"
         return head + "\n" + _table(list(result.get("plugins", {}).values()), STATE_COLUMNS)
     if command == "logs":
-        return "\n".join(f"{e['timestamp']} {e['source']:<8} {e['level']:<5} {e['message']}"
-                         for e in result.get("entries", []))
+        lines = [f"{e['timestamp']} {e['source']:<8} {e['level']:<5} {e['message']}" for e in result.get("entries", [])]
+        if result.get("omitted"):
+            lines.insert(0, f"({result['omitted']} older entries left out: a reply is limited to 1 MiB)")
+        return "\n".join(lines)
     if isinstance(result, dict) and "pluginID" in result:
         return "\n".join(f"{k:<18} {v}" for k, v in result.items())
     if command == "ping":

@@ -138,3 +138,15 @@ def test_a_bad_timeout_setting_fails_the_build_naming_it(tmp_path, value):
                         NullSink())
     result = asyncio.run(Builder(ctx).build())
     assert not result.ok and "[plugins.p.build] timeout_s must be a positive number" in result.errors[0].message
+
+
+def test_omnictl_logs_says_when_older_entries_were_left_out():
+    from omnibroker.ctl import _human
+    entry = {"timestamp": "t", "source": "vite", "level": "info", "message": "m"}
+    assert _human("logs", {"entries": [entry], "omitted": 3}).splitlines() == [
+        "(3 older entries left out: a reply is limited to 1 MiB)", "t vite     info  m"]
+    assert _human("logs", {"entries": [entry], "omitted": 0}) == "t vite     info  m"
+
+
+def test_the_invoke_help_names_the_response_limit():
+    assert f"{protocol.MAX_INVOKE_RESPONSE_BYTES:,} bytes" in COMMANDS["invoke"].__doc__
