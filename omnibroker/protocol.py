@@ -31,9 +31,9 @@ VERSION = "0.1.0"
 #   requests held   <= MAX_IN_FLIGHT tasks (more are answered `busy` at once), each request <= MAX_REQUEST_BYTES
 #   requests queued <= CONTROL_RCVHWM x MAX_REQUEST_BYTES = 128 MiB unread by the broker (then libzmq stops reading
 #                      that client's socket: it waits, nothing is lost)
-#   A client with at most CONTROL_SNDHWM requests outstanding never loses a reply: MAX_IN_FLIGHT < CONTROL_SNDHWM.
+#   A client with at most CONTROL_SNDHWM requests outstanding never loses a reply.
 # Events XPUB, per subscriber:
-#   queued events   <= EVENTS_SNDHWM events: ~10 MB of typical log events (~1 KB each in libzmq's queue, measured),
+#   queued events   <= EVENTS_SNDHWM events: 4-7 MB of typical log events (0.4-0.7 KB each queued, measured),
 #                      160 MiB at worst (every one MAX_EVENT_BYTES), + the kernel send buffer. A subscriber that falls
 #                      further behind loses events and sees a `seq` gap, which it repairs with `snapshot`. (10,000 is
 #                      what a subscriber that reads needs to take a burst of 10,000 events on a loaded machine.)

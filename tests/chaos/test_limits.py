@@ -300,13 +300,15 @@ def test_subscribers_that_stop_reading_cost_a_bounded_queue(svc, silent_worker):
                         break
             # the broker has published everything once a request sent after the flood is answered... on another
             # socket; the flood's socket is the worker one: wait until the seq counter stops moving
-            last = -1
-            while True:
+            last, deadline = -1, time.monotonic() + 60
+            while time.monotonic() < deadline:
                 seq = svc.call("snapshot")["seq"]
                 if seq == last:
                     break
                 last = seq
                 time.sleep(0.2)     # polling the broker's seq: the end of its publishing has no event
+            else:
+                raise AssertionError("the broker was still publishing the flood after 60 s")
         finally:
             guard.stop()
         peak = max(peak_mb(pid), guard.max_seen)
