@@ -150,3 +150,22 @@ def test_omnictl_logs_says_when_older_entries_were_left_out():
 
 def test_the_invoke_help_names_the_response_limit():
     assert f"{protocol.MAX_INVOKE_RESPONSE_BYTES:,} bytes" in COMMANDS["invoke"].__doc__
+
+
+def test_freed_heap_memory_is_given_back_once():
+    from omnibroker.heap import Trimmer, _rss_bytes
+    trimmer = Trimmer()
+    trimmer.check()
+    start = _rss_bytes()
+    blocks, pins = [], []
+    for i in range(6000):                   # 60 MB from malloc's heap (blocks far under its mmap threshold) ...
+        blocks.append(bytes(10_000))
+        if i % 100 == 99:
+            pins.append(bytes(1000))        # ... with live blocks between them: free() alone cannot shrink the heap
+    del blocks
+    held = _rss_bytes()
+    assert held > start + (40 << 20), (start, held)
+    assert trimmer.check()
+    assert _rss_bytes() < start + (10 << 20), (start, held, _rss_bytes())
+    assert not trimmer.check()              # nothing new to give back: no second trim
+    assert len(pins) == 60
