@@ -3,12 +3,13 @@
 What a slow subscriber or a client that does not read its replies makes the broker hold is bounded (protocol.py,
 "Limits"), but once it is freed glibc keeps it: freed chunks stay in malloc's arenas (libzmq's I/O thread allocates
 messages in its own arena), and after a large block has been freed, blocks of that size come from the heap rather than
-mmap. Measured: 5 stopped subscribers during a log flood, or 2,000 unread 700 KB replies, left the broker 130 MB above
-its idle RSS for good. `Trimmer.check()` calls malloc_trim(0), which returns the free pages of every arena to the
-kernel, when malloc holds more than `threshold` bytes free (mallinfo2, over every arena) and either that free amount
-or the RSS grew by more than `threshold` since the last trim (the lowest seen since, in fact): malloc still counts
-trimmed pages as free, so "much is free" alone would trim again and again for nothing. On a heap of 100,000
-fragments a mallinfo2 took 5.6 ms and a malloc_trim 6-10 ms; the broker's is far smaller.
+mmap. Measured: 2,000 unread 700 KB replies left the broker at 165 MB after the flood, 130 MB above its idle RSS.
+
+`Trimmer.check()` calls malloc_trim(0), which returns the free pages of every arena to the kernel, when malloc holds
+more than `threshold` bytes free (mallinfo2, over every arena) and either that free amount or the RSS grew by more
+than `threshold` since the last trim (the lowest seen since, in fact): malloc still counts trimmed pages as free, so
+"much is free" alone would trim again and again for nothing. On a heap of 100,000 fragments a mallinfo2 took 5.6 ms
+and a malloc_trim 6-10 ms; the broker's is far smaller.
 
 Other C libraries (musl) or an older glibc without mallinfo2: `check()` does nothing.
 """

@@ -228,7 +228,7 @@ def test_requests_in_flight_per_client_are_bounded(svc, silent_worker):
     sock.close(0)
 
 
-# --- slow subscribers ---------------------------------------------------------------------------------------------------
+# --- slow subscribers -------------------------------------------------------------------------------------------------
 STOPPING_SUBSCRIBER = r"""
 import os, signal, sys, zmq
 ctx = zmq.Context()
@@ -343,7 +343,7 @@ def test_subscribers_that_stop_reading_cost_a_bounded_queue(svc, silent_worker):
                 p.wait(5)
 
 
-# --- build timeout ------------------------------------------------------------------------------------------------------
+# --- build timeout ----------------------------------------------------------------------------------------------------
 def test_a_hung_build_times_out_and_never_starves_the_others(tmp_path):
     hang = copy_example(tmp_path / "hang", ui=False)
     normal = copy_example(tmp_path / "normal", ui=False)
