@@ -3,8 +3,11 @@ line and error clipping in the worker's PluginContext, `logs` count, `invoke` re
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import types
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -152,20 +155,28 @@ def test_the_invoke_help_names_the_response_limit():
     assert f"{protocol.MAX_INVOKE_RESPONSE_BYTES:,} bytes" in COMMANDS["invoke"].__doc__
 
 
+TRIM_PROBE = r"""
+from omnibroker.heap import Trimmer, _rss_bytes
+trimmer = Trimmer()
+start = _rss_bytes()
+blocks, pins = [], []
+for i in range(6000):                   # 60 MB from malloc's heap (blocks far under its mmap threshold) ...
+    blocks.append(bytes(10_000))
+    if i % 100 == 99:
+        pins.append(bytes(1000))        # ... with live blocks between them: free() alone cannot shrink the heap
+del blocks
+held = _rss_bytes()
+first = trimmer.check()
+after = _rss_bytes()
+print(start, held, first, after, trimmer.check())
+"""
+
+
 def test_freed_heap_memory_is_given_back_once():
-    from omnibroker.heap import Trimmer, _rss_bytes
-    trimmer = Trimmer()
-    trimmer.check()
-    start = _rss_bytes()
-    blocks, pins = [], []
-    for i in range(6000):                   # 60 MB from malloc's heap (blocks far under its mmap threshold) ...
-        blocks.append(bytes(10_000))
-        if i % 100 == 99:
-            pins.append(bytes(1000))        # ... with live blocks between them: free() alone cannot shrink the heap
-    del blocks
-    held = _rss_bytes()
-    assert held > start + (40 << 20), (start, held)
-    assert trimmer.check()
-    assert _rss_bytes() < start + (10 << 20), (start, held, _rss_bytes())
-    assert not trimmer.check()              # nothing new to give back: no second trim
-    assert len(pins) == 60
+    """In a fresh interpreter (this one's heap holds what earlier tests freed)."""
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    start, held, first, after, second = int(out[0]), int(out[1]), out[2], int(out[3]), out[4]
+    assert held > start + (40 << 20), out
+    assert first == "True" and after < start + (10 << 20), out
+    assert second == "False", out            # nothing new to give back: no second trim
