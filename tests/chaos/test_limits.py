@@ -8,7 +8,8 @@ service:
 - five subscribers that stop reading (SIGSTOP) during a log flood: each costs at most EVENTS_SNDHWM events, the
   memory comes back when they leave, and a subscriber that fell behind repairs its view with `snapshot`;
 - a hanging build (`[build] timeout_s = 5`, `build_slots = 1`) is killed and reports the timeout; the other plugin
-  gets the slot and is ready; no `sleep` is left.
+  gets the slot and is ready; no `sleep` is left; a rebuild that times out leaves the old binary serving; no stopped,
+  killed or removed plugin keeps a build slot.
 
 Peak RSS figures are printed (pytest -s) and recorded for docs/reliability.md.
 """
@@ -29,7 +30,7 @@ import psutil
 import pytest
 import zmq
 
-from kit import (GREET, REPO, Service, copy_example, greeter_pb, managed_ready, plugin_toml, record,
+from kit import (GREET, REPO, Service, copy_example, greet, greeter_pb, managed_ready, plugin_toml, record,
                  service_procs, wait_status)
 from limits_kit import Guard, peak_mb, reset_peak, rss_mb, wait_rss_below
 from omnibroker import protocol
@@ -447,5 +448,27 @@ def test_no_stopped_killed_or_removed_plugin_keeps_a_build_slot(tmp_path):
         while _sleeps(svc) and time.monotonic() < deadline:
             time.sleep(0.05)    # polling the process table
         assert not _sleeps(svc), "a build's sleep outlived its plugin"
+    finally:
+        svc.cleanup()
+
+
+def test_a_timed_out_rebuild_keeps_the_old_binary_serving(tmp_path):
+    plugin = copy_example(tmp_path / "flaky", ui=False)
+    build = 'if [ -e HANG ]; then exec sleep 3600; fi; exec go build -o build/bin/plugin ./pkg'
+    toml = plugin_toml("flaky", plugin).replace(
+        "[plugins.flaky.build]\n",
+        f'[plugins.flaky.build]\ncommand = ["sh", "-c", {json.dumps(build)}]\ntimeout_s = 5\n')
+    svc = Service(toml)
+    try:
+        svc.start()
+        serving = svc.wait_state("flaky", lambda s: managed_ready(s, vite=False), timeout=120, what="flaky ready")
+        (plugin / "HANG").write_text("")
+        svc.call("rebuild", plugin="flaky")
+        svc.wait_state("flaky", lambda s: s["goStatus"] == "building", what="flaky rebuilding")
+        state = svc.wait_state("flaky", lambda s: "build timed out after 5 s" in s["lastError"], timeout=60,
+                               what="the rebuild timed out")
+        assert state["pluginPid"] == serving["pluginPid"] and state["grpcConnected"], state
+        assert greet(svc, "flaky").endswith(", chaos")       # the old binary answers
+        assert not _sleeps(svc)
     finally:
         svc.cleanup()
