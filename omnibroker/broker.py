@@ -29,6 +29,7 @@ from . import protocol
 from .commands import COMMANDS, Command
 from .events import EventBus, bind, bind_xpub
 from .files import write_atomic
+from .heap import trim_loop
 from .ports import PortAllocator
 from .protocol import CommandError, DevServerState, ErrorCode
 from .config_watch import ConfigWatch
@@ -61,7 +62,13 @@ class WorkerLink:
 
 
 class BuildSlots:
-    """Broker-wide cap on concurrent builds; waiting builds are granted in arrival order."""
+    """Broker-wide cap on concurrent builds; waiting builds are granted in arrival order.
+
+    A token is held until its worker releases it or goes away (exited, killed, unresponsive, removed, replaced by a
+    new incarnation): every one of those paths calls `release` or `release_worker`. Releasing an unknown or already
+    released token does nothing. A worker asks again for a token it is still waiting for (in case the broker
+    restarted and forgot it): asking for a token that is waiting or held changes nothing (no second grant, no
+    second place in the queue). A hung build holds its slot at most `[build] timeout_s` (gobuild.py)."""
 
     def __init__(self, capacity: int, grant):
         self.capacity = max(1, capacity)
@@ -70,6 +77,8 @@ class BuildSlots:
         self.waiting: deque[tuple[str, bytes]] = deque()
 
     def acquire(self, token: str, identity: bytes) -> None:
+        if token in self.holders or any(w[0] == token for w in self.waiting):
+            return
         self.waiting.append((token, identity))
         self._pump()
 
@@ -104,13 +113,15 @@ class Broker:
         service = self.registry.service
         self.ports = PortAllocator(service.vite_ports[0], service.vite_ports[1], self.registry.state.ports)
         self.supervisor = SupervisorLink(self.runtime)
-        self.control = self._bind(zmq.ROUTER, protocol.endpoint("control"))
+        self.control = self._bind(zmq.ROUTER, protocol.endpoint("control"), hwm=(protocol.CONTROL_RCVHWM,
+                                  protocol.CONTROL_SNDHWM), maxmsgsize=protocol.MAX_REQUEST_BYTES)
         self.worker_sock = self._bind(zmq.ROUTER, protocol.endpoint("workers"))
         self.events = EventBus(bind_xpub(self.ctx, protocol.endpoint("events")))
         self.workers: dict[str, WorkerLink] = {}
         self.by_identity: dict[bytes, str] = {}        # the current incarnation's DEALER identity -> plugin
         self.registered: dict[str, asyncio.Event] = {}
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
+        self.in_flight: dict[bytes, int] = {}          # control client identity -> requests being executed
         self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
@@ -124,12 +135,17 @@ class Broker:
         if self.registry.config_error:
             log.error("configuration: %s", self.registry.config_error)
 
-    def _bind(self, kind: int, endpoint: str) -> zmq.Socket:
+    def _bind(self, kind: int, endpoint: str, hwm: tuple[int, int] = (100_000, 100_000),
+              maxmsgsize: int = -1) -> zmq.Socket:
+        """A ROUTER; `hwm` (receive, send) is per peer: a peer that does not read loses messages beyond the send HWM,
+        one that sends faster than the broker reads waits; a peer sending a frame over `maxmsgsize` bytes is
+        disconnected by libzmq before the broker reads anything of it."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, hwm[0])
+        sock.setsockopt(zmq.SNDHWM, hwm[1])
+        sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
         bind(sock, endpoint)
         return sock
 
@@ -319,7 +335,8 @@ class Broker:
 
     # --- control socket --------------------------------------------------------------------------------------------
     def on_control(self, frames: list[bytes]) -> None:
-        """One request: reads of the broker's state are answered on the spot; the rest run in their own task."""
+        """One request: reads of the broker's state are answered on the spot; the rest run in their own task, at
+        most MAX_IN_FLIGHT at once per client (more are answered `busy`)."""
         if len(frames) >= 2 and frames[1] == b"":
             envelope, body = frames[:2], frames[2:]     # REQ client
         else:
@@ -334,6 +351,13 @@ class Broker:
                                    f"unknown command {request.command!r}; known: {', '.join(COMMANDS)}")
             props = cmd.validate(request.properties)
             if not cmd.immediate:
+                client = envelope[0]
+                held = self.in_flight.get(client, 0)
+                if held >= protocol.MAX_IN_FLIGHT:
+                    raise CommandError(ErrorCode.BUSY,
+                                       f"this client already has {held} requests in flight, the limit "
+                                       f"(MAX_IN_FLIGHT); read their replies before sending more")
+                self.in_flight[client] = held + 1
                 self._spawn(self._execute(envelope, rid, cmd, props))
                 return
             reply = protocol.ok_reply(rid, cmd.run(self, props))
@@ -358,10 +382,22 @@ class Broker:
         except Exception as e:      # noqa: BLE001 - the broker never dies from a request
             log.exception("command %s failed", cmd.name)
             reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
+        finally:
+            client = envelope[0]
+            held = self.in_flight.pop(client, 1) - 1
+            if held:
+                self.in_flight[client] = held
         self._reply(envelope, reply)
 
     def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
-        if not self.control_stream.send(envelope + [protocol.encode(reply)]):
+        """Send a reply; one over MAX_REPLY_BYTES is replaced by a `too_large` error (that is what bounds what a
+        client that does not read its replies costs: CONTROL_SNDHWM of them at most)."""
+        body = protocol.encode(reply)
+        if len(body) > protocol.MAX_REPLY_BYTES:
+            body = protocol.encode(protocol.error_reply(
+                reply.id, ErrorCode.TOO_LARGE, f"the reply is {len(body)} bytes, over the limit of "
+                f"{protocol.MAX_REPLY_BYTES} bytes (MAX_REPLY_BYTES); ask for less (e.g. a smaller `logs` count)"))
+        if not self.control_stream.send(envelope + [body]):
             log.warning("could not send reply %r: the client is gone", reply.id)
 
     def _spawn(self, coro) -> None:
@@ -547,6 +583,7 @@ class Broker:
                     self._set_worker_status(plugin, "lost")
                 elif link.lost_since and now - link.lost_since > UNRESPONSIVE_RESTART:
                     link.alive = False
+                    self.slots.release_worker(link.identity)
                     self._fail_pending(plugin, "unresponsive")
                     log.warning("worker for %s unresponsive for %.0fs: restarting it", plugin, silent)
                     self._spawn(self._restart_worker(plugin, link.pid))
@@ -575,11 +612,12 @@ class Broker:
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
-        liveness = asyncio.create_task(self.liveness_loop())
+        background = [asyncio.create_task(self.liveness_loop()), asyncio.create_task(trim_loop())]
         self.config.start()
         await stop.wait()
         self.config.stop()
-        liveness.cancel()
+        for task in background:
+            task.cancel()
         for stream in (self.control_stream, self.worker_stream, self.events_stream):
             stream.close()
         self.ctx.destroy(linger=0)

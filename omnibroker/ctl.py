@@ -100,8 +100,11 @@ def _human(command: str, result: Any) -> str:
         head = f"epoch {result['epoch']} seq {result['seq']}"
         return head + "\n" + _table(list(result.get("plugins", {}).values()), STATE_COLUMNS)
     if command == "logs":
-        return "\n".join(f"{_clock(e['timestamp'])} {e['source']:<8} {e['level']:<5} {e['message']}"
-                         for e in result.get("entries", []))
+        lines = [f"{_clock(e['timestamp'])} {e['source']:<8} {e['level']:<5} {e['message']}"
+                 for e in result.get("entries", [])]
+        if result.get("omitted"):
+            lines.insert(0, f"({result['omitted']} older entries left out: a reply is limited to 1 MiB)")
+        return "\n".join(lines)
     if command == "rebuild":
         return f"{result['pluginID']}: rebuild accepted; the build's progress and errors arrive as events " \
                f"(omnictl tail {result['pluginID']})"

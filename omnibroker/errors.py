@@ -14,6 +14,7 @@ class ErrorCode:
     NO_SPACE = "no_space"               # the runtime dir is full: the change was not made
     STORAGE = "storage_error"           # another failure to write the runtime dir: the change was not made
     BUSY = "busy"
+    TOO_LARGE = "too_large"
     TIMEOUT = "timeout"
     WORKER_UNAVAILABLE = "worker_unavailable"
     NOT_RUNNING = "not_running"

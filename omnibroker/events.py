@@ -49,7 +49,13 @@ class EventBus:
         self.publish(protocol.STATUS, state, state.pluginID)
 
     def worker_status(self, topic: str, payload: bytes, plugin: str) -> None:
-        """An event from a worker: cache status payloads, publish the worker's bytes unchanged."""
+        """An event from a worker: cache status payloads, publish the worker's bytes unchanged. A payload over
+        MAX_EVENT_BYTES is not published (it is what bounds a slow subscriber's queue): a log event says so."""
+        if len(payload) > protocol.MAX_EVENT_BYTES:
+            message = (f"a {topic} event of {len(payload)} bytes was not published: events are limited to "
+                       f"{protocol.MAX_EVENT_BYTES} bytes (MAX_EVENT_BYTES)")
+            self.publish(protocol.LOG, protocol.log_payload(plugin, "manager", "error", message), plugin)
+            return
         if topic == protocol.STATUS:
             try:
                 state = protocol.decode_state(payload)

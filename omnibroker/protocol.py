@@ -23,11 +23,32 @@ from .locations import (alive_dir, alive_path, config_path, endpoint, ensure_run
 VERSION = "0.1.0"
 
 # --------------------------------------------------------------------------------------------------------------
-# Limits
-MAX_REQUEST_BYTES = 1 << 20          # a control request over 1 MiB is refused unread
+# Limits: everything a client can make the broker hold is bounded (docs/protocol.md, "Limits")
+#
+# Control socket, per client (a client is a ROUTER identity: one connected REQ/DEALER socket):
+#   queued replies  <= CONTROL_SNDHWM x MAX_REPLY_BYTES = 128 x 1 MiB = 128 MiB (libzmq drops replies beyond the
+#                      HWM) + the socket's kernel send buffer (net.core.wmem_default, ~208 KiB)
+#   requests held   <= MAX_IN_FLIGHT tasks (more are answered `busy` at once), each request <= MAX_REQUEST_BYTES
+#   requests queued <= CONTROL_RCVHWM x MAX_REQUEST_BYTES = 128 MiB unread by the broker (then libzmq stops reading
+#                      that client's socket: it waits, nothing is lost)
+#   A client with at most CONTROL_SNDHWM requests outstanding never loses a reply.
+# Events XPUB, per subscriber:
+#   queued events   <= EVENTS_SNDHWM events: 4-7 MB of typical log events (0.4-0.7 KB each queued, measured),
+#                      160 MiB at worst (every one MAX_EVENT_BYTES), + the kernel send buffer. A subscriber that falls
+#                      further behind loses events and sees a `seq` gap, which it repairs with `snapshot`. (10,000 is
+#                      what a subscriber that reads needs to take a burst of 10,000 events on a loaded machine.)
+MAX_REQUEST_BYTES = 1 << 20          # the control socket's ZMQ_MAXMSGSIZE: libzmq disconnects a peer sending more
+MAX_REPLY_BYTES = 1 << 20            # an encoded control reply over this becomes a `too_large` error
+CONTROL_SNDHWM = 128                 # replies queued per control client
+CONTROL_RCVHWM = 128                 # requests queued per control client before the broker reads them
+MAX_IN_FLIGHT = 64                   # requests per control client being executed at once (the bridge is one client)
+MAX_LOG_COUNT = 5_000                # `logs` count (a worker keeps 5,000 entries per plugin)
+MAX_INVOKE_RESPONSE_BYTES = (MAX_REPLY_BYTES - 4096) // 4 * 3   # so that base64 + the reply's envelope fit
+EVENTS_SNDHWM = 10_000               # broker XPUB send high-water mark, per subscriber (messages)
+MAX_EVENT_BYTES = 16 << 10           # a worker's event payload over this is not published (a log event says so)
+MAX_LOG_MESSAGE = 4_096              # characters of one log line or lastError; longer ones are cut (and say so)
 PLUGIN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-EVENTS_SNDHWM = 200_000              # broker XPUB send high-water mark, per subscriber (documented)
-SUBSCRIBER_RCVHWM = 200_000          # what our own subscribers set
+SUBSCRIBER_RCVHWM = 200_000          # what our own subscribers set (their memory: they absorb bursts)
 
 # --------------------------------------------------------------------------------------------------------------
 # Event topics (Omniview's names, exactly)
@@ -161,12 +182,11 @@ decode_json = msgspec.json.decode
 
 
 def decode_request(frames: list[bytes]) -> Request:
-    """Parse one control request; raise CommandError(bad_request) with the reason in words."""
+    """Parse one control request; raise CommandError(bad_request) with the reason in words. (Its size is bounded
+    before it gets here: the control socket's ZMQ_MAXMSGSIZE is MAX_REQUEST_BYTES.)"""
     if len(frames) != 1:
         raise CommandError(ErrorCode.BAD_REQUEST, f"a request is exactly one frame, got {len(frames)}")
     body = frames[0]
-    if len(body) > MAX_REQUEST_BYTES:
-        raise CommandError(ErrorCode.BAD_REQUEST, f"request of {len(body)} bytes exceeds {MAX_REQUEST_BYTES}")
     try:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as e:
@@ -210,6 +230,13 @@ def to_builtins(obj: Any) -> Any:
 
 def event_frames(topic: str, payload: Any, meta: EventMeta) -> list[bytes]:
     return [topic.encode(), payload if isinstance(payload, bytes) else encode(payload), encode(meta)]
+
+
+def clip(text: str, limit: int = MAX_LOG_MESSAGE) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… [{len(text) - limit} more characters cut: lines are limited to {limit}]"
 
 
 def log_payload(plugin: str, source: str, level: str, message: str) -> list[LogEntry]:

@@ -12,6 +12,8 @@ import re
 from collections import deque
 from typing import Any, AsyncIterator, Protocol
 
+import msgspec
+
 from omnibroker import protocol
 from omnibroker.protocol import BuildError, DevServerState, LogEntry
 
@@ -70,6 +72,8 @@ class PluginContext:
     def set(self, **fields: Any) -> None:
         """Change DevServerState fields; publish a status event if anything changed."""
         changed = False
+        if len(fields.get("lastError", "")) > protocol.MAX_LOG_MESSAGE:
+            fields["lastError"] = protocol.clip(fields["lastError"])
         for name, value in fields.items():
             if getattr(self.state, name) != value:
                 setattr(self.state, name, value)
@@ -83,12 +87,20 @@ class PluginContext:
     # --- events ------------------------------------------------------------------------------------------------
     def log(self, source: str, level: str, message: str) -> None:
         entry = LogEntry(timestamp=protocol.now_rfc3339(), source=source, level=level,
-                         message=strip_ansi(message), pluginID=self.id)
+                         message=protocol.clip(strip_ansi(message)), pluginID=self.id)
         self.logs.add(entry)
         self.sink.publish(protocol.LOG, [entry])
 
     def errors(self, errors: list[BuildError]) -> None:
-        self.sink.publish(protocol.ERROR, protocol.ErrorPayload(pluginID=self.id, errors=errors))
+        """Publish build errors: the first ones that fit in an event (MAX_EVENT_BYTES), and how many more there were."""
+        shown = [msgspec.structs.replace(e, message=protocol.clip(e.message)) for e in errors]
+        payload = protocol.ErrorPayload(pluginID=self.id, errors=shown)
+        while len(shown) > 1 and len(protocol.encode(payload)) > protocol.MAX_EVENT_BYTES - 200:
+            del shown[len(shown) // 2:]
+            payload = protocol.ErrorPayload(pluginID=self.id, errors=shown + [BuildError(
+                message=f"{len(errors) - len(shown)} more errors not shown (events are limited to "
+                        f"{protocol.MAX_EVENT_BYTES} bytes)")])
+        self.sink.publish(protocol.ERROR, payload)
 
     def reload_start(self) -> None:
         self.sink.publish(protocol.RELOAD_START, protocol.ReloadPayload(pluginID=self.id))

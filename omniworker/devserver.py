@@ -133,6 +133,10 @@ class DevServer:
             raise CommandError(ErrorCode.NOT_RUNNING, f"{self.ctx.id}: no plugin process (mode {self.mode}); "
                                                       "`start` or `attach` first")
         response = await target.invoke(method, request, timeout)
+        if len(response) > protocol.MAX_INVOKE_RESPONSE_BYTES:
+            raise CommandError(ErrorCode.TOO_LARGE, f"{method} answered {len(response)} bytes, over the limit of "
+                                                    f"{protocol.MAX_INVOKE_RESPONSE_BYTES} bytes for an `invoke` "
+                                                    f"response (MAX_INVOKE_RESPONSE_BYTES)")
         return {"response": base64.b64encode(response).decode()}
 
     async def apply(self, desired: protocol.Desired, vite_port: int) -> None:

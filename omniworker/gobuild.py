@@ -11,7 +11,9 @@
   (source go-build; stdout -> info; stderr -> error, except go's progress lines "go: downloading/finding..." -> info:
   the go tool writes its errors to stderr). Cancellable: `cancel()` or cancelling the awaiting task kills the build's
   process group (go, compile, link, asm, cgo) at once; the go tool's WORK dir is put under a GOTMPDIR of ours that is
-  removed afterwards, so a killed build leaves no /tmp/go-build* behind.
+  removed afterwards, so a killed build leaves no /tmp/go-build* behind. A build running longer than `[build]
+  timeout_s` (default 600) is killed the same way and fails with "build timed out after N s": a hung build never
+  holds its broker-wide slot for more than that.
 - `install(binary, dest_dir)` copies atomically to `<dest_dir>/plugin` (temp file in the same dir, fsync, rename) and
   keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev` back. Both remove
   the installed binary's build stamp (`plugin.stamp`, see buildstamp.py) first: a stamp only ever describes the binary
@@ -20,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -36,6 +39,7 @@ from .context import PluginContext, strip_ansi
 
 DEFAULT_BUILD_COMMAND = ["go", "build", "-o", "build/bin/plugin", "./pkg"]
 DEFAULT_OUTPUT = "build/bin/plugin"
+DEFAULT_TIMEOUT_S = 600.0       # `[build] timeout_s`: a build running longer is killed (its whole process group)
 BINARY_NAME = "plugin"
 PREV_SUFFIX = ".prev"
 
@@ -164,12 +168,15 @@ class BuildResult:
     binary: str = ""               # absolute path of the produced binary
     started: float = 0.0           # loop.time() when the command was spawned
     finished: float = 0.0          # loop.time() when it ended
+    timed_out: float = 0.0         # the `[build] timeout_s` that killed it, 0 when it ended by itself
 
     def summary(self) -> str:
         if self.ok:
             return f"build succeeded in {self.duration:.2f}s"
         if self.cancelled:
             return "build cancelled"
+        if self.timed_out:
+            return self.errors[0].message
         first = next((e for e in self.errors), None)
         if first is None:
             return f"build failed (exit code {self.returncode})"
@@ -218,6 +225,15 @@ class Builder:
         out = self.ctx.setting("build", "output", None) or _output_from_command(self.command) or DEFAULT_OUTPUT
         return os.path.normpath(os.path.join(self.cwd, str(out)))
 
+    @property
+    def timeout_s(self) -> float:
+        """`[build] timeout_s`; ValueError naming the setting when it is not a positive number of seconds."""
+        value = self.ctx.setting("build", "timeout_s", DEFAULT_TIMEOUT_S)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"[plugins.{self.ctx.id}.build] timeout_s must be a positive number of seconds, "
+                             f"not {value!r}")
+        return float(value)
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         extra = self.ctx.setting("build", "env", {}) or {}
@@ -254,6 +270,11 @@ class Builder:
         ctx = self.ctx
         argv, cwd, output = self.command, self.cwd, self.output
         env = self.env()
+        try:
+            timeout = self.timeout_s
+        except ValueError as e:
+            ctx.log("go-build", "error", str(e))
+            return BuildResult(ok=False, errors=[BuildError(message=str(e))], binary=output, queued=queued)
         lines: list[str] = []
 
         def on_line(stream: str, line: str) -> None:
@@ -310,8 +331,16 @@ class Builder:
                 return BuildResult(ok=False, errors=[BuildError(message=msg)], binary=output, queued=queued,
                                    started=started, finished=loop.time())
             self._child = child
+            timed_out = 0.0
             try:
-                rc = await child.wait()
+                try:
+                    rc = await asyncio.wait_for(child.wait(), timeout)     # Child.wait is shielded: the child lives
+                except asyncio.TimeoutError:
+                    timed_out = timeout
+                    child.signal_group(signal.SIGKILL)
+                    with contextlib.suppress(asyncio.TimeoutError):     # a setsid'd escapee may hold its pipes
+                        await asyncio.wait_for(child.wait(), 5)
+                    rc = child.returncode
             except asyncio.CancelledError:
                 child.signal_group(signal.SIGKILL)
                 try:
@@ -327,7 +356,13 @@ class Builder:
                 shutil.rmtree(own_tmp, ignore_errors=True)
         finished = loop.time()
         text = "\n".join(lines)
-        if self._cancelled:
+        if timed_out:
+            msg = (f"build timed out after {timed_out:g} s ([build] timeout_s); its process group was killed and "
+                   f"the installed plugin binary is kept")
+            res = BuildResult(ok=False, timed_out=timed_out, returncode=rc, duration=finished - started,
+                              queued=queued, output=text, errors=[BuildError(message=msg)], binary=output,
+                              started=started, finished=finished)
+        elif self._cancelled:
             ctx.log("go-build", "info", "build cancelled")
             res = BuildResult(ok=False, cancelled=True, returncode=rc, duration=finished - started, queued=queued,
                               output=text, binary=output, started=started, finished=finished)

@@ -43,7 +43,15 @@ async def _cmd_logs(ds: DevServer, p: dict) -> dict:
     source = p.get("source")
     if source is not None and source not in ("vite", "go-build", "go-watch", "manager", "plugin"):
         raise CommandError(ErrorCode.BAD_PROPERTY, f"unknown log source {source!r}")
-    return {"entries": protocol.to_builtins(ds.ctx.logs.tail(p.get("count", 200), source))}
+    entries = ds.ctx.logs.tail(p.get("count", 200), source)
+    # The newest entries that fit in a control reply; `omitted` says how many older ones did not.
+    budget, kept = protocol.MAX_REPLY_BYTES - 4096, 0
+    for entry in reversed(entries):
+        budget -= len(protocol.encode(entry)) + 1
+        if budget < 0:
+            break
+        kept += 1
+    return {"entries": protocol.to_builtins(entries[len(entries) - kept:]), "omitted": len(entries) - kept}
 
 
 # Worker-side command table: name -> coroutine(devserver, properties) -> result (None: reply with the state).

@@ -164,8 +164,9 @@ def test_any_frame_count(broker, frames, delimiter):
         assert reply["status"] == "error" and reply["code"] == "bad_request", reply
 
 
-def test_oversize_and_deep_documents(broker):
-    for frames in ([b"x" * ((1 << 20) + 1)], [b"[" * 200_000], [b'{"id":' * 50_000],
+def test_deep_documents(broker):
+    """(An oversize request is not answered: its sender is disconnected, tests/security/test_request_limits.py.)"""
+    for frames in ([b"[" * 200_000], [b'{"id":' * 50_000],
                    [json.dumps({"id": "d", "command": "status", "properties": {"plugin": "fz", "x": [[[[[]]]]]}})
                     .encode()], [("\ud800" * 10).encode("utf-8", "surrogatepass")]):
         reply = exchange(broker, frames)
