@@ -254,7 +254,9 @@ class Broker:
     async def _execute(self, envelope: list[bytes], rid: Any, cmd: Command, props: dict[str, Any]) -> None:
         try:
             plugin = props.get("plugin")
-            if cmd.name in EXCLUSIVE and isinstance(plugin, str):
+            if cmd.name in EXCLUSIVE and isinstance(plugin, str) and cmd.forward:
+                result = await self._exclusive_forward(cmd, plugin, props)
+            elif cmd.name in EXCLUSIVE and isinstance(plugin, str):
                 async with self.locks.setdefault(plugin, asyncio.Lock()):
                     result = await cmd.execute(self, props)
             else:
@@ -266,6 +268,28 @@ class Broker:
             log.exception("command %s failed", cmd.name)
             reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
         self._reply(envelope, reply)
+
+    async def _exclusive_forward(self, cmd: Command, plugin: str, props: dict[str, Any]) -> Any:
+        """A plugin's mode commands run one at a time; the wait for a command's turn counts toward its timeout, so a
+        storm of them is answered within each one's timeout (a command whose turn did not come is not run)."""
+        loop = asyncio.get_running_loop()
+        lock = self.locks.setdefault(plugin, asyncio.Lock())
+        t0 = loop.time()
+        try:
+            await asyncio.wait_for(lock.acquire(), cmd.timeout)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT,
+                               f"{cmd.name} {plugin}: not run: the commands sent before it for {plugin!r} were still "
+                               f"running after {cmd.timeout:.0f}s") from None
+        try:
+            return await asyncio.wait_for(cmd.execute(self, props), max(0.0, cmd.timeout - (loop.time() - t0)))
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT,
+                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s "
+                               f"(waiting for its turn included); see "
+                               f"{self.supervisor.log_dir}/omniworker-{plugin}.log") from None
+        finally:
+            lock.release()
 
     def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
         if not self.control_stream.send(envelope + [protocol.encode(reply)]):
@@ -320,6 +344,7 @@ class Broker:
         if record.desired.mode == "managed" and record.desired.vite:
             if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
                 vite_port = state.vitePort
+                self.registry.save()
             else:
                 try:
                     vite_port = self.allocate_port(reg.plugin)

@@ -11,6 +11,8 @@
   broker persists: it is a plain JSON-serialisable dict, mutated in place). Fresh plugins avoid ports other plugins
   prefer while any other port is free.
 - `release(plugin)` on stop; the preference stays. `forget(plugin)` on remove drops it too.
+- The ports held now are in `state["held"]` too (plugin -> port), so the broker's view can be read from its state
+  file; it starts empty at each broker start (running workers claim theirs again when they register).
 - Exhaustion raises `CommandError(no_port, ...)` naming the range.
 
 Pure and synchronous: no I/O except the test binds, no threads, no locks (the broker calls it from its loop).
@@ -70,7 +72,8 @@ class PortAllocator:
         # keep only sane entries (the file may have been edited or come from an older version)
         self.state["preferred"] = {str(k): int(v) for k, v in pref.items()
                                    if isinstance(v, int) and not isinstance(v, bool)}
-        self._assigned: dict[str, int] = {}       # plugin -> port, held now (in memory; see claim())
+        self._assigned: dict[str, int] = {}       # plugin -> port, held now (rebuilt by claim() after a restart)
+        self.state["held"] = self._assigned
 
     # --- queries -------------------------------------------------------------------------------------------
     @property

@@ -228,10 +228,11 @@ class ViteServer:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # The cancellation alone is not enough: Python 3.11's wait_for (under http_answers, child waits) drops a
+            # cancellation that arrives as its inner future completes. The supervision loop also checks _stopping
+            # after each wait, and stopping Vite here ends any wait on it, so the task ends either way.
+            await self._stop_child()
+            await asyncio.gather(task, return_exceptions=True)
         await self._stop_child()
         self._cancel_block()
         was_active = self.ctx.state.viteStatus != "idle" or self.port
@@ -268,11 +269,11 @@ class ViteServer:
         if not await self._prepare():
             self._settled_event.set()
             return
-        while True:
+        while not self._stopping:
             self._settled_event.clear()
             self._set(viteStatus="starting", vitePort=port, viteURL="")
             outcome, detail = await self._run_once(port)
-            if outcome == "fatal":
+            if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
                 return
             if outcome == "exited-healthy":
@@ -301,9 +302,13 @@ class ViteServer:
         except OSError as e:
             self._fail(f"cannot run Vite ({' '.join(argv)}): {e}", [BuildError(message=f"cannot run Vite: {e}")])
             return "fatal", str(e)
+        if self._stopping:
+            return "fatal", "stopped"
         self.ctx.log("manager", "info", f"vite: started pid {child.pid} on port {port}: {' '.join(argv)}")
         timeout = float(self._setting("start_timeout", 30.0))
         ready = await self._await_ready(child, port, timeout)
+        if self._stopping:
+            return "fatal", "stopped"
         if ready is True:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
@@ -315,11 +320,15 @@ class ViteServer:
             self._set(**fields)
             self._settled_event.set()
             rc = await child.wait()
+            if self._stopping:
+                return "fatal", "stopped"
             healthy = time.monotonic() - ready_at >= self.HEALTHY_RESET
             self._report_exit(f"Vite exited unexpectedly (code {_rc_text(rc)})")
             return ("exited-healthy" if healthy else "exited"), f"exit code {_rc_text(rc)}"
         if ready is False:
             rc = await child.wait()             # also drains its last output
+            if self._stopping:
+                return "fatal", "stopped"
             self._report_exit(f"Vite exited before it was ready (code {_rc_text(rc)})")
             self._settled_event.set()
             return "failed", f"exit code {_rc_text(rc)}"
@@ -336,7 +345,7 @@ class ViteServer:
         interval = self.POLL_FIRST
         exited = asyncio.ensure_future(child.wait())
         try:
-            while True:
+            while not self._stopping:
                 if not child.running:
                     return False
                 remaining = deadline - loop.time()

@@ -12,6 +12,8 @@ class Stop(Command):
 
     async def execute(self, broker, props):
         broker.registry.set_mode(props["plugin"], "idle")
-        result = await broker.forward(self, props)
-        broker.release_port(props["plugin"])
-        return result
+        try:
+            return await broker.forward(self, props)
+        finally:
+            # Also when the worker did not answer: it stops Vite or is restarted idle (worker.py, SERIAL_BUDGET).
+            broker.release_port(props["plugin"])
