@@ -139,6 +139,25 @@ class Broker:
         self.registry.save()
         return port
 
+    def on_port(self, identity: bytes, body: list[bytes]) -> None:
+        """A worker's Vite port was taken by another program: hold the next free one for it instead."""
+        plugin = self._touch(identity)
+        if plugin is None:
+            return
+        req = protocol.decode_portswap(body[0])
+        desired = self.registry.get(plugin).desired
+        answer = protocol.PortSwap(id=req.id)
+        if desired.mode != "managed" or not desired.vite:
+            answer.error = f"{plugin!r} is not meant to run Vite (desired mode {desired.mode})"
+        else:
+            try:
+                answer.port = self.ports.replace(plugin, req.taken)
+                log.warning("%s: Vite port %d is taken by another program: moved to %d", plugin, req.taken, answer.port)
+            except CommandError as e:
+                answer.error = e.reason
+            self.registry.save()
+        self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
+
     def release_port(self, plugin: str) -> None:
         self.ports.release(plugin)
         self.registry.save()
@@ -484,7 +503,7 @@ class Broker:
             loop.add_signal_handler(sig, stop.set)
         self.worker_handlers = {
             protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
-            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate}
+            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port}
         self.control_stream = Stream(self.control, self.on_control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions

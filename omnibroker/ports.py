@@ -95,12 +95,13 @@ class PortAllocator:
         return f"{self.range_start}-{self.range_end - 1}"
 
     # --- changes -------------------------------------------------------------------------------------------
-    def allocate(self, plugin: str) -> int:
-        """The plugin's port: the one it holds, else its last one if free, else the first free one."""
+    def allocate(self, plugin: str, avoid: frozenset[int] = frozenset()) -> int:
+        """The plugin's port: the one it holds, else its last one if free, else the first free one; never one of
+        `avoid` (ports found in use by another program since they were checked)."""
         held = self._assigned.get(plugin)
         if held is not None:
             return held
-        taken = set(self._assigned.values())
+        taken = set(self._assigned.values()) | avoid
         last = self.preferred.get(plugin)
         if last is not None and self.in_range(last) and last not in taken and port_is_free(last):
             return self._take(plugin, last)
@@ -129,6 +130,12 @@ class PortAllocator:
         self._assigned.pop(plugin, None)
         self._take(plugin, port)
         return True
+
+    def replace(self, plugin: str, taken: int) -> int:
+        """The plugin's port `taken` turned out to be in use by another program: release it, allocate another."""
+        if self._assigned.get(plugin) == taken:
+            self._assigned.pop(plugin)
+        return self.allocate(plugin, avoid=frozenset({taken}))
 
     def release(self, plugin: str) -> int | None:
         """Give the plugin's port back (on stop); it stays the plugin's preferred port. Returns it, if any."""

@@ -14,6 +14,9 @@ Lifecycle (explicit): `await vite.start(port)` ... `await vite.stop()`.
   `lastError`, an error event, and the restart policy below.
 - Logs: stdout lines -> `vite` log events at level info, stderr -> level error (blank lines dropped; ANSI removed by
   ctx.log).
+- Port taken: Vite exits before ready with "Port N is already in use" (another program bound the port after the
+  broker checked it): the broker is asked for its next free port (a PortSwap on the worker link, so its allocator
+  stays right) and Vite starts there at once, at most PORT_RETRIES times; then it is an ordinary failure.
 - Crashes (Vite exits while we did not ask it to, before or after ready): "error", an error event with its last lines
   (and the file/line/column of any diagnostic Vite printed), then a restart on the same port after an exponential
   backoff (1 s doubling to 30 s; back to 1 s once Vite had been running for 60 s). `stop()` cancels a pending
@@ -38,7 +41,7 @@ from typing import Any
 
 import psutil
 
-from omnibroker.protocol import BuildError
+from omnibroker.protocol import BuildError, CommandError
 
 from .children import Child
 from .context import PluginContext, strip_ansi
@@ -48,6 +51,8 @@ DEFAULT_ARGS = ["--host", HOST, "--port", "{port}", "--strictPort", "--cors", "-
 LAST_LINES = 15                      # lines of Vite output quoted in lastError / error events
 BLOCK_QUIET = 0.2                    # s of silence that ends a block of error output Vite printed while running
 BLOCK_MAX_LINES = 200
+PORT_RETRIES = 3                     # times Vite moves to another port when another program took its port
+_PORT_IN_USE = re.compile(r"Port (\d+) is already in use")
 
 # Lines that start a block of errors Vite reports while it keeps running (not module transform errors).
 _BLOCK_TRIGGER = re.compile(
@@ -269,6 +274,7 @@ class ViteServer:
         if not await self._prepare():
             self._settled_event.set()
             return
+        moves = 0
         while not self._stopping:
             self._settled_event.clear()
             self._set(viteStatus="starting", vitePort=port, viteURL="")
@@ -276,6 +282,25 @@ class ViteServer:
             if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
                 return
+            if outcome == "port-in-use" and moves < PORT_RETRIES:
+                moves += 1
+                try:
+                    new_port = await self.ctx.sink.other_vite_port(port)
+                except CommandError as e:
+                    self._fail(f"port {port} is in use by another program and no other port was given: {e.reason}",
+                               [BuildError(message=f"Vite port {port} is in use: {e.reason}")])
+                    self._settled_event.set()
+                    return
+                if self._stopping:
+                    return
+                self.ctx.log("manager", "warn", f"vite: port {port} is in use by another program: moving to port "
+                                                f"{new_port} (the broker holds it now; move {moves} of "
+                                                f"{PORT_RETRIES})")
+                port = self.port = new_port
+                continue
+            if outcome == "port-in-use":
+                self._report_exit(f"Vite exited: {detail} (after {moves} moves to another port)")
+                self._settled_event.set()
             if outcome == "exited-healthy":
                 delay = self.BACKOFF_START
             self.restart_count += 1
@@ -286,7 +311,8 @@ class ViteServer:
 
     async def _run_once(self, port: int) -> tuple[str, str]:
         """One Vite incarnation. Returns (outcome, detail): "fatal" (cannot run: no restart), "failed" (exited before
-        ready or timed out), "exited" (crashed after ready) or "exited-healthy" (crashed after a healthy run)."""
+        ready or timed out), "port-in-use" (exited before ready saying another program has the port: not reported
+        yet), "exited" (crashed after ready) or "exited-healthy" (crashed after a healthy run)."""
         argv = self.command(port)
         self._stderr.clear()
         self._output.clear()
@@ -329,6 +355,8 @@ class ViteServer:
             rc = await child.wait()             # also drains its last output
             if self._stopping:
                 return "fatal", "stopped"
+            if any(_PORT_IN_USE.search(line) for line in self._output):
+                return "port-in-use", f"port {port} in use"
             self._report_exit(f"Vite exited before it was ready (code {_rc_text(rc)})")
             self._settled_event.set()
             return "failed", f"exit code {_rc_text(rc)}"

@@ -63,6 +63,7 @@ COMMANDS = {
 # with ABANDONED_EXIT after killing its children, so supervisord starts a new one that applies the desired state.
 SERIAL = {"start", "stop", "restart", "attach", "detach"}
 SERIAL_BUDGET = 20.0
+PORT_SWAP_TIMEOUT = 5.0         # s to wait for the broker's answer to a PortSwap
 ABANDONED_EXIT = 75
 
 
@@ -85,6 +86,7 @@ class BrokerLink:
         secure_client(self.sock, protocol.endpoint("workers"))
         self.sock.connect(protocol.endpoint("workers"))
         self.slots: dict[str, asyncio.Future] = {}
+        self.port_swaps: dict[str, asyncio.Future] = {}
 
     def send(self, kind: bytes, *body: bytes) -> None:
         try:
@@ -112,6 +114,23 @@ class BrokerLink:
         finally:
             self.slots.pop(token, None)
             self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
+
+
+    async def other_vite_port(self, taken: int) -> int:
+        """The broker's next free Vite port for this plugin, `taken` being in use by another program."""
+        swap_id = uuid.uuid4().hex
+        fut = self.port_swaps[swap_id] = asyncio.get_running_loop().create_future()
+        self.send(protocol.K_PORT, protocol.encode(protocol.PortSwap(id=swap_id, taken=taken)))
+        try:
+            answer: protocol.PortSwap = await asyncio.wait_for(fut, PORT_SWAP_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.NO_PORT, f"the broker did not answer within {PORT_SWAP_TIMEOUT:g}s when "
+                                                  f"asked for another Vite port") from None
+        finally:
+            self.port_swaps.pop(swap_id, None)
+        if not answer.port:
+            raise CommandError(ErrorCode.NO_PORT, answer.error or "no other Vite port was given")
+        return answer.port
 
 
 def _read_small(path: str) -> str:
@@ -173,6 +192,11 @@ class Worker:
                     await self.on_welcome(protocol.decode_welcome(body[0]))
                 elif kind == protocol.K_COMMAND:
                     self._spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
+                elif kind == protocol.K_PORT:
+                    answer = protocol.decode_portswap(body[0])
+                    fut = self.link.port_swaps.get(answer.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer)
                 elif kind == protocol.K_TOKEN:
                     token = protocol.decode_token(body[0])
                     fut = self.link.slots.get(token.id)
