@@ -35,6 +35,7 @@ import psutil
 from omnibroker import protocol
 from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
+from . import procsock
 from .context import PluginContext
 from .vite import http_answers
 
@@ -274,68 +275,18 @@ def check_process(pid: int, written_at: float, slack: float = DEFAULT_PID_START_
     return created
 
 
-def _listening_inodes(network: str, address: str) -> set[int]:
-    """Inodes of the sockets listening at `address`: tcp from /proc/net/tcp{,6} (the exact loopback address or a
-    wildcard one on that port), unix from /proc/net/unix (a listening stream socket bound to that path)."""
-    inodes: set[int] = set()
-    if network == "unix":
-        try:
-            with open("/proc/net/unix") as f:
-                next(f)
-                for line in f:
-                    # Num RefCount Protocol Flags Type St Inode Path; Flags has __SO_ACCEPTCON (0x10000) if listening
-                    fields = line.split(None, 7)
-                    if len(fields) == 8 and fields[7].rstrip("\n") == address and int(fields[3], 16) & 0x10000:
-                        inodes.add(int(fields[6]))
-        except OSError:
-            pass
-        return inodes
-    host, _, port_s = address.rpartition(":")
-    want = ipaddress.ip_address(host.strip("[]"))
-    port = int(port_s)
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                rows = [line.split() for line in f]
-        except OSError:
-            continue
-        for fields in rows:
-            # sl local_address rem_address st ... inode (field 9); state 0A = LISTEN
-            if len(fields) < 10 or fields[3] != "0A":
-                continue
-            hex_ip, hex_port = fields[1].split(":")
-            if int(hex_port, 16) != port:
-                continue
-            raw = bytes.fromhex(hex_ip)
-            # the kernel prints each 32-bit word in host byte order (little-endian here)
-            ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if ip == want or ip.is_unspecified:
-                inodes.add(int(fields[9]))
-    return inodes
-
-
 def check_owns_socket(pid: int, network: str, address: str) -> None:
     """The pid must hold the socket listening at `address` (one of /proc/<pid>/fd is it): a live but unrelated pid
     (1, a shell, a pid reused since) is refused before anything is dialled."""
-    inodes = _listening_inodes(network, address)
+    inodes = procsock.listening_inodes(network, address)
     if not inodes:
         raise DevInfoError(Code.PID_NOT_LISTENING, f"nothing listens at .devinfo addr {address} ({network})")
-    fd_dir = f"/proc/{pid}/fd"
     try:
-        fds = os.listdir(fd_dir)
+        if procsock.holds_any(pid, inodes):
+            return
     except OSError as e:
         raise DevInfoError(Code.PID_NOT_LISTENING, f"the open files of process {pid} named by .devinfo cannot be "
                            f"read: {e.strerror or e}") from None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    for fd in fds:
-        try:
-            if os.readlink(os.path.join(fd_dir, fd)) in targets:
-                return
-        except OSError:
-            continue
     raise DevInfoError(Code.PID_NOT_LISTENING, f"process {pid} named by .devinfo does not hold the socket listening at "
                        f"{address}: the file names an unrelated process (or a stale pid)")
 
