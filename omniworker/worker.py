@@ -59,8 +59,8 @@ COMMANDS = {
     "invoke": lambda ds, p: ds.invoke(p["method"], p.get("request", ""), float(p.get("timeout", 10.0))),
 }
 # Commands that change the mode run one at a time, each holding the lock at most SERIAL_BUDGET seconds (inside the
-# broker's 30 s): one that overruns is abandoned, answered `timeout`, and the worker exits
-# with ABANDONED_EXIT after killing its children, so supervisord starts a new one that applies the desired state.
+# broker's 30 s): one that overruns is abandoned, answered `timeout`, and the worker exits with ABANDONED_EXIT after
+# killing its children, so supervisord starts a new one that applies the desired state.
 SERIAL = {"start", "stop", "restart", "attach", "detach"}
 SERIAL_BUDGET = 20.0
 PORT_SWAP_TIMEOUT = 5.0         # s to wait for the broker's answer to a PortSwap
@@ -114,7 +114,6 @@ class BrokerLink:
         finally:
             self.slots.pop(token, None)
             self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
-
 
     async def other_vite_port(self, taken: int) -> int:
         """The broker's next free Vite port for this plugin, `taken` being in use by another program."""
