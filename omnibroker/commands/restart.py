@@ -10,9 +10,15 @@ class Restart(Command):
     timeout = 30.0
 
     async def execute(self, broker, props):
-        """The worker restarts Vite on the port the broker holds for the plugin (none when it is not managed)."""
+        """The worker restarts Vite on the port the broker holds for the plugin (none when it is not managed; none
+        either when the range is exhausted: the worker then reports that as an error event, as `start` does)."""
+        from ..errors import CommandError, ErrorCode
         desired = broker.registry.get(props["plugin"]).desired
         if desired.mode == "managed" and desired.vite:
-            props["vitePort"] = broker.allocate_port(props["plugin"])
+            try:
+                props["vitePort"] = broker.allocate_port(props["plugin"])
+            except CommandError as e:
+                if e.code != ErrorCode.NO_PORT:
+                    raise
         return await broker.forward(self, props)
 
