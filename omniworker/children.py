@@ -212,7 +212,7 @@ class ChildRegistry:
                 except psutil.Error:
                     pass
         self._write()
-        return killed
+        return sorted(set(killed))
 
     def add(self, pid: int) -> None:
         try:
