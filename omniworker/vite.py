@@ -16,7 +16,8 @@ Lifecycle (explicit): `await vite.start(port)` ... `await vite.stop()`.
   ctx.log).
 - Port taken: Vite exits before ready with "Port N is already in use" (another program bound the port after the
   broker checked it): the broker is asked for its next free port (a PortSwap on the worker link, so its allocator
-  stays right) and Vite starts there at once, at most PORT_RETRIES times; then it is an ordinary failure.
+  stays right) and Vite starts there at once, at most PORT_RETRIES times; without another port it is an ordinary
+  failure (reported, retried on the same port after the backoff).
 - Crashes (Vite exits while we did not ask it to, before or after ready): "error", an error event with its last lines
   (and the file/line/column of any diagnostic Vite printed), then a restart on the same port after an exponential
   backoff (1 s doubling to 30 s; back to 1 s once Vite had been running for 60 s). `stop()` cancels a pending
@@ -282,24 +283,24 @@ class ViteServer:
             if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
                 return
-            if outcome == "port-in-use" and moves < PORT_RETRIES:
-                moves += 1
-                try:
-                    new_port = await self.ctx.sink.other_vite_port(port)
-                except CommandError as e:
-                    self._fail(f"port {port} is in use by another program and no other port was given: {e.reason}",
-                               [BuildError(message=f"Vite port {port} is in use: {e.reason}")])
-                    self._settled_event.set()
-                    return
+            if outcome == "port-in-use":
+                new_port = 0
+                if moves < PORT_RETRIES:
+                    moves += 1
+                    try:
+                        new_port = await self.ctx.sink.other_vite_port(port)
+                    except CommandError as e:
+                        detail += f"; no other port: {e.reason}"
                 if self._stopping:
                     return
-                self.ctx.log("manager", "warn", f"vite: port {port} is in use by another program: moving to port "
-                                                f"{new_port} (the broker holds it now; move {moves} of "
-                                                f"{PORT_RETRIES})")
-                port = self.port = new_port
-                continue
-            if outcome == "port-in-use":
-                self._report_exit(f"Vite exited: {detail} (after {moves} moves to another port)")
+                if new_port:
+                    self.ctx.log("manager", "warn", f"vite: port {port} is in use by another program: moving to "
+                                                    f"port {new_port} (the broker holds it now; move {moves} of "
+                                                    f"{PORT_RETRIES})")
+                    port = self.port = new_port
+                    continue
+                # no other port: an ordinary failure, tried again on this port after the backoff
+                self._report_exit(f"Vite exited before it was ready: {detail}")
                 self._settled_event.set()
             if outcome == "exited-healthy":
                 delay = self.BACKOFF_START
