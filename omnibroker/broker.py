@@ -189,6 +189,25 @@ class Broker:
             raise
         return port
 
+    def on_port(self, identity: bytes, body: list[bytes]) -> None:
+        """A worker's Vite port was taken by another program: hold the next free one for it instead."""
+        plugin = self._touch(identity)
+        if plugin is None:
+            return
+        req = protocol.decode_portswap(body[0])
+        desired = self.registry.get(plugin).desired
+        answer = protocol.PortSwap(id=req.id)
+        if desired.mode != "managed" or not desired.vite:
+            answer.error = f"{plugin!r} is not meant to run Vite (desired mode {desired.mode})"
+        else:
+            try:
+                answer.port = self.ports.replace(plugin, req.taken)
+                log.warning("%s: Vite port %d is taken by another program: moved to %d", plugin, req.taken, answer.port)
+            except CommandError as e:
+                answer.error = e.reason
+            self.registry.save()
+        self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
+
     def release_port(self, plugin: str) -> None:
         """Give the port back; its preference (persisted) stays."""
         self.ports.release(plugin)
@@ -371,7 +390,9 @@ class Broker:
     async def _execute(self, envelope: list[bytes], rid: Any, cmd: Command, props: dict[str, Any]) -> None:
         try:
             plugin = props.get("plugin")
-            if cmd.name in EXCLUSIVE and isinstance(plugin, str):
+            if cmd.name in EXCLUSIVE and isinstance(plugin, str) and cmd.forward:
+                result = await self._exclusive_forward(cmd, plugin, props)
+            elif cmd.name in EXCLUSIVE and isinstance(plugin, str):
                 async with self.locks.setdefault(plugin, asyncio.Lock()):
                     result = await cmd.execute(self, props)
             else:
@@ -388,6 +409,28 @@ class Broker:
             if held:
                 self.in_flight[client] = held
         self._reply(envelope, reply)
+
+    async def _exclusive_forward(self, cmd: Command, plugin: str, props: dict[str, Any]) -> Any:
+        """A plugin's mode commands run one at a time; the wait for a command's turn counts toward its timeout, so a
+        storm of them is answered within each one's timeout (a command whose turn did not come is not run)."""
+        loop = asyncio.get_running_loop()
+        lock = self.locks.setdefault(plugin, asyncio.Lock())
+        t0 = loop.time()
+        try:
+            await asyncio.wait_for(lock.acquire(), cmd.timeout)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT,
+                               f"{cmd.name} {plugin}: not run: the commands sent before it for {plugin!r} were still "
+                               f"running after {cmd.timeout:.0f}s") from None
+        try:
+            return await asyncio.wait_for(cmd.execute(self, props), max(0.0, cmd.timeout - (loop.time() - t0)))
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT,
+                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s "
+                               f"(waiting for its turn included); see "
+                               f"{self.supervisor.log_dir}/omniworker-{plugin}.log") from None
+        finally:
+            lock.release()
 
     def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
         """Send a reply; one over MAX_REPLY_BYTES is replaced by a `too_large` error (that is what bounds what a
@@ -454,6 +497,7 @@ class Broker:
         if desired.mode == "managed" and desired.vite:
             if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
                 vite_port = state.vitePort
+                self.registry.save()
             else:
                 try:
                     vite_port = self.allocate_port(reg.plugin)
@@ -607,7 +651,7 @@ class Broker:
             loop.add_signal_handler(sig, stop.set)
         self.worker_handlers = {
             protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
-            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate}
+            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port}
         self.control_stream = Stream(self.control, self.on_control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions

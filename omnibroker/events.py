@@ -92,7 +92,7 @@ def bind(sock: zmq.Socket, endpoint: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        old = os.umask(0o077)
+        old = os.umask(0o177)       # the socket file is created 0600 (rw: connecting needs write permission)
         try:
             sock.bind(endpoint)
         finally:

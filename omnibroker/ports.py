@@ -11,6 +11,8 @@
   broker persists: it is a plain JSON-serialisable dict, mutated in place). Fresh plugins avoid ports other plugins
   prefer while any other port is free.
 - `release(plugin)` on stop; the preference stays. `forget(plugin)` on remove drops it too.
+- The ports held now are in `state["held"]` too (plugin -> port), so the broker's view can be read from its state
+  file; it starts empty at each broker start (running workers claim theirs again when they register).
 - Exhaustion raises `CommandError(no_port, ...)` naming the range.
 
 Pure and synchronous: no I/O except the test binds, no threads, no locks (the broker calls it from its loop).
@@ -70,7 +72,8 @@ class PortAllocator:
         # keep only sane entries (the file may have been edited or come from an older version)
         self.state["preferred"] = {str(k): int(v) for k, v in pref.items()
                                    if isinstance(v, int) and not isinstance(v, bool)}
-        self._assigned: dict[str, int] = {}       # plugin -> port, held now (in memory; see claim())
+        self._assigned: dict[str, int] = {}       # plugin -> port, held now (rebuilt by claim() after a restart)
+        self.state["held"] = self._assigned
 
     # --- queries -------------------------------------------------------------------------------------------
     @property
@@ -92,12 +95,13 @@ class PortAllocator:
         return f"{self.range_start}-{self.range_end - 1}"
 
     # --- changes -------------------------------------------------------------------------------------------
-    def allocate(self, plugin: str) -> int:
-        """The plugin's port: the one it holds, else its last one if free, else the first free one."""
+    def allocate(self, plugin: str, avoid: frozenset[int] = frozenset()) -> int:
+        """The plugin's port: the one it holds, else its last one if free, else the first free one; never one of
+        `avoid` (ports found in use by another program since they were checked)."""
         held = self._assigned.get(plugin)
         if held is not None:
             return held
-        taken = set(self._assigned.values())
+        taken = set(self._assigned.values()) | avoid
         last = self.preferred.get(plugin)
         if last is not None and self.in_range(last) and last not in taken and port_is_free(last):
             return self._take(plugin, last)
@@ -126,6 +130,12 @@ class PortAllocator:
         self._assigned.pop(plugin, None)
         self._take(plugin, port)
         return True
+
+    def replace(self, plugin: str, taken: int) -> int:
+        """The plugin's port `taken` turned out to be in use by another program: release it, allocate another."""
+        if self._assigned.get(plugin) == taken:
+            self._assigned.pop(plugin)
+        return self.allocate(plugin, avoid=frozenset({taken}))
 
     def release(self, plugin: str) -> int | None:
         """Give the plugin's port back (on stop); it stays the plugin's preferred port. Returns it, if any."""

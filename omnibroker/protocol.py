@@ -249,9 +249,11 @@ def log_payload(plugin: str, source: str, level: str, message: str) -> list[LogE
 #                      EVENT     topic, payload            (broker stamps meta and publishes)
 #                      REPLY     body (a control Reply)
 #                      TOKEN     {op: acquire|release, id}  (broker-wide build slots)
+#                      PORT      {id, taken}                (its Vite port was taken by another program)
 #   broker -> worker:  WELCOME   {epoch, spec, desired}
 #                      COMMAND   body (a control Request; properties may carry broker-made values)
 #                      TOKEN     {op: granted, id}
+#                      PORT      {id, port | error}         (the next free Vite port, now held for the plugin)
 #   omnievents -> broker: PROCSTATE {name, state, pid}
 #
 # Liveness goes through files, not messages (locations.alive_path, locations.epoch_path): each worker touches its
@@ -267,6 +269,7 @@ K_COMMAND = b"command"
 K_WELCOME = b"welcome"
 K_TOKEN = b"token"
 K_PROCSTATE = b"procstate"    # from omnievents: supervisord PROCESS_STATE_* of our programs
+K_PORT = b"port"              # worker -> broker: PortSwap{id, taken}; broker -> worker: PortSwap{id, port | error}
 
 HEARTBEAT_INTERVAL = 1.0     # seconds between a worker's touches of its alive file
 HEARTBEAT_LIVENESS = 2.5     # a worker silent this long is marked lost (with the 0.25 s check: within 3 s)
@@ -304,6 +307,14 @@ class Token(msgspec.Struct, kw_only=True):
     id: str
 
 
+class PortSwap(msgspec.Struct, kw_only=True):
+    """Another program took the Vite port the broker gave this plugin: the worker asks for the next free one."""
+    id: str
+    taken: int = 0          # request: the port found in use
+    port: int = 0           # answer: the new port (0 with `error` when none is free)
+    error: str = ""
+
+
 class ProcState(msgspec.Struct, kw_only=True):
     """A supervisord PROCESS_STATE_* event for one of our programs, as forwarded by omnievents."""
     name: str
@@ -322,6 +333,11 @@ def decode_procstate(body: bytes) -> ProcState:
 
 _welcome_decoder = msgspec.json.Decoder(Welcome)
 _token_decoder = msgspec.json.Decoder(Token)
+_portswap_decoder = msgspec.json.Decoder(PortSwap)
+
+
+def decode_portswap(body: bytes) -> PortSwap:
+    return _portswap_decoder.decode(body)
 
 
 def decode_register(body: bytes) -> Register:

@@ -29,6 +29,7 @@ def strip_ansi(text: str) -> str:
 class EventSink(Protocol):
     def publish(self, topic: str, payload: Any) -> None: ...
     async def build_slot(self) -> AsyncIterator[None]: ...
+    async def other_vite_port(self, taken: int) -> int: ...
 
 
 class LogBook:
@@ -139,6 +140,9 @@ class NullSink:
     @contextlib.asynccontextmanager
     async def build_slot(self) -> AsyncIterator[None]:
         yield
+
+    async def other_vite_port(self, taken: int) -> int:
+        raise protocol.CommandError(protocol.ErrorCode.NO_PORT, "no broker to allocate another Vite port")
 
     async def wait_for(self, pred, timeout: float = 10.0, since: int = 0) -> tuple[str, Any]:
         """Wait for an event (topic, payload) at index >= `since` matching pred; scans events already seen first."""

@@ -29,6 +29,7 @@ class DevServer:
         self.external = None
         self._go_start: asyncio.Task | None = None
         self._halves = (True, True)         # (vite, go) asked for by the last start: what restart brings back
+        self._vite_port = 0                 # the port the broker allocated for the last start
 
     @property
     def mode(self) -> str:
@@ -43,12 +44,14 @@ class DevServer:
             if vite and vite_port and self.vite is None:
                 from .vite import ViteServer
                 self._halves = (True, self._halves[1])
+                self._vite_port = vite_port
                 if self.ctx.state.lastError.startswith(NO_PORT):
                     self.ctx.set(lastError="")
                 self.vite = ViteServer(self.ctx)
                 await self.vite.start(vite_port)
             return
         self._halves = (vite, go)
+        self._vite_port = vite_port
         self.ctx.set(mode="managed", lastError="")
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
         # Both halves start side by side and report progress as events; `start` answers at once.
@@ -83,12 +86,16 @@ class DevServer:
                      viteStatus="stopped" if vite is not None else self.ctx.state.viteStatus,
                      goStatus="stopped" if go is not None else self.ctx.state.goStatus)
 
-    async def restart(self) -> None:
+    async def restart(self, vite_port: int = 0) -> None:
+        """Stop and start again in the current mode (idle: nothing to do). `vite_port`: the broker's allocation
+        (else the one the last start got)."""
         if self.mode == "external":
             await self.detach()
             await self.attach()
             return
-        vite_port = self.ctx.state.vitePort
+        if self.mode != "managed":
+            return
+        vite_port = vite_port or self._vite_port
         vite, go = self._halves         # a half that failed to start (e.g. no port) is tried again
         await self.stop()
         await self.start(vite=vite, go=go, vite_port=vite_port)
@@ -110,6 +117,9 @@ class DevServer:
         await self.external.attach()
 
     async def detach(self) -> None:
+        """Leave external mode (the developer's process keeps running); in another mode there is nothing to leave."""
+        if self.mode != "external":
+            return
         external, self.external = self.external, None
         if external is not None:
             await external.detach()

@@ -35,6 +35,7 @@ import psutil
 from omnibroker import protocol
 from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
+from . import procsock
 from .context import PluginContext
 from .vite import http_answers
 
@@ -68,6 +69,7 @@ class Code:
     PID_DEAD = "devinfo_pid_dead"
     PID_REUSED = "devinfo_pid_reused"
     PID_FOREIGN = "devinfo_pid_foreign"
+    PID_NOT_LISTENING = "devinfo_pid_not_listening"     # the pid does not hold the socket listening at addr
     ADDR_INVALID = "devinfo_addr_invalid"
     ADDR_NOT_LOOPBACK = "devinfo_addr_not_loopback"
     SOCKET = "devinfo_socket"
@@ -273,6 +275,22 @@ def check_process(pid: int, written_at: float, slack: float = DEFAULT_PID_START_
     return created
 
 
+def check_owns_socket(pid: int, network: str, address: str) -> None:
+    """The pid must hold the socket listening at `address` (one of /proc/<pid>/fd is it): a live but unrelated pid
+    (1, a shell, a pid reused since) is refused before anything is dialled."""
+    inodes = procsock.listening_inodes(network, address)
+    if not inodes:
+        raise DevInfoError(Code.PID_NOT_LISTENING, f"nothing listens at .devinfo addr {address} ({network})")
+    try:
+        if procsock.holds_any(pid, inodes):
+            return
+    except OSError as e:
+        raise DevInfoError(Code.PID_NOT_LISTENING, f"the open files of process {pid} named by .devinfo cannot be "
+                           f"read: {e.strerror or e}") from None
+    raise DevInfoError(Code.PID_NOT_LISTENING, f"process {pid} named by .devinfo does not hold the socket listening at "
+                       f"{address}: the file names an unrelated process (or a stale pid)")
+
+
 def validate_devinfo(path: str, plugin_id: str, *, slack: float = DEFAULT_PID_START_SLACK,
                      uid: int | None = None) -> ValidDevInfo:
     """Every check of protocol.md, cheapest first; raises DevInfoError (DevInfoMissing when there is no file)."""
@@ -283,6 +301,7 @@ def validate_devinfo(path: str, plugin_id: str, *, slack: float = DEFAULT_PID_ST
         created = check_process(info.pid, st.st_mtime, slack, uid)
         if network == "unix":
             check_socket(address, uid)
+        check_owns_socket(info.pid, network, address)
     except DevInfoError as e:
         e.key = file_key(st)
         raise

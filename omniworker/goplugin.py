@@ -261,6 +261,10 @@ class PluginHost:
             await self._open_channel(hs.network, hs.addr, max(0.5, deadline - loop.time()))
             self.timings["connected"] = loop.time()
             if not await self.health(timeout=max(0.5, deadline - loop.time())):
+                # a plugin that exited fails its health check at once: say that rather than "not SERVING"
+                exited, _ = await asyncio.wait({self._exit_task}, timeout=1.0)
+                if exited:
+                    raise self._exited_after_handshake()
                 raise PluginError(f"the plugin answered its handshake but its health check (service "
                                   f"{HEALTH_SERVICE!r}) did not report SERVING{self._exit_words()}")
             self.timings["healthy"] = loop.time()
@@ -273,6 +277,10 @@ class PluginHost:
         self.ctx.log("manager", "info", f"plugin {os.path.basename(binary_path)} ready (pid {self.pid}, "
                                         f"{self.network} {self.addr}, "
                                         f"{(self.timings['healthy'] - t0) * 1000:.0f} ms)")
+
+    def _exited_after_handshake(self) -> PluginError:
+        return PluginError(f"the plugin process exited with code {self.returncode} right after its handshake"
+                           + (self._exit_words() or " and printed nothing else"), self.stderr_tail, self.returncode)
 
     def _exit_words(self) -> str:
         tail = self.stderr_tail
@@ -339,12 +347,24 @@ class PluginHost:
     async def _open_channel(self, network: str, addr: str, timeout: float) -> None:
         target = grpc_target(network, addr)
         channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        ready = asyncio.ensure_future(channel.channel_ready())
+        # an owned plugin that exits meanwhile is reported at once, not after the timeout
+        exited = {self._exit_task} if self.owned and self._exit_task is not None else set()
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-        except asyncio.TimeoutError:
+            done, _ = await asyncio.wait({ready, *exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            ready.cancel()
             await channel.close()
+            raise
+        if ready not in done:
+            ready.cancel()
+            await channel.close()
+            if exited & done:
+                raise self._exited_after_handshake()
             raise PluginError(f"cannot connect to the plugin's gRPC server at {network}:{addr} within "
-                              f"{timeout:.1f} s{self._exit_words()}") from None
+                              f"{timeout:.1f} s{self._exit_words()}")
+        try:
+            ready.result()
         except BaseException:
             await channel.close()
             raise

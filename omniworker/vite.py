@@ -14,6 +14,10 @@ Lifecycle (explicit): `await vite.start(port)` ... `await vite.stop()`.
   `lastError`, an error event, and the restart policy below.
 - Logs: stdout lines -> `vite` log events at level info, stderr -> level error (blank lines dropped; ANSI removed by
   ctx.log).
+- Port taken: Vite exits before ready with "Port N is already in use" (another program bound the port after the
+  broker checked it): the broker is asked for its next free port (a PortSwap on the worker link, so its allocator
+  stays right) and Vite starts there at once, at most PORT_RETRIES times; without another port it is an ordinary
+  failure (reported, retried on the same port after the backoff).
 - Crashes (Vite exits while we did not ask it to, before or after ready): "error", an error event with its last lines
   (and the file/line/column of any diagnostic Vite printed), then a restart on the same port after an exponential
   backoff (1 s doubling to 30 s; back to 1 s once Vite had been running for 60 s). `stop()` cancels a pending
@@ -38,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from omnibroker.protocol import BuildError
+from omnibroker.protocol import BuildError, CommandError
 
 from .children import Child
 from .context import PluginContext, strip_ansi
@@ -48,6 +52,8 @@ DEFAULT_ARGS = ["--host", HOST, "--port", "{port}", "--strictPort", "--cors", "-
 LAST_LINES = 15                      # lines of Vite output quoted in lastError / error events
 BLOCK_QUIET = 0.2                    # s of silence that ends a block of error output Vite printed while running
 BLOCK_MAX_LINES = 200
+PORT_RETRIES = 3                     # times Vite moves to another port when another program took its port
+_PORT_IN_USE = re.compile(r"Port (\d+) is already in use")
 
 # Lines that start a block of errors Vite reports while it keeps running (not module transform errors).
 _BLOCK_TRIGGER = re.compile(
@@ -228,10 +234,11 @@ class ViteServer:
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+            # The cancellation alone is not enough: Python 3.11's wait_for (under http_answers, child waits) drops a
+            # cancellation that arrives as its inner future completes. The supervision loop also checks _stopping
+            # after each wait, and stopping Vite here ends any wait on it, so the task ends either way.
+            await self._stop_child()
+            await asyncio.gather(task, return_exceptions=True)
         await self._stop_child()
         self._cancel_block()
         was_active = self.ctx.state.viteStatus != "idle" or self.port
@@ -268,13 +275,33 @@ class ViteServer:
         if not await self._prepare():
             self._settled_event.set()
             return
-        while True:
+        moves = 0
+        while not self._stopping:
             self._settled_event.clear()
             self._set(viteStatus="starting", vitePort=port, viteURL="")
             outcome, detail = await self._run_once(port)
-            if outcome == "fatal":
+            if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
                 return
+            if outcome == "port-in-use":
+                new_port = 0
+                if moves < PORT_RETRIES:
+                    moves += 1
+                    try:
+                        new_port = await self.ctx.sink.other_vite_port(port)
+                    except CommandError as e:
+                        detail += f"; no other port: {e.reason}"
+                if self._stopping:
+                    return
+                if new_port:
+                    self.ctx.log("manager", "warn", f"vite: port {port} is in use by another program: moving to "
+                                                    f"port {new_port} (the broker holds it now; move {moves} of "
+                                                    f"{PORT_RETRIES})")
+                    port = self.port = new_port
+                    continue
+                # no other port: an ordinary failure, tried again on this port after the backoff
+                self._report_exit(f"Vite exited before it was ready: {detail}")
+                self._settled_event.set()
             if outcome == "exited-healthy":
                 delay = self.BACKOFF_START
             self.restart_count += 1
@@ -285,7 +312,8 @@ class ViteServer:
 
     async def _run_once(self, port: int) -> tuple[str, str]:
         """One Vite incarnation. Returns (outcome, detail): "fatal" (cannot run: no restart), "failed" (exited before
-        ready or timed out), "exited" (crashed after ready) or "exited-healthy" (crashed after a healthy run)."""
+        ready or timed out), "port-in-use" (exited before ready saying another program has the port: not reported
+        yet), "exited" (crashed after ready) or "exited-healthy" (crashed after a healthy run)."""
         argv = self.command(port)
         self._stderr.clear()
         self._output.clear()
@@ -301,9 +329,13 @@ class ViteServer:
         except OSError as e:
             self._fail(f"cannot run Vite ({' '.join(argv)}): {e}", [BuildError(message=f"cannot run Vite: {e}")])
             return "fatal", str(e)
+        if self._stopping:
+            return "fatal", "stopped"
         self.ctx.log("manager", "info", f"vite: started pid {child.pid} on port {port}: {' '.join(argv)}")
         timeout = float(self._setting("start_timeout", 30.0))
         ready = await self._await_ready(child, port, timeout)
+        if self._stopping:
+            return "fatal", "stopped"
         if ready is True:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
@@ -315,11 +347,17 @@ class ViteServer:
             self._set(**fields)
             self._settled_event.set()
             rc = await child.wait()
+            if self._stopping:
+                return "fatal", "stopped"
             healthy = time.monotonic() - ready_at >= self.HEALTHY_RESET
             self._report_exit(f"Vite exited unexpectedly (code {_rc_text(rc)})")
             return ("exited-healthy" if healthy else "exited"), f"exit code {_rc_text(rc)}"
         if ready is False:
             rc = await child.wait()             # also drains its last output
+            if self._stopping:
+                return "fatal", "stopped"
+            if any(_PORT_IN_USE.search(line) for line in self._output):
+                return "port-in-use", f"port {port} in use"
             self._report_exit(f"Vite exited before it was ready (code {_rc_text(rc)})")
             self._settled_event.set()
             return "failed", f"exit code {_rc_text(rc)}"
@@ -336,7 +374,7 @@ class ViteServer:
         interval = self.POLL_FIRST
         exited = asyncio.ensure_future(child.wait())
         try:
-            while True:
+            while not self._stopping:
                 if not child.running:
                     return False
                 remaining = deadline - loop.time()

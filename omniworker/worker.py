@@ -28,7 +28,7 @@ from omnibroker import protocol  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
 from omnibroker.security import secure_client  # noqa: E402
 
-from .children import ChildRegistry, set_pdeathsig
+from .children import ChildRegistry, reap_adopted, set_child_subreaper, set_pdeathsig
 from .context import PluginContext
 from .devserver import DevServer
 
@@ -58,7 +58,7 @@ async def _cmd_logs(ds: DevServer, p: dict) -> dict:
 COMMANDS = {
     "start": _cmd_start,
     "stop": lambda ds, p: ds.stop(),
-    "restart": lambda ds, p: ds.restart(),
+    "restart": lambda ds, p: ds.restart(vite_port=p.get("vitePort", 0)),
     "rebuild": lambda ds, p: ds.rebuild(),
     "attach": lambda ds, p: ds.attach(),
     "detach": lambda ds, p: ds.detach(),
@@ -66,8 +66,13 @@ COMMANDS = {
     "external_info": lambda ds, p: _value(ds.external_info()),
     "invoke": lambda ds, p: ds.invoke(p["method"], p.get("request", ""), float(p.get("timeout", 10.0))),
 }
-# Commands that change the mode run one at a time.
+# Commands that change the mode run one at a time, each holding the lock at most SERIAL_BUDGET seconds (inside the
+# broker's 30 s): one that overruns is abandoned, answered `timeout`, and the worker exits with ABANDONED_EXIT after
+# killing its children, so supervisord starts a new one that applies the desired state.
 SERIAL = {"start", "stop", "restart", "attach", "detach"}
+SERIAL_BUDGET = 20.0
+PORT_SWAP_TIMEOUT = 5.0         # s to wait for the broker's answer to a PortSwap
+ABANDONED_EXIT = 75
 
 
 async def _value(v: Any) -> Any:
@@ -89,6 +94,7 @@ class BrokerLink:
         secure_client(self.sock, protocol.endpoint("workers"))
         self.sock.connect(protocol.endpoint("workers"))
         self.slots: dict[str, asyncio.Future] = {}
+        self.port_swaps: dict[str, asyncio.Future] = {}
 
     def send(self, kind: bytes, *body: bytes) -> None:
         try:
@@ -117,6 +123,22 @@ class BrokerLink:
             self.slots.pop(token, None)
             self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
 
+    async def other_vite_port(self, taken: int) -> int:
+        """The broker's next free Vite port for this plugin, `taken` being in use by another program."""
+        swap_id = uuid.uuid4().hex
+        fut = self.port_swaps[swap_id] = asyncio.get_running_loop().create_future()
+        self.send(protocol.K_PORT, protocol.encode(protocol.PortSwap(id=swap_id, taken=taken)))
+        try:
+            answer: protocol.PortSwap = await asyncio.wait_for(fut, PORT_SWAP_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.NO_PORT, f"the broker did not answer within {PORT_SWAP_TIMEOUT:g}s when "
+                                                  f"asked for another Vite port") from None
+        finally:
+            self.port_swaps.pop(swap_id, None)
+        if not answer.port:
+            raise CommandError(ErrorCode.NO_PORT, answer.error or "no other Vite port was given")
+        return answer.port
+
 
 def _read_small(path: str) -> str:
     try:
@@ -133,6 +155,9 @@ class Worker:
         self.devserver: DevServer | None = None
         self.epoch = ""
         self.serial = asyncio.Lock()
+        self.holder = ""                # the command holding `serial`
+        self.abandoned = ""             # set when a command overran: the worker is on its way out
+        self.stop_event = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
 
     @property
@@ -155,6 +180,7 @@ class Worker:
                 os.close(os.open(alive, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
             except OSError as e:
                 log.warning("cannot touch %s (%s): the broker will take this worker for lost", alive, e)
+            reap_adopted()          # orphans of our children that died on their own
             broker_epoch = _read_small(protocol.epoch_path())
             if not self.epoch:
                 self.register()         # again each second until welcomed (the broker may not be up yet)
@@ -173,6 +199,11 @@ class Worker:
                     await self.on_welcome(protocol.decode_welcome(body[0]))
                 elif kind == protocol.K_COMMAND:
                     self._spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
+                elif kind == protocol.K_PORT:
+                    answer = protocol.decode_portswap(body[0])
+                    fut = self.link.port_swaps.get(answer.id)
+                    if fut is not None and not fut.done():
+                        fut.set_result(answer)
                 elif kind == protocol.K_TOKEN:
                     token = protocol.decode_token(body[0])
                     fut = self.link.slots.get(token.id)
@@ -195,14 +226,43 @@ class Worker:
         self._spawn(self._apply(welcome))
 
     async def _apply(self, welcome: protocol.Welcome) -> None:
-        async with self.serial:
-            try:
-                await self.devserver.apply(welcome.desired, welcome.vitePort)
-            except CommandError as e:
-                self.devserver.ctx.set(lastError=e.reason)
-            except Exception as e:      # noqa: BLE001 - report, keep serving
-                log.exception("applying the desired state failed")
-                self.devserver.ctx.set(lastError=f"{type(e).__name__}: {e}")
+        try:
+            await self.serially("apply", lambda: self.devserver.apply(welcome.desired, welcome.vitePort))
+        except CommandError as e:
+            self.devserver.ctx.set(lastError=e.reason)
+        except Exception as e:      # noqa: BLE001 - report, keep serving
+            log.exception("applying the desired state failed")
+            self.devserver.ctx.set(lastError=f"{type(e).__name__}: {e}")
+
+    async def serially(self, name: str, run) -> Any:
+        """Run `run()` holding the worker's lock for at most SERIAL_BUDGET s, after waiting for it at most as long."""
+        if self.abandoned:
+            raise CommandError(ErrorCode.WORKER_UNAVAILABLE, f"the worker is restarting: {self.abandoned}")
+        try:
+            await asyncio.wait_for(self.serial.acquire(), SERIAL_BUDGET)
+        except asyncio.TimeoutError:
+            raise CommandError(ErrorCode.TIMEOUT, f"{name}: not run: the worker was still running "
+                                                  f"{self.holder or 'an earlier command'} after {SERIAL_BUDGET:g}s"
+                               ) from None
+        self.holder = name
+        try:
+            task = asyncio.ensure_future(run())
+            done, _ = await asyncio.wait({task}, timeout=SERIAL_BUDGET)
+            if not done:
+                self.abandon(f"{name} did not finish within {SERIAL_BUDGET:g}s", task)
+                raise CommandError(ErrorCode.TIMEOUT, f"{self.abandoned}: abandoned; the worker restarts through "
+                                                      "supervisord and brings the plugin back to its desired state")
+            return task.result()
+        finally:
+            self.holder = ""
+            self.serial.release()
+
+    def abandon(self, why: str, task: asyncio.Future) -> None:
+        """A command overran: its parts are in no known state. Stop it and let the worker exit (see SERIAL)."""
+        log.error("%s: abandoning it; the worker exits so that supervisord restarts it", why)
+        self.abandoned = why
+        task.cancel()
+        self.stop_event.set()
 
     async def on_command(self, req: protocol.Request) -> None:
         try:
@@ -215,8 +275,7 @@ class Worker:
             if fn is None:
                 raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"the worker does not run {req.command!r}")
             if req.command in SERIAL:
-                async with self.serial:
-                    result = await fn(self.devserver, req.properties)
+                result = await self.serially(req.command, lambda: fn(self.devserver, req.properties))
             else:
                 result = await fn(self.devserver, req.properties)
             if result is None:
@@ -229,23 +288,29 @@ class Worker:
             reply = protocol.error_reply(req.id, ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
         self.link.send(protocol.K_REPLY, protocol.encode(reply))
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit code 0) or an abandoned command (ABANDONED_EXIT)."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, self.stop_event.set)
         tasks = [asyncio.create_task(self.recv_loop()), asyncio.create_task(self.heartbeat_loop())]
-        await stop.wait()
+        await self.stop_event.wait()
         log.info("stopping")
-        if self.devserver is not None:
+        if self.devserver is not None and not self.abandoned:
             try:
                 await asyncio.wait_for(self.devserver.shutdown(), 8.0)
             except Exception:       # noqa: BLE001
                 log.exception("shutdown failed")
+        if self.devserver is not None:
             self.devserver.ctx.publish_status()
+        # whatever a stop did not reach (an abandoned command's parts, escaped descendants) dies now
+        killed = ChildRegistry(self.plugin).reap_leftovers()
+        if killed:
+            log.warning("killed left-over processes: %s", killed)
         for task in tasks:
             task.cancel()
-        self.link.zctx.destroy(linger=500)
+        self.link.zctx.destroy(linger=1000)
+        return ABANDONED_EXIT if self.abandoned else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("invalid plugin id %r", args.plugin)
         return 2
     set_pdeathsig(signal.SIGTERM)   # supervisord SIGKILLed: stop our children cleanly, then go
+    set_child_subreaper()           # our children's orphans come to us (children.py)
     killed = ChildRegistry(args.plugin).reap_leftovers()
     if killed:
         log.warning("killed process groups left by a previous worker: %s", killed)
-    asyncio.run(Worker(args.plugin).run())
-    return 0
+    return asyncio.run(Worker(args.plugin).run())
 
 
 if __name__ == "__main__":

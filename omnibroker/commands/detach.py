@@ -9,5 +9,6 @@ class Detach(Command):
     forward = True
 
     async def execute(self, broker, props):
-        broker.registry.set_mode(props["plugin"], "idle")
+        if broker.registry.get(props["plugin"]).desired.mode == "external":
+            broker.registry.set_mode(props["plugin"], "idle")       # a managed plugin stays managed
         return await broker.forward(self, props)

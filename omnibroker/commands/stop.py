@@ -17,11 +17,12 @@ class Stop(Command):
         from ..protocol import to_builtins
         plugin = props["plugin"]
         broker.registry.set_mode(plugin, "idle")
-        if await broker.held_state(plugin):
-            state = msgspec.structs.replace(broker.state_of(plugin), mode="idle")
-            broker.events.status(state)
-            result = to_builtins(state)
-        else:
-            result = await broker.forward(self, props)
-        broker.release_port(plugin)
-        return result
+        try:
+            if await broker.held_state(plugin):
+                state = msgspec.structs.replace(broker.state_of(plugin), mode="idle")
+                broker.events.status(state)
+                return to_builtins(state)
+            return await broker.forward(self, props)
+        finally:
+            # Also when the worker did not answer: it stops Vite or is restarted idle (worker.py, SERIAL_BUDGET).
+            broker.release_port(plugin)

@@ -397,6 +397,10 @@ def make_bad(kind: str, staging: Path, canary: Canary, keep: list) -> tuple[Path
         sleeper = subprocess.Popen(["sleep", "60"])            # alive, ours, but younger than the file
         keep.append(sleeper)
         data, code = json.dumps(_good_doc(canary.path, sleeper.pid)).encode(), Code.PID_REUSED
+    elif kind == "unrelated_pid":
+        sleeper = subprocess.Popen(["sleep", "60"])            # alive, ours, older than the file, listens nowhere
+        keep.append(sleeper)
+        data, code = json.dumps(_good_doc(canary.path, sleeper.pid)).encode(), Code.PID_NOT_LISTENING
     elif kind == "non_loopback":
         data, code = json.dumps(_good_doc("10.0.0.1:1234")).encode(), Code.ADDR_NOT_LOOPBACK
     elif kind == "world_writable":
@@ -419,8 +423,8 @@ def make_bad(kind: str, staging: Path, canary: Canary, keep: list) -> tuple[Path
     return f, code
 
 
-BAD_KINDS = ["invalid_json", "missing_fields", "dead_pid", "reused_pid", "non_loopback", "symlink", "world_writable",
-             "too_large"]
+BAD_KINDS = ["invalid_json", "missing_fields", "dead_pid", "reused_pid", "unrelated_pid", "non_loopback", "symlink",
+             "world_writable", "too_large"]
 
 
 @pytest.mark.parametrize("when", ["before_attach", "after_attach"])

@@ -243,8 +243,9 @@ def test_devinfo_off_loopback_is_never_dialled(svc, tmp_path):
             assert canary.accepted == 0, f"{addr} was dialled"
             state = svc.call("status", plugin="ext")
             assert not state["grpcConnected"] and state["pluginPid"] == 0, state
-        # the control: the same canary on loopback IS dialled (so its silence above means something)
-        _write_devinfo(svc.home, "ext", f"127.0.0.1:{canary.port}", sleeper.pid)
+        # the control: the same canary on loopback IS dialled (so its silence above means something); the file names
+        # the process that listens there (this one), as a .devinfo must
+        _write_devinfo(svc.home, "ext", f"127.0.0.1:{canary.port}", os.getpid())
         deadline = time.monotonic() + 15
         while canary.accepted == 0 and time.monotonic() < deadline:
             time.sleep(0.05)    # polling the canary's counter

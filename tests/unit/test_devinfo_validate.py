@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnibroker.protocol import DevInfo
-from omniworker.external import (MAX_DEVINFO_BYTES, Code, DevInfoError, DevInfoMissing, check_process, check_socket,
-                                 parse_addr, parse_devinfo, read_devinfo_file, validate_devinfo)
+from omniworker.external import (MAX_DEVINFO_BYTES, Code, DevInfoError, DevInfoMissing, check_owns_socket,
+                                 check_process, check_socket, parse_addr, parse_devinfo, read_devinfo_file, validate_devinfo)
 
 PLUGIN = "hello"
 ALL_CODES = {v for k, v in vars(Code).items() if k.isupper()}
@@ -324,16 +324,78 @@ def test_validate_whole(home, tmp_path):
     sock_path = str(tmp_path / "p.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(sock_path)
+    s.listen()
+    t = socket.create_server(("127.0.0.1", 0))
+    port = t.getsockname()[1]
     try:
         path = write(home / ".devinfo", raw(good(addr=sock_path)))
         valid = validate_devinfo(path, PLUGIN)
         assert (valid.network, valid.address, valid.info.pid) == ("unix", sock_path, os.getpid())
-        write(path, raw(good(addr="localhost:4242")))
-        assert validate_devinfo(path, PLUGIN).address == "127.0.0.1:4242"
+        write(path, raw(good(addr=f"localhost:{port}")))
+        assert validate_devinfo(path, PLUGIN).address == f"127.0.0.1:{port}"
+        write(path, raw(good(addr=f"localhost:{port}", pid=1)))        # live, but not the one listening there
+        assert code_of(validate_devinfo, path, PLUGIN) in (Code.PID_NOT_LISTENING, Code.PID_FOREIGN)
+        write(path, raw(good(addr=sock_path)))
         # the pid started long after this file claims to have been written
         os.utime(path, (time.time() - 3600, time.time() - 3600))
         assert code_of(validate_devinfo, path, PLUGIN) == Code.PID_REUSED
         write(path, raw(good(addr=str(tmp_path / "gone.sock"))))
         assert code_of(validate_devinfo, path, PLUGIN) == Code.SOCKET
+    finally:
+        s.close()
+        t.close()
+
+
+def _listener_process(argv_tail: str) -> subprocess.Popen:
+    """A process of ours holding a listening socket (prints 'ready' once it listens)."""
+    p = subprocess.Popen([sys.executable, "-c", "import socket, sys, time\n" + argv_tail +
+                          "\nprint('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+@pytest.mark.parametrize("family", ["tcp4", "tcp4-wildcard", "tcp6", "unix"])
+def test_pid_must_hold_the_listening_socket(tmp_path, family):
+    """A live pid of ours is not enough: it must be the one listening at addr (/proc/<pid>/fd has the socket)."""
+    if family == "tcp6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    if family == "unix":
+        addr = str(tmp_path / "p.sock")
+        network, setup = "unix", f"s = socket.socket(socket.AF_UNIX); s.bind({addr!r}); s.listen()"
+    else:
+        host = {"tcp4": "127.0.0.1", "tcp4-wildcard": "0.0.0.0", "tcp6": "::1"}[family]
+        fam = "socket.AF_INET6" if family == "tcp6" else "socket.AF_INET"
+        port_file = tmp_path / "port"
+        setup = (f"s = socket.socket({fam}); s.bind(({host!r}, 0)); s.listen(); "
+                 f"open({str(port_file)!r}, 'w').write(str(s.getsockname()[1]))")
+        network, addr = "tcp", None
+    try:
+        owner = _listener_process(setup)
+    except AssertionError:
+        pytest.skip(f"cannot listen on {family} here")
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        if addr is None:
+            port = int((tmp_path / "port").read_text())
+            addr = f"[::1]:{port}" if family == "tcp6" else f"127.0.0.1:{port}"
+        check_owns_socket(owner.pid, network, addr)
+        assert code_of(check_owns_socket, other.pid, network, addr) == Code.PID_NOT_LISTENING
+        assert code_of(check_owns_socket, os.getpid(), network, addr) == Code.PID_NOT_LISTENING
+        owner.kill()
+        owner.wait()
+        assert code_of(check_owns_socket, other.pid, network, addr) == Code.PID_NOT_LISTENING   # nothing listens
+    finally:
+        owner.kill()
+        other.kill()
+        owner.wait()
+        other.wait()
+
+
+def test_bound_but_not_listening_unix_socket_is_not_enough(tmp_path):
+    path = str(tmp_path / "b.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    try:
+        assert code_of(check_owns_socket, os.getpid(), "unix", path) == Code.PID_NOT_LISTENING
     finally:
         s.close()

@@ -159,3 +159,21 @@ def test_invalid_state_entries_are_dropped_and_bad_range_refused():
     assert alloc.preferred == {"b": 41001}
     with pytest.raises(ValueError):
         PortAllocator(10, 10, {})
+
+
+def test_replace_moves_off_a_port_taken_since_allocation_and_state_shows_it():
+    start = _free_block(3)
+    state: dict = {}
+    alloc = PortAllocator(start, start + 3, state)
+    a = alloc.allocate("a")
+    assert state["held"] == {"a": a}
+    with listener(a):                       # another program took it after the allocation
+        b = alloc.replace("a", a)
+        assert b != a and alloc.port_of("a") == b
+        assert state["held"] == {"a": b} and state["preferred"]["a"] == b
+        assert json.loads(json.dumps(state))["held"] == {"a": b}     # persisted as plain JSON
+    # even when the squatter is gone by the time it is asked, the port reported taken is not handed out again
+    c = alloc.replace("a", b)
+    assert c != b
+    alloc.release("a")
+    assert state["held"] == {}
