@@ -69,7 +69,7 @@ class PluginView {
   }
 
   update(st) {
-    const base = st && st.viteStatus === "running" && st.vitePort
+    const base = st && st.viteStatus === "ready" && st.vitePort > 0
       ? (st.viteURL || `http://127.0.0.1:${st.vitePort}`) : null;
     const url = base ? base + ENTRY : null;
     if (url === this.url) return;
@@ -251,7 +251,8 @@ class Card {
     const buildKey = `${st.lastBuildTime}|${st.lastBuildDuration}`;
     if (buildKey !== this.buildKey) {
       this.buildKey = buildKey;
-      this.build.textContent = st.lastBuildTime
+      // "0001-01-01T00:00:00Z" (Go's zero time, as Omniview sends it) means no build yet
+      this.build.textContent = st.lastBuildTime && !st.lastBuildTime.startsWith("0001-")
         ? `${fmtTime(st.lastBuildTime)} (${fmtDuration(st.lastBuildDuration)})` : "—";
     }
     setText(this.path, st.devPath || "—");
