@@ -14,6 +14,7 @@ the type check), so the document's size bounds the work.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -185,8 +186,8 @@ def for_events(plugin_id: str, plugin_dir: str) -> tuple[dict[str, Any], str]:
     try:
         meta = read(plugin_dir)
     except PluginMetaError as e:
-        return {"id": plugin_id}, f"{e}; the reload events carry only {{\"id\": {plugin_id!r}}}"
+        return {"id": plugin_id}, f"{e}; the reload events carry only {json.dumps({'id': plugin_id})}"
     if meta.id != plugin_id:
         return {"id": plugin_id}, (f"{path_of(plugin_dir)}: id {meta.id!r} differs from the registered plugin id "
-                                   f"{plugin_id!r}; the reload events carry only {{\"id\": {plugin_id!r}}}")
+                                   f"{plugin_id!r}; the reload events carry only {json.dumps({'id': plugin_id})}")
     return meta.to_payload(), ""
