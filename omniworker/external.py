@@ -677,9 +677,11 @@ class External:
                 self.ctx.log("manager", "warn", f"disconnecting from pid {self._conn.pid}: its .devinfo was replaced "
                              "by one that is not valid")
                 await self._disconnect()
-            # not connected, and why is in lastError: goStatus says "error", never "running" (Omniview ignores such
-            # a file and keeps showing the old connection; omni follows the file, so both fields must agree)
-            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="error", **self._vite_fields(None))
+            # not connected, and why is in lastError: goStatus agrees, never "running" (Omniview ignores such a file
+            # and keeps showing the old connection; omni follows the file): "stopped" when the file names a process
+            # that is gone (a plugin that just exited), "error" when the file itself is wrong
+            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped" if e.code == Code.PID_DEAD else "error",
+                         **self._vite_fields(None))
             return
         self._seen_key = valid.key
         self._valid = valid
