@@ -52,13 +52,14 @@ def svc(tmp_path):
     plugin = copy_example(tmp_path / "hello")
     build(plugin)
     service = Service()
-    service.plugin_dir = plugin
-    service.start()
-    service.call("add", path=str(plugin))
-    service.events = service.subscribe(protocol.STATUS)
-    yield service
-    service.events.close()
-    service.cleanup()
+    try:                        # a failed setup (start, add) must not leave the service running
+        service.plugin_dir = plugin
+        service.start()
+        service.call("add", path=str(plugin))
+        service.events = service.subscribe(protocol.STATUS)
+        yield service
+    finally:
+        service.cleanup()
 
 
 def test_attach_says_where_the_sdk_writes_when_omniview_home_moves_it(svc):

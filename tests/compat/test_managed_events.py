@@ -28,12 +28,13 @@ def show(label: str, payload) -> None:
 def svc(tmp_path_factory):
     plugin = copy_example(tmp_path_factory.mktemp("compat") / PLUGIN)
     service = Service()
-    service.plugin_dir = plugin
-    service.start()
-    service.events = service.subscribe(*protocol.TOPICS)
-    yield service
-    service.events.close()
-    service.cleanup()
+    try:                        # a failed setup must not leave the service running
+        service.plugin_dir = plugin
+        service.start()
+        service.events = service.subscribe(*protocol.TOPICS)
+        yield service
+    finally:
+        service.cleanup()
 
 
 def statuses(svc) -> list[dict]:
