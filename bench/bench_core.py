@@ -24,7 +24,7 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from service import EXAMPLE, Service  # noqa: E402
+from service import Service, copy_example  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
 
@@ -141,7 +141,7 @@ def main() -> int:
     svc = Service()
     try:
         svc.start()
-        svc.call("add", plugin="bench", path=str(EXAMPLE))
+        svc.call("add", plugin="bench", path=str(copy_example(Path(tmp) / "bench", ui=False, go=False)))
         svc.wait_state("bench", lambda s: s["workerStatus"] == "up")
         body = protocol.encode(protocol.Request(id="1", command="ping", properties={}))
 

@@ -4,7 +4,7 @@ one worker per plugin), on private copies of examples/hello-plugin.
 Phases, in one run:
   raw      the floor: the same N fresh copies built with plain `go build`, `build_slots` at a time (what omni's cold
            start cannot beat), then built again (no-op: outputs up to date), same parallelism
-  cold     supervisord start -> every plugin ready (goStatus ready + grpcConnected; viteStatus running for the Vite
+  cold     supervisord start -> every plugin ready (goStatus ready + grpcConnected; viteStatus ready for the Vite
            ones); every plugin compiles and links its own copy
   idle     broker / supervisord / worker CPU % over --idle-seconds; RSS and USS of the broker, each worker, each
            plugin binary and each Vite
@@ -125,7 +125,7 @@ def config_text(root: Path, ids: list[str], vites: int, vite_ports: tuple[int, i
 
 
 def ready(s: dict, vite: bool) -> bool:
-    return s.get("goStatus") == "ready" and bool(s.get("grpcConnected")) and (not vite or s.get("viteStatus") == "running")
+    return s.get("goStatus") == "ready" and bool(s.get("grpcConnected")) and (not vite or s.get("viteStatus") == "ready")
 
 
 # --- raw floor ----------------------------------------------------------------------------------------------------------

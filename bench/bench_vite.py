@@ -1,7 +1,7 @@
 """Managed Vite vs the same Vite run directly, on the example plugin's UI.
 
 Measures, in one run:
-- ready time: managed (ViteServer.start() -> viteStatus "running", measured inside a worker-like process) vs direct
+- ready time: managed (ViteServer.start() -> viteStatus "ready", measured inside a worker-like process) vs direct
   (exec -> first HTTP answer, polled every 5 ms); median of N each, alternating, after one warm-up of each; ratio.
 - HMR latency: save App.tsx -> the `update` message on a Vite HMR WebSocket client (vite-hmr subprotocol, Origin and
   token, as a cross-origin host page), managed vs direct Vite running side by side; median of N each, alternating.
@@ -54,7 +54,7 @@ WORKER = textwrap.dedent("""
             super().__init__()
             self.running_at = None
         def publish(self, topic, payload):
-            if topic == protocol.STATUS and payload.viteStatus == "running" and self.running_at is None:
+            if topic == protocol.STATUS and payload.viteStatus == "ready" and self.running_at is None:
                 self.running_at = time.perf_counter()
             super().publish(topic, payload)
 
@@ -330,7 +330,7 @@ def print_table(res: dict) -> None:
     rows = [
         ("Vite", res["vite_version"], ""),
         ("ready, managed (median of %d)" % res["runs"], f"{s['ready_managed_median_s'] * 1000:.0f} ms",
-         "start() -> viteStatus running"),
+         "start() -> viteStatus ready"),
         ("ready, direct (median of %d)" % res["runs"], f"{s['ready_direct_median_s'] * 1000:.0f} ms",
          "exec -> first HTTP answer (5 ms poll)"),
         ("ready ratio managed/direct", f"{s['ready_ratio']:.2f}", ""),

@@ -224,7 +224,7 @@ def rows_vite(r: dict) -> list[dict]:
     s = r.get("summary", {})
     out = []
     rm, rd = r.get("ready_managed_s", []), r.get("ready_direct_s", [])
-    out.append(row(S, "ready time (warm cache): start → viteStatus running", "ms",
+    out.append(row(S, "ready time (warm cache): start → viteStatus ready", "ms",
                    s["ready_managed_median_s"] * 1000 if s.get("ready_managed_median_s") else None,
                    max(rm) * 1000 if rm else None, "max", len(rm),
                    s["ready_direct_median_s"] * 1000 if s.get("ready_direct_median_s") else None,

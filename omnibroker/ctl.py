@@ -133,7 +133,7 @@ def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
         _global_flags(p, defaults=False, skip=frozenset(cmd.properties))
         for key, prop in cmd.properties.items():
             if prop.positional:
-                p.add_argument(key, help=prop.help)
+                p.add_argument(key, nargs=None if prop.required else "?", help=prop.help)
             elif prop.type is bool:
                 p.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=None, help=prop.help)
             elif prop.type is dict:

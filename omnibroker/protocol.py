@@ -58,16 +58,25 @@ ERROR = "plugin/devserver/error"
 RELOAD_START = "plugin/dev_reload_start"
 RELOAD_COMPLETE = "plugin/dev_reload_complete"
 RELOAD_ERROR = "plugin/dev_reload_error"
+# Legacy reload payloads, as Omniview emits them: start and complete carry the plugin's PluginMeta (plugin.yaml, see
+# omnibroker.pluginmeta), error carries the pair [PluginMeta, "error text"].
 TOPICS = (STATUS, LOG, ERROR, RELOAD_START, RELOAD_COMPLETE, RELOAD_ERROR)
 CONFIG = "omni/config"      # ours: omni.toml's problems changed, payload {"path", "error"}, meta pluginID ""
 
+# Omniview's DevProcessStatus values. Vite: idle -> starting -> ready (answers HTTP; viteURL only then) | error |
+# stopped. Go, managed: idle -> starting/building -> ready (built, loaded, gRPC up) | error | stopped. Go, external:
+# running (attached to the developer's process) | error (its .devinfo is unusable) | stopped (it exited).
 DevProcessStatus = Literal["idle", "starting", "building", "running", "ready", "error", "stopped"]
+Severity = Literal["error", "warning"]
 Mode = Literal["idle", "managed", "external"]
 LogSource = Literal["vite", "go-build", "go-watch", "manager", "plugin"]
 LogLevel = Literal["debug", "info", "warn", "error"]
 # The worker process as the broker sees it (extra field, not Omniview's): "exited" died (supervisord restarts it),
 # "stopped" stopped by hand in supervisord (supervisorctl stop) until a `start` runs it again.
 WorkerStatus = Literal["none", "starting", "up", "lost", "exited", "stopped"]
+
+
+ZERO_TIME = "0001-01-01T00:00:00Z"     # Go's time.Time{} in RFC 3339: what Omniview sends before any build
 
 
 def now_rfc3339() -> str:
@@ -88,7 +97,7 @@ class DevServerState(msgspec.Struct, kw_only=True, omit_defaults=False):
     viteStatus: DevProcessStatus = "idle"
     goStatus: DevProcessStatus = "idle"
     lastBuildDuration: int = 0          # nanoseconds, like Go's time.Duration
-    lastBuildTime: str = ""             # RFC 3339
+    lastBuildTime: str = ZERO_TIME      # RFC 3339; Go's zero time before any build, as Omniview sends
     lastError: str = ""
     grpcConnected: bool = False
     # extras
@@ -109,21 +118,18 @@ class LogEntry(msgspec.Struct, kw_only=True):
 
 
 class BuildError(msgspec.Struct, kw_only=True):
+    """Omniview's DevBuildError: a position (0 = unknown) and a message; `severity` "warning" for diagnostics that do
+    not fail the build (go vet's), "error" otherwise."""
     file: str = ""
     line: int = 0
     column: int = 0
     message: str
+    severity: Severity = "error"
 
 
 class ErrorPayload(msgspec.Struct, kw_only=True):
     pluginID: str
     errors: list[BuildError]
-
-
-class ReloadPayload(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Legacy plugin/dev_reload_* payload."""
-    pluginID: str
-    error: str = ""
 
 
 class EventMeta(msgspec.Struct, kw_only=True):
@@ -139,7 +145,7 @@ class DevInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     protocol: str
     protocolVersion: int
     addr: str
-    pluginId: str
+    pluginId: str = ""                  # optional (omitempty in Omniview): the directory names the plugin
     vitePort: int = 0
     version: str = ""
     startedAt: str = ""

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from . import protocol, settings
+from . import pluginmeta, protocol, settings
 from .files import write_atomic
 from .protocol import CommandError, Desired, ErrorCode, PluginSpec
 
@@ -56,6 +56,16 @@ def check_plugin_id(plugin: Any) -> str:
                            f"plugin id {plugin!r} is not allowed: use 1-64 of A-Z a-z 0-9 . _ -, "
                            "starting with a letter or digit, no '..'")
     return plugin
+
+
+def plugin_id_for_dir(given: str | None, path: str) -> str:
+    """The id to register the plugin directory `path` under, from its plugin.yaml (see pluginmeta.plugin_id_for):
+    no id given takes plugin.yaml's, a different one is refused naming both, an unusable plugin.yaml is refused with
+    its line. A directory without plugin.yaml is accepted under a given id (its worker warns)."""
+    try:
+        return pluginmeta.plugin_id_for(None if given is None else check_plugin_id(given), path)
+    except pluginmeta.PluginMetaError as e:
+        raise CommandError(ErrorCode.BAD_PROPERTY, str(e)) from None
 
 
 def storage_error(e: OSError, path: str) -> CommandError:

@@ -9,7 +9,13 @@ SIGINT/SIGTERM/SIGHUP are forwarded to the plugin's process group (go-plugin ign
 after a moment, then SIGKILL after `--grace`). The plugin dies with us even if we are killed (PR_SET_PDEATHSIG).
 `--vite` also runs the UI's Vite dev server (`<dir>/ui/node_modules/.bin/vite`) and records its port in `.devinfo`.
 
-`OMNIVIEW_DEV` is removed from the plugin's environment: this command is the only `.devinfo` writer.
+The go-plugin handshake (magic cookie, PLUGIN_MIN_PORT/PLUGIN_MAX_PORT) is the plugin's `[handshake]` table as the
+broker knows it (omni.toml, or the settings of a plugin added at run time), the same the worker uses in managed mode;
+a flag given on the command line wins.
+
+`OMNIVIEW_DEV` is removed from the plugin's environment: this command is the only `.devinfo` writer. (The Omniview
+SDK's own dev mode cannot stand in for it: it expects go-plugin's 5-field handshake line, so with go-plugin >= 1.5's
+6-field line it writes no `.devinfo`, and it writes under `$HOME/.omniview` whatever OMNIVIEW_HOME says.)
 """
 from __future__ import annotations
 
@@ -174,10 +180,14 @@ def build_parser(with_command: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--vite", action="store_true", help="also run <dir>/ui's Vite dev server and record its port")
     p.add_argument("--vite-port", type=int, default=0, help="Vite port (default: the first free in 15173-15273)")
     p.add_argument("--dir", default=None, help="plugin source directory, where the command runs (default: cwd)")
-    p.add_argument("--cookie-key", default="OMNIVIEW", help="go-plugin magic cookie key (default OMNIVIEW)")
-    p.add_argument("--cookie-value", default=None, help="magic cookie value (default: the plugin id)")
-    p.add_argument("--min-port", type=int, default=10000, help="PLUGIN_MIN_PORT (tcp plugins)")
-    p.add_argument("--max-port", type=int, default=25000, help="PLUGIN_MAX_PORT (tcp plugins)")
+    p.add_argument("--cookie-key", default=None,
+                   help="go-plugin magic cookie key (default: [handshake] cookie_key in omni.toml, else OMNIVIEW)")
+    p.add_argument("--cookie-value", default=None,
+                   help="magic cookie value (default: [handshake] cookie_value in omni.toml, else the plugin id)")
+    p.add_argument("--min-port", type=int, default=None,
+                   help="PLUGIN_MIN_PORT for tcp plugins (default: [handshake] min_port, else 10000)")
+    p.add_argument("--max-port", type=int, default=None,
+                   help="PLUGIN_MAX_PORT for tcp plugins (default: [handshake] max_port, else 25000)")
     p.add_argument("--handshake-timeout", type=float, default=60.0,
                    help="seconds to wait for the handshake line (go run compiles first; default 60)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL at stop")
@@ -203,7 +213,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"invalid plugin id {args.plugin!r}")
     if args.vite_port and not 0 < args.vite_port < 65536:
         parser.error("--vite-port must be a port number")
+    table, note = handshake_settings(args.plugin)
+    if note:
+        _say(note)
+    for flag, key, default in (("cookie_key", "cookie_key", "OMNIVIEW"), ("cookie_value", "cookie_value", args.plugin),
+                               ("min_port", "min_port", 10000), ("max_port", "max_port", 25000)):
+        if getattr(args, flag) is None:
+            value = table.get(key, default)
+            try:
+                setattr(args, flag, type(default)(value))
+            except (TypeError, ValueError):
+                parser.error(f"[plugins.{args.plugin}.handshake] {key} = {value!r} is not a {type(default).__name__}")
     return args
+
+
+def handshake_settings(plugin: str) -> tuple[dict, str]:
+    """(the plugin's `[handshake]` settings as the broker's registry has them, a note when they cannot be read).
+    Read from the same files the broker reads (omni.toml and the runtime dir's state.json): no broker needed."""
+    from .registry import Registry
+    try:
+        registry = Registry(protocol.config_path(), os.path.join(protocol.runtime_dir(), "state.json"))
+    except (Exception, SystemExit) as e:        # load_config exits on a broken omni.toml: say so, use defaults
+        return {}, f"cannot read the plugin settings ({e}): using the default handshake"
+    record = registry.plugins.get(plugin)
+    table = record.spec.settings.get("handshake") if record is not None else None
+    return (table if isinstance(table, dict) else {}), ""
 
 
 class Runner:
@@ -305,7 +339,7 @@ class Runner:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("OMNIVIEW_DEV", None)
-        env[self.args.cookie_key] = self.args.cookie_value if self.args.cookie_value is not None else self.args.plugin
+        env[self.args.cookie_key] = self.args.cookie_value
         env["PLUGIN_PROTOCOL_VERSIONS"] = ",".join(map(str, SUPPORTED_APP_VERSIONS))
         env["PLUGIN_MIN_PORT"] = str(self.args.min_port)
         env["PLUGIN_MAX_PORT"] = str(self.args.max_port)
@@ -349,8 +383,9 @@ class Runner:
             tail = b"".join(stderr_tail).decode("utf-8", "replace")
             if "not meant to be executed directly" in tail or "This binary is a plugin" in tail:
                 _say(f"the plugin refused the magic cookie {self.args.cookie_key}="
-                     f"{self.args.cookie_value or self.args.plugin} (go-plugin: 'not meant to be executed directly'); "
-                     "pass the cookie its HandshakeConfig expects with --cookie-key/--cookie-value")
+                     f"{self.args.cookie_value} (go-plugin: 'not meant to be executed directly'); pass the cookie its "
+                     f"HandshakeConfig expects with --cookie-key/--cookie-value, or set it in omni.toml's "
+                     f"[plugins.{self.args.plugin}.handshake] cookie_key/cookie_value")
             elif not self.stop_signal and not self.refused:
                 _say(f"the plugin exited with {_rc_text(rc)} before its handshake")
             return _exit_code(rc) or 1

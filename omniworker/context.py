@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Protocol
 
 import msgspec
 
-from omnibroker import protocol
+from omnibroker import pluginmeta, protocol
 from omnibroker.protocol import BuildError, DevServerState, LogEntry
 
 from .children import ChildRegistry
@@ -61,6 +61,8 @@ class PluginContext:
         self.logs = LogBook(per_source=int(self.settings.get("log_lines_per_source", 2000)),
                             total=int(self.settings.get("log_lines", 5000)))
         self.children = ChildRegistry(spec.id)
+        self._meta: dict[str, Any] | None = None
+        self._meta_key: tuple | None = None
 
     def setting(self, section: str, key: str, default: Any = None) -> Any:
         """`[plugins.<id>.<section>] key = ...` from omni.toml (or `add` properties), else the default."""
@@ -103,14 +105,29 @@ class PluginContext:
                         f"{protocol.MAX_EVENT_BYTES} bytes)")])
         self.sink.publish(protocol.ERROR, payload)
 
+    def plugin_meta(self) -> dict[str, Any]:
+        """The plugin's PluginMeta for the legacy reload events, read again whenever plugin.yaml changes. When it is
+        missing, invalid or names another plugin: `{"id": <plugin id>}`, and one warning per version of the file."""
+        try:
+            st = os.stat(pluginmeta.path_of(self.dir))
+            key: tuple | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None
+        if self._meta is None or key != self._meta_key:
+            self._meta, warning = pluginmeta.for_events(self.id, self.dir)
+            self._meta_key = key
+            if warning:
+                self.log("manager", "warn", warning)
+        return self._meta
+
     def reload_start(self) -> None:
-        self.sink.publish(protocol.RELOAD_START, protocol.ReloadPayload(pluginID=self.id))
+        self.sink.publish(protocol.RELOAD_START, self.plugin_meta())
 
     def reload_complete(self) -> None:
-        self.sink.publish(protocol.RELOAD_COMPLETE, protocol.ReloadPayload(pluginID=self.id))
+        self.sink.publish(protocol.RELOAD_COMPLETE, self.plugin_meta())
 
     def reload_error(self, error: str) -> None:
-        self.sink.publish(protocol.RELOAD_ERROR, protocol.ReloadPayload(pluginID=self.id, error=error))
+        self.sink.publish(protocol.RELOAD_ERROR, [self.plugin_meta(), error])
 
     # --- resources ---------------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -54,6 +54,7 @@ class DevServer:
         self._vite_port = vite_port
         self.ctx.set(mode="managed", lastError="")
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
+        self.ctx.plugin_meta()          # a missing or invalid plugin.yaml is reported now, not at the first reload
         # Both halves start side by side and report progress as events; `start` answers at once.
         if vite and not vite_port:
             msg = (f"{NO_PORT}: the service's Vite port range ([service] vite_ports) is exhausted; "
@@ -113,6 +114,7 @@ class DevServer:
             return
         from .external import External
         self.ctx.set(mode="external", lastError="")
+        self.ctx.plugin_meta()
         self.external = External(self.ctx)
         await self.external.attach()
 

@@ -176,7 +176,7 @@ def parse_devinfo(data: bytes, plugin_id: str) -> DevInfo:
         raise DevInfoError(Code.SHAPE, f".devinfo does not have the expected shape: {e}") from None
     except (msgspec.DecodeError, RecursionError, UnicodeError, ValueError) as e:
         raise DevInfoError(Code.JSON, f".devinfo is not valid JSON: {e}") from None
-    if info.pluginId != plugin_id:
+    if info.pluginId and info.pluginId != plugin_id:
         raise DevInfoError(Code.PLUGIN_ID, f".devinfo names plugin {info.pluginId!r} but lives in the directory of "
                            f"{plugin_id!r}")
     if info.protocol != "grpc":
@@ -476,6 +476,8 @@ class External:
         self.ctx.log("manager", "info", f"external mode: following {self.path}")
         await asyncio.to_thread(self._start_observer)
         await self._sync_file()
+        if self._valid is None and self._reported is None:
+            self._explain_missing()
         self._main_task = asyncio.create_task(self._main(), name=f"external-{self.ctx.id}")
 
     async def detach(self) -> None:
@@ -694,7 +696,11 @@ class External:
                 self.ctx.log("manager", "warn", f"disconnecting from pid {self._conn.pid}: its .devinfo was replaced "
                              "by one that is not valid")
                 await self._disconnect()
-            self.ctx.set(grpcConnected=False, pluginPid=0, **self._vite_fields(None))
+            # not connected, and why is in lastError: goStatus agrees, never "running" (Omniview ignores such a file
+            # and keeps showing the old connection; omni follows the file): "stopped" when the file names a process
+            # that is gone (a plugin that just exited), "error" when the file itself is wrong
+            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped" if e.code == Code.PID_DEAD else "error",
+                         **self._vite_fields(None))
             return
         self._seen_key = valid.key
         self._valid = valid
@@ -711,8 +717,22 @@ class External:
                          f"following the restart (was pid {conn.pid})")
             self.ctx.reload_start()
             await self._disconnect()
-            self.ctx.set(grpcConnected=False, pluginPid=0)
+            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="starting")
         await self._connect(valid)
+
+    def _explain_missing(self) -> None:
+        """No .devinfo at attach. When OMNIVIEW_HOME moves omni's home away from $HOME/.omniview, say that the
+        Omniview SDK writes under $HOME/.omniview whatever OMNIVIEW_HOME says (and what does honour it)."""
+        sdk_home = os.path.expanduser("~/.omniview")
+        if os.path.realpath(self.ctx.home) == os.path.realpath(os.path.join(sdk_home, "plugins", self.ctx.id)):
+            return
+        sdk_file = os.path.join(sdk_home, "plugins", self.ctx.id, DEVINFO_NAME)
+        message = (f"no {self.path} yet; note that the Omniview SDK's dev mode writes {sdk_file} ($HOME/.omniview, "
+                   f"whatever OMNIVIEW_HOME says), which omni does not follow while OMNIVIEW_HOME is "
+                   f"{os.environ.get('OMNIVIEW_HOME', '')!r}: run the plugin with `omnictl run-external "
+                   f"{self.ctx.id} -- CMD`, which writes the file omni follows")
+        self.ctx.log("manager", "warn", message)
+        self.ctx.set(lastError=message)
 
     def _current_key(self) -> tuple | None:
         try:
@@ -760,7 +780,7 @@ class External:
             await self._close_host(host)
             if err:
                 self._report(DevInfoError(Code.CONNECT, f"pid {info.pid}: {err}"), valid.key)
-                self.ctx.set(grpcConnected=False, pluginPid=0, **vite)
+                self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="error", **vite)
                 if self._ever_connected:
                     self.ctx.reload_error(err)
             return False
@@ -912,7 +932,7 @@ class External:
         if not port:
             return dict(vitePort=0, viteURL="", viteStatus="idle")
         if answers:
-            return dict(vitePort=port, viteURL=f"http://127.0.0.1:{port}", viteStatus="running")
+            return dict(vitePort=port, viteURL=f"http://127.0.0.1:{port}", viteStatus="ready")
         return dict(vitePort=port, viteURL="", viteStatus="stopped")
 
     def _spawn(self, coro) -> None:

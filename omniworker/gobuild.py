@@ -53,6 +53,9 @@ _POS2 = re.compile(r"^(?P<file>[^\s:][^:]*?):(?P<line>\d+):\s?(?P<msg>.*)$")
 # tool prefixes that may precede a position ("vet: pkg/x.go:1:2: ...")
 _TOOL_PREFIX = re.compile(r"^(?:vet|gofmt|go vet|compile|asm|cgo):\s+")
 _PROGRESS = re.compile(r"^go: (?:downloading|finding|extracting|found|added|upgraded|creating|to add)\b")
+# "warning: ..." after a position (cgo's C compiler), or after a tool name ("ld: warning: ...", "# warning: ...")
+_WARNING = re.compile(r"^warning:\s*", re.IGNORECASE)
+_TOOL_WARNING = re.compile(r"^(?:[\w./+-]+:\s+)?warning:", re.IGNORECASE)
 _TOO_MANY = "too many errors"
 _MAX_FILE_LEN = 4096
 
@@ -84,6 +87,9 @@ def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) 
     Handles `file:line:col: msg`, `file:line: msg`, tab-indented continuation lines (appended to the previous error's
     message), `# package` headers (skipped), "too many errors" (one positionless entry), `go: ...` errors (go.mod,
     module lookup), linker errors and anything else unpositioned (file "", line 0).
+    Severity: "warning" for diagnostics that do not fail a build by themselves: `file:line:col: warning: msg` (the C
+    compiler under cgo; the "warning:" is dropped from the message), `ld: warning: ...`, and vet's diagnostics
+    (`vet: file:line:col: msg`); "error" for everything else.
     """
     errors: list[BuildError] = []
     try:
@@ -115,6 +121,8 @@ def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) 
             m = _POS3.match(body) or _POS2.match(body)
             if m and _looks_like_file(m.group("file")):
                 msg = m.group("msg").strip()
+                severity = "warning" if line.startswith("vet:") or _WARNING.match(msg) else "error"
+                msg = _WARNING.sub("", msg, count=1)
                 if msg == _TOO_MANY:
                     too_many = True
                     last = None
@@ -127,7 +135,7 @@ def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) 
                 except (TypeError, ValueError, OverflowError):
                     line_no, col = 0, 0
                 last = BuildError(file=_resolve(m.group("file"), plugin_dir, base), line=min(line_no, 2**31 - 1),
-                                  column=min(col, 2**31 - 1), message=msg or line)
+                                  column=min(col, 2**31 - 1), message=msg or line, severity=severity)
                 errors.append(last)
                 continue
             if line.strip() == _TOO_MANY:
@@ -141,7 +149,8 @@ def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) 
                 pending_header = line
                 last = None
                 continue
-            last = BuildError(message=line.strip())
+            last = BuildError(message=line.strip(),
+                              severity="warning" if _TOOL_WARNING.match(line.strip()) else "error")
             errors.append(last)
         if pending_header is not None:
             errors.append(BuildError(message=pending_header))
@@ -164,7 +173,7 @@ class BuildResult:
     duration: float = 0.0          # seconds the build command ran (slot wait excluded)
     queued: float = 0.0            # seconds spent waiting for a broker-wide build slot
     output: str = ""               # stdout + stderr lines, in arrival order
-    errors: list[BuildError] = field(default_factory=list)
+    errors: list[BuildError] = field(default_factory=list)      # a successful build's: its warnings
     binary: str = ""               # absolute path of the produced binary
     started: float = 0.0           # loop.time() when the command was spawned
     finished: float = 0.0          # loop.time() when it ended
@@ -367,8 +376,11 @@ class Builder:
             res = BuildResult(ok=False, cancelled=True, returncode=rc, duration=finished - started, queued=queued,
                               output=text, binary=output, started=started, finished=finished)
         elif rc == 0 and os.path.isfile(output):
+            # a successful build may still have printed warnings (cgo's C compiler, the linker): keep those
+            warnings = [e for e in parse_go_errors(text, ctx.dir, cwd) if e.severity == "warning"] \
+                if "warning" in text.lower() else []
             res = BuildResult(ok=True, returncode=0, duration=finished - started, queued=queued, output=text,
-                              binary=output, started=started, finished=finished)
+                              errors=warnings, binary=output, started=started, finished=finished)
         else:
             errs = parse_go_errors(text, ctx.dir, cwd)
             if rc is not None and rc < 0:

@@ -316,7 +316,7 @@ class GoPath:
             ctx.log("go-build", "info", f"building at start: {why}")
             return False
         # what the status said when that binary was built (Omniview shows these)
-        ctx.set(lastBuildTime=str(stamp.get("built", "")), lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
+        ctx.set(lastBuildTime=str(stamp.get("built") or protocol.ZERO_TIME), lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
         ctx.log("go-build", "info",
                 f"sources unchanged since the installed build (stamp {stamp['inputs'][:12]}, built "
                 f"{stamp.get('built', '?')}): starting it without a build; `omnictl rebuild {ctx.id}` forces one")
@@ -411,6 +411,8 @@ class GoPath:
             t["end"] = loop.time()
             return False
         ctx.log("go-build", "info", result.summary())
+        if result.errors:
+            ctx.errors(result.errors)           # warnings of a build that succeeded (severity "warning")
         self._phase = "installing"
         try:
             stamp_error = await asyncio.to_thread(self._install, result, inputs)

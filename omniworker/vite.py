@@ -8,9 +8,9 @@ Lifecycle (explicit): `await vite.start(port)` ... `await vite.stop()`.
 - No `ui/` dir: nothing to run, `viteStatus` stays "idle", no error.
 - No `node_modules`: an error telling the user to run `npm ci` there, or, with `[plugins.<id>.vite] install = true`,
   `npm ci` is run first (its output as `vite` log lines).
-- Readiness: `viteStatus` "starting" -> "running" only once an HTTP request to the port is answered (Vite's own
-  `Accept: text/x-vite-ping` probe, polled with a short backoff, and at once when Vite prints its banner); then
-  `viteURL` = http://127.0.0.1:N. No answer within `start_timeout` (30 s) -> "error", the last stderr lines in
+- Readiness: `viteStatus` "starting" -> "ready" (Omniview's value) only once an HTTP request to the port is answered
+  (Vite's own `Accept: text/x-vite-ping` probe, polled with a short backoff, and at once when Vite prints its
+  banner); then `viteURL` = http://127.0.0.1:N. No answer within `start_timeout` (30 s) -> "error", the last stderr lines in
   `lastError`, an error event, and the restart policy below.
 - Logs: stdout lines -> `vite` log events at level info, stderr -> level error (blank lines dropped; ANSI removed by
   ctx.log).
@@ -261,13 +261,13 @@ class ViteServer:
 
     async def wait_running(self, timeout: float | None = None) -> bool:
         """Wait until Vite answers HTTP (True), or until this start attempt failed / timed out (False)."""
-        if self.ctx.state.viteStatus == "running":
+        if self.ctx.state.viteStatus == "ready":
             return True
         try:
             await asyncio.wait_for(self._settled_event.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        return self.ctx.state.viteStatus == "running"
+        return self.ctx.state.viteStatus == "ready"
 
     # --- supervision -------------------------------------------------------------------------------------------
     async def _supervise(self, port: int) -> None:
@@ -340,7 +340,7 @@ class ViteServer:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
             self._last_errors = None
-            fields: dict[str, Any] = dict(viteStatus="running", vitePort=port, viteURL=f"http://{HOST}:{port}")
+            fields: dict[str, Any] = dict(viteStatus="ready", vitePort=port, viteURL=f"http://{HOST}:{port}")
             if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
                 fields["lastError"] = ""     # lastError is shared with the Go parts: clear it only if ours
             self._my_last_error = ""

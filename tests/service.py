@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -28,9 +29,11 @@ from omnibroker import protocol  # noqa: E402
 from omnibroker.client import Client, parse_event, subscribe_socket  # noqa: E402
 
 
-def copy_example(dest: Path, ui: bool = True, go: bool = True) -> Path:
-    """A private copy of the example plugin (sources only; node_modules linked, not copied)."""
+def copy_example(dest: Path, ui: bool = True, go: bool = True, plugin_id: str | None = None) -> Path:
+    """A private copy of the example plugin (sources only; node_modules linked, not copied). Its plugin.yaml names
+    `plugin_id` (default: the directory's name), the id the copy is registered under."""
     dest.mkdir(parents=True, exist_ok=True)
+    write_plugin_yaml(dest, plugin_id or dest.name)
     if go:
         shutil.copytree(EXAMPLE / "pkg", dest / "pkg")
     if ui:
@@ -38,6 +41,13 @@ def copy_example(dest: Path, ui: bool = True, go: bool = True) -> Path:
         if (EXAMPLE / "ui" / "node_modules").exists():
             link_node_modules(EXAMPLE / "ui", dest / "ui")
     return dest
+
+
+def write_plugin_yaml(dest: Path, plugin_id: str) -> Path:
+    """The example's plugin.yaml with its `id` line naming `plugin_id`."""
+    text = re.sub(r"(?m)^id: .*$", f"id: {plugin_id}", (EXAMPLE / "plugin.yaml").read_text(), count=1)
+    (dest / "plugin.yaml").write_text(text)
+    return dest / "plugin.yaml"
 
 
 def link_node_modules(src_ui: Path, dest_ui: Path) -> None:

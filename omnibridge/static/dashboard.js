@@ -149,7 +149,8 @@ class Card {
     const buildKey = `${st.lastBuildTime}|${st.lastBuildDuration}`;
     if (buildKey !== this.buildKey) {
       this.buildKey = buildKey;
-      this.build.textContent = st.lastBuildTime
+      // "0001-01-01T00:00:00Z" (Go's zero time, as Omniview sends it) means no build yet
+      this.build.textContent = st.lastBuildTime && !st.lastBuildTime.startsWith("0001-")
         ? `${fmtTime(st.lastBuildTime)} (${fmtDuration(st.lastBuildDuration)})` : "—";
     }
     setText(this.path, st.devPath || "—");

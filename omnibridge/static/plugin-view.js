@@ -3,10 +3,10 @@ import { h } from "./dom.js";
 // A plugin's own UI in the dashboard, imported from its Vite dev server (native ESM + HMR).
 // The entry is found the way Omniview's frontend finds it (src/entry.ts), else src/entry.tsx. What it exports decides
 // what is shown: a React component as default export is rendered (with React Fast Refresh); an Omniview plugin object
-// (default export or `plugin`, with `routes`) has its index route's component rendered; a `mount(element, props)`
+// (default export or `plugin`, with its routes: `Routes` as Omniview's loader reads them, a PluginWindow's `_routes`, or
+// `routes` as its docs write them) has its index route's component rendered; a `mount(element, props)`
 // function is called. Whatever the shape, the card lists the module's exports and routes and says that it loaded.
 const ENTRIES = ["/src/entry.ts", "/src/entry.tsx"];
-const VITE_UP = new Set(["ready", "running"]);     // "running": brokers from before Omniview's status names
 const REACT_TYPES = new Set(["react.memo", "react.forward_ref", "react.lazy"].map((n) => Symbol.for(n)));
 const REACT_ELEMENTS = new Set(["react.element", "react.transitional.element"].map((n) => Symbol.for(n)));
 const preambles = new Map();   // Vite base URL -> promise: React Fast Refresh installed for that server
@@ -14,7 +14,8 @@ const preambles = new Map();   // Vite base URL -> promise: React Fast Refresh i
 const errText = (err) => (err && err.message ? err.message : String(err));
 const isElement = (x) => !!x && typeof x === "object" && REACT_ELEMENTS.has(x.$$typeof);
 const isComponent = (x) => typeof x === "function" || (!!x && typeof x === "object" && REACT_TYPES.has(x.$$typeof));
-const isPluginObject = (x) => !!x && typeof x === "object" && !x.$$typeof && Array.isArray(x.routes);
+const routesOf = (x) => [x.Routes, x._routes, x.routes].find(Array.isArray);
+const isPluginObject = (x) => !!x && typeof x === "object" && !x.$$typeof && !!routesOf(x);
 const nameOf = (c) => (isElement(c) ? "element" : (c && (c.displayName || c.name)) || "anonymous");
 const routeView = (r) => r.Component || r.component || r.element;
 
@@ -113,7 +114,7 @@ async function viewOf(base, deps, mod) {
   if (isComponent(mod.default)) return make(`default export ${nameOf(mod.default)}`, mod.default);
   const plugin = isPluginObject(mod.default) ? mod.default : isPluginObject(mod.plugin) ? mod.plugin : null;
   if (plugin) {
-    const route = indexRoute(plugin.routes);
+    const route = indexRoute(routesOf(plugin));
     if (route) return make(`the index route's ${nameOf(routeView(route))}`, routeView(route));
     return { what: "nothing: the plugin object has no index route" };
   }
@@ -140,7 +141,8 @@ export class PluginView {
   }
 
   update(st) {
-    const base = st && VITE_UP.has(st.viteStatus) && st.vitePort
+    // Omniview's frontend loads a dev UI only when `viteStatus === "ready" && vitePort > 0`: so does the dashboard
+    const base = st && st.viteStatus === "ready" && st.vitePort > 0
       ? (st.viteURL || `http://127.0.0.1:${st.vitePort}`).replace(/\/+$/, "") : null;
     if (base === this.base) return;
     this.base = base;
@@ -200,7 +202,7 @@ export class PluginView {
     this.view = view;
     const plugin = isPluginObject(mod.default) ? mod.default : isPluginObject(mod.plugin) ? mod.plugin : null;
     const lines = [`module ${path} loaded; exports: ${describeExports(mod).join(", ") || "none"}`];
-    if (plugin) lines.push(`routes: ${listRoutes(plugin.routes).join(", ") || "none"}`);
+    if (plugin) lines.push(`routes: ${listRoutes(routesOf(plugin)).join(", ") || "none"}`);
     lines.push(`rendering: ${view.what}`);
     this.info.replaceChildren(...lines.map((text) => h("div", { text })));
     this.info.hidden = false;

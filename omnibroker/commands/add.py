@@ -1,19 +1,21 @@
 """`add` control command."""
-from .base import PLUGIN, Command, Prop
+from .base import Command, Prop
 
 
 class Add(Command):
-    """Register a plugin source directory (persisted); its worker program appears in supervisord. `settings` are
-    checked against the settings schema (omnibroker/settings.py): an unknown key or a bad value is refused by name."""
+    """Register a plugin source directory (persisted); its worker program appears in supervisord. The id defaults to
+    the one in the directory's plugin.yaml; an id that differs from it is refused. `settings` are checked against the
+    settings schema (omnibroker/settings.py): an unknown key or a bad value is refused by name."""
     name = "add"
-    properties = {"plugin": PLUGIN, "path": Prop(str, "plugin source directory (absolute)", required=True),
+    properties = {"plugin": Prop(str, "plugin id (default: the id in DIR/plugin.yaml)", positional=True),
+                  "path": Prop(str, "plugin source directory (absolute)", required=True),
                   "settings": Prop(dict, "per-plugin settings, as in omni.toml [plugins.<id>]", default={})}
 
     async def execute(self, broker, props):
         from .. import protocol, settings
-        from ..registry import check_plugin_id, validate_plugin_dir
-        plugin = check_plugin_id(props["plugin"])
+        from ..registry import plugin_id_for_dir, validate_plugin_dir
         path = validate_plugin_dir(props["path"])
+        plugin = plugin_id_for_dir(props.get("plugin"), path)
         try:
             _, worker_settings = settings.check_plugin(props.get("settings") or {})
         except settings.SettingsError as e:

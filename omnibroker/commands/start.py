@@ -14,10 +14,11 @@ class Start(Command):
 
     async def execute(self, broker, props):
         from ..protocol import Desired
-        from ..registry import check_plugin_id, validate_plugin_dir
+        from ..registry import check_plugin_id, plugin_id_for_dir, validate_plugin_dir
         plugin = check_plugin_id(props["plugin"])
         if "path" in props:
-            await broker.add_plugin(plugin, validate_plugin_dir(props.pop("path")), None)
+            path = validate_plugin_dir(props.pop("path"))
+            await broker.add_plugin(plugin_id_for_dir(plugin, path), path, None)
         record = broker.registry.get(plugin)
         missing = broker.check_plugin_dir(plugin)
         if missing:

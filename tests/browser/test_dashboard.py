@@ -50,7 +50,7 @@ def test_dashboard_shows_hello_running(page, omni, shot):
     open_dashboard(page, omni)
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
     expect(page.get_by_test_id("mode-hello")).to_have_text("managed")
-    expect(page.get_by_test_id("vite-status-hello")).to_have_text(re.compile(r"^(running|ready)$"))
+    expect(page.get_by_test_id("vite-status-hello")).to_have_text("ready")
     expect(page.get_by_test_id("go-status-hello")).to_have_text("ready")
     expect(page.get_by_test_id("port-hello")).to_have_text(re.compile(r"^\d+ \(http://127\.0\.0\.1:\d+\)$"))
     expect(page.get_by_test_id("last-build-hello")).to_have_text(re.compile(r"\d\d:\d\d:\d\d\.\d{3} \(\d"))

@@ -417,7 +417,7 @@ def find_child(svc: Service, plugin: str, kind: str, timeout: float = 20.0, poll
 # --- state ------------------------------------------------------------------------------------------------------------
 def managed_ready(s: dict, vite: bool = True) -> bool:
     return (s["mode"] == "managed" and s["goStatus"] == "ready" and s["grpcConnected"] and s["workerStatus"] == "up"
-            and (s["viteStatus"] == "running" if vite else True))
+            and (s["viteStatus"] == "ready" if vite else True))
 
 
 def wait_status(svc: Service, plugin: str, pred: Callable[[dict], bool], timeout: float = 30.0,

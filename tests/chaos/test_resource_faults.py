@@ -80,9 +80,9 @@ def test_port_range_exhausted(tmp_path):
         # both autostart: exactly one gets the only port, the other says why it has none
         states = {}
         for p in ("a", "b"):
-            states[p], _ = wait_status(svc, p, lambda s: s["viteStatus"] in ("running", "error"),
+            states[p], _ = wait_status(svc, p, lambda s: s["viteStatus"] in ("ready", "error"),
                                        what="vite running or error")
-        winner = next(p for p, s in states.items() if s["viteStatus"] == "running")
+        winner = next(p for p, s in states.items() if s["viteStatus"] == "ready")
         loser = "b" if winner == "a" else "a"
         assert states[winner]["vitePort"] == port
         assert "port" in states[loser]["lastError"] and "vite_ports" in states[loser]["lastError"]
@@ -95,13 +95,13 @@ def test_port_range_exhausted(tmp_path):
         assert reply.status == "error" and reply.code == "no_port", reply
         assert f"{port}-{port}" in reply.reason, reply.reason
         # nothing else broke: the winner still serves its UI, the broker answers
-        assert svc.call("status", plugin=winner)["viteStatus"] == "running"
+        assert svc.call("status", plugin=winner)["viteStatus"] == "ready"
         assert svc.call("ping")["epoch"]
         # and the port is reusable once the winner stops
         svc.call("stop", plugin=winner)
         wait_status(svc, winner, lambda s: s["mode"] == "idle", what="winner idle")
         svc.call("start", plugin=loser)
-        state, _ = wait_status(svc, loser, lambda s: s["viteStatus"] == "running", what="loser gets the port")
+        state, _ = wait_status(svc, loser, lambda s: s["viteStatus"] == "ready", what="loser gets the port")
         assert state["vitePort"] == port
         subw.stop()
     finally:

@@ -602,7 +602,7 @@ def test_run_external_with_vite(plugin_bin, home, tmp_path):
         await wait_event(sink, is_status(grpcConnected=True), 30)
         port = ext.info().vitePort
         assert 15173 <= port <= 15273
-        await wait_event(sink, is_status(viteStatus="running", viteURL=f"http://127.0.0.1:{port}"), 40)
+        await wait_event(sink, is_status(viteStatus="ready", viteURL=f"http://127.0.0.1:{port}"), 40)
         assert ctx.state.vitePort == port
         await ext.detach()
         rx.proc.terminate()

@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from service import EXAMPLE, Service, descendants
+from service import EXAMPLE, Service, copy_example, descendants
 
 from omnibroker import protocol
 
@@ -32,13 +32,13 @@ def test_add_creates_worker_program_that_registers(service):
     assert service.request("status", plugin="hello").code == "unknown_plugin"
 
 
-def test_worker_kill_is_seen_and_restarted(service):
+def test_worker_kill_is_seen_and_restarted(service, tmp_path):
     service.call("add", plugin="hello", path=str(EXAMPLE))
     pid = service.wait_program("omniworker-hello")
     service.wait_state("hello", lambda s: s["workerStatus"] == "up", what="worker up")
     events = service.subscribe(protocol.STATUS)
     # Prove the subscription is live before the fault: another plugin's status event must arrive.
-    service.call("add", plugin="probe", path=str(EXAMPLE))
+    service.call("add", plugin="probe", path=str(copy_example(tmp_path / "probe", ui=False, go=False)))
     events.wait(lambda e: e.payload["pluginID"] == "probe", what="subscription live")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -97,10 +97,10 @@ def test_add_refuses_paths_that_are_not_directories(shared_service, tmp_path):
         assert reply.status == "error" and reply.code == "bad_property", reply
 
 
-def test_burst_of_10000_events_has_no_gaps(shared_service):
+def test_burst_of_10000_events_has_no_gaps(shared_service, tmp_path):
     """A fake worker (a real DEALER on the worker socket) floods log events; a subscriber sees every seq."""
     svc = shared_service
-    svc.call("add", plugin="flood", path=str(EXAMPLE))
+    svc.call("add", plugin="flood", path=str(copy_example(tmp_path / "flood", ui=False, go=False)))
     # The real worker for `flood` registers first; our DEALER then registers as a newer incarnation and takes over.
     svc.wait_state("flood", lambda s: s["workerStatus"] == "up", what="worker up")
     sub = svc.subscribe(protocol.LOG)

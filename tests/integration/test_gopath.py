@@ -221,7 +221,8 @@ def test_compile_error_reports_position_keeps_old_then_fix(harness):
             assert (h.dir / err["file"]).is_file()                   # resolves from the plugin dir
             await h.wait_status(5, m, goStatus="error")
             _, rerr = await h.wait(lambda t, p: t == protocol.RELOAD_ERROR, 5, m)
-            assert "pkg/greeting.go:%d:18" % bad_line in rerr["error"]
+            meta, text = rerr                                            # Omniview's [PluginMeta, "error"]
+            assert meta["id"] == h.ctx.id and "pkg/greeting.go:%d:18" % bad_line in text
             assert h.ctx.state.lastError and h.ctx.state.grpcConnected
             assert await h.greet() == "Hello, omni"                   # the old plugin keeps serving
             assert h.ctx.state.pluginPid == pid

@@ -43,7 +43,7 @@ def greet(svc, name="e2e", timeout=10.0) -> str:
 
 
 def ready(s):
-    return s["mode"] == "managed" and s["goStatus"] == "ready" and s["grpcConnected"] and s["viteStatus"] == "running"
+    return s["mode"] == "managed" and s["goStatus"] == "ready" and s["grpcConnected"] and s["viteStatus"] == "ready"
 
 
 def set_greeting(svc, text):
@@ -92,7 +92,7 @@ def test_compile_error_keeps_old_binary_serving(svc):
 def test_rebuild_command_reloads(svc):
     events = svc.subscribe(protocol.RELOAD_COMPLETE)
     assert svc.call("rebuild", plugin="hello")
-    events.wait(lambda e: e.payload["pluginID"] == "hello", what="reload after rebuild")
+    events.wait(lambda e: e.payload["id"] == "hello", what="reload after rebuild")
     assert greet(svc) == "Howdy, e2e"
 
 

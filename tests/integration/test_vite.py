@@ -180,11 +180,11 @@ def test_start_running_serves_transformed_entry_and_logs(example_ui, tmp_path, p
     async def body():
         await vite.start(port)
         assert ctx.state.viteStatus == "starting" and ctx.state.vitePort == port and ctx.state.viteURL == ""
-        await wait_event(sink, is_status("running"), 30)
+        await wait_event(sink, is_status("ready"), 30)
         assert ctx.state.viteURL == f"http://127.0.0.1:{port}"
-        # the status sequence: starting (with the port) -> running (with the URL)
+        # the status sequence: starting (with the port) -> ready (with the URL)
         seq = [(s["viteStatus"], s["vitePort"], s["viteURL"]) for s in statuses(sink)]
-        assert seq[0] == ("starting", port, "") and seq[-1] == ("running", port, f"http://127.0.0.1:{port}")
+        assert seq[0] == ("starting", port, "") and seq[-1] == ("ready", port, f"http://127.0.0.1:{port}")
         status, headers, body = await aget(f"{ctx.state.viteURL}/src/entry.tsx",
                                            headers={"Origin": "http://127.0.0.1:15170"})
         text = body.decode()
@@ -220,7 +220,7 @@ def test_two_plugins_two_ports(example_ui, tmp_path, ports):
     async def body():
         await a.start(pa)
         await b.start(pb)
-        await asyncio.gather(wait_event(sink_a, is_status("running"), 30), wait_event(sink_b, is_status("running"), 30))
+        await asyncio.gather(wait_event(sink_a, is_status("ready"), 30), wait_event(sink_b, is_status("ready"), 30))
         for ctx, d in ((ctx_a, a_dir), (ctx_b, b_dir)):
             _, _, body = await aget(f"{ctx.state.viteURL}/src/App.tsx")
             assert str(d / "ui" / "src" / "App.tsx") in body.decode()      # each serves its own copy
@@ -251,7 +251,7 @@ def test_kill9_vite_restarts_on_same_port(example_ui, tmp_path, ports):
         assert "exited unexpectedly" in sink.events[i][1]["lastError"]
         e = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10, after=mark)
         assert "SIGKILL" in sink.events[e][1]["errors"][0]["message"]
-        j = await wait_event(sink, is_status("running"), 30, after=i)
+        j = await wait_event(sink, is_status("ready"), 30, after=i)
         assert sink.events[j][1]["vitePort"] == port and sink.events[j][1]["viteURL"].endswith(f":{port}")
         assert vite.pid and vite.pid != first and vite.restart_count == 1
         status, _, _ = await aget(f"http://127.0.0.1:{port}/src/entry.tsx")
@@ -373,7 +373,7 @@ def test_hmr_update_reaches_a_websocket_client(example_ui, tmp_path, ports):
             _, _, body = await aget(f"{base}/src/App.tsx?t={msg['updates'][0]['timestamp']}")
             assert "Hello again from hello-plugin" in body.decode()
         # HMR stays between Vite and its client: no error or status events from the edit
-        assert ctx.state.viteStatus == "running"
+        assert ctx.state.viteStatus == "ready"
         assert not [e for e in sink.events if e[0] == protocol.ERROR]
 
     try:
@@ -427,14 +427,14 @@ def test_config_broken_while_running_gives_error_event_and_keeps_serving(example
         line = 1 + good.splitlines().index(next(x for x in good.splitlines() if "plugins: [react()]," in x))
         assert err["file"] == str(cfg) and err["line"] == line and err["column"] > 0
         # Vite keeps the old config and goes on serving
-        assert ctx.state.viteStatus == "running"
+        assert ctx.state.viteStatus == "ready"
         status, _, _ = await aget(f"http://127.0.0.1:{port}/src/entry.tsx")
         assert status == 200
         mark = len(sink.events)
         cfg.write_text(good)
         await wait_event(sink, lambda t, p: t == protocol.LOG and "server restarted" in p[0]["message"], 15,
                          after=mark)
-        assert ctx.state.viteStatus == "running"
+        assert ctx.state.viteStatus == "ready"
 
     try:
         run(body(), vite)
@@ -514,11 +514,11 @@ def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_p
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10)
         assert any(f"{port}" in e["message"] and "in use" in e["message"] for e in sink.events[i][1]["errors"])
         assert ctx.state.vitePort == port and ctx.state.viteStatus == "error"
-        assert not [p for t, p in sink.events if t == protocol.STATUS and p["viteStatus"] == "running"]
+        assert not [p for t, p in sink.events if t == protocol.STATUS and p["viteStatus"] == "ready"]
         mark = len(sink.events)
         await asyncio.to_thread(foreign.shutdown)
         foreign.server_close()                           # the port frees up: the next attempt gets it
-        await wait_event(sink, is_status("running"), 30, after=mark)
+        await wait_event(sink, is_status("ready"), 30, after=mark)
         assert ctx.state.vitePort == port
 
     try:
@@ -677,11 +677,11 @@ def test_backoff_resets_after_a_healthy_run(tmp_path):
         await vite.start(port)
         for n in range(1, 4):            # quick crashes: 0.05, 0.1, 0.2
             mark = len(sink.events)
-            await wait_event(sink, is_status("running"), 10, after=mark if n > 1 else 0)
+            await wait_event(sink, is_status("ready"), 10, after=mark if n > 1 else 0)
             await aget(f"http://127.0.0.1:{port}/exit")
             await wait_event(sink, lambda t, p: len(restarts()) >= n, 10)
         assert restarts() == [0.05, 0.1, 0.2]
-        await wait_event(sink, is_status("running"), 10, after=len(sink.events) - 1)
+        await wait_event(sink, is_status("ready"), 10, after=len(sink.events) - 1)
         started = time.monotonic()
         # stay healthy past HEALTHY_RESET (wait on our own clock via Vite's readiness, not a fixed sleep)
         while time.monotonic() - started < vite.HEALTHY_RESET + 0.05:

@@ -58,6 +58,14 @@ def test_good_contents_parse():
     assert info.vitePort == 0
 
 
+@pytest.mark.parametrize("absent", [{"pluginId": ...}, {"pluginId": ""}, {"pluginId": ..., "version": ..., "startedAt": ...}])
+def test_plugin_id_version_and_started_at_are_optional(absent):
+    """Omniview's DevInfoFile has pluginId, version and startedAt `omitempty`: its SDK may leave them out; the
+    directory names the plugin."""
+    info = parse_devinfo(raw(good(**absent)), PLUGIN)
+    assert info.pid == os.getpid() and info.pluginId in ("", PLUGIN)
+
+
 @pytest.mark.parametrize("data, code", [
     (b"", Code.JSON),
     (b"{", Code.JSON),
@@ -67,7 +75,6 @@ def test_good_contents_parse():
     (b"null", Code.SHAPE),
     (raw(good(pid=...)), Code.SHAPE),
     (raw(good(addr=...)), Code.SHAPE),
-    (raw(good(pluginId=...)), Code.SHAPE),
     (raw(good(pid="123")), Code.SHAPE),
     (raw(good(pid=1.5)), Code.SHAPE),
     (raw(good(pid=True)), Code.SHAPE),
@@ -160,7 +167,7 @@ def _check_parse(data: bytes) -> None:
         assert_structured(e)
         return
     # Whatever passes really has the promised properties.
-    assert info.pluginId == PLUGIN and info.protocol == "grpc" and info.protocolVersion == 1
+    assert info.pluginId in (PLUGIN, "") and info.protocol == "grpc" and info.protocolVersion == 1
     assert 0 < info.pid < 2**31 and 0 <= info.vitePort <= 65535
     network, address = parse_addr(info.addr)
     if network == "tcp":

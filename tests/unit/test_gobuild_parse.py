@@ -149,6 +149,40 @@ def test_vet_prefix_and_ansi_stripped():
                                                     E("pkg/y.go", 1, 1, "red")]
 
 
+def test_severity_error_for_the_compiler_warning_for_vet_cgo_and_linker_warnings():
+    out = ("# _/tmp/hp/pkg\n"
+           "pkg/a.go:3:2: undefined: x\n"
+           "vet: pkg/a.go:7:3: unreachable code\n"
+           "pkg/w.go:5:3: warning: #warning careful [-Wcpp]\n"
+           "/usr/bin/ld: warning: creating DT_TEXTREL in a PIE\n"
+           "main.main: relocation target x not defined\n")
+    got = [(e.file, e.line, e.message, e.severity) for e in parse_go_errors(out, PLUGIN)]
+    assert got == [("pkg/a.go", 3, "undefined: x", "error"),
+                   ("pkg/a.go", 7, "unreachable code", "warning"),
+                   ("pkg/w.go", 5, "#warning careful [-Wcpp]", "warning"),
+                   ("", 0, "/usr/bin/ld: warning: creating DT_TEXTREL in a PIE", "warning"),
+                   ("", 0, "main.main: relocation target x not defined", "error")]
+
+
+@pytest.mark.skipif(shutil.which("go") is None or shutil.which("gcc") is None, reason="no go or gcc")
+def test_a_successful_build_keeps_its_warnings(tmp_path):
+    """A real cgo build whose C compiler warns: the build succeeds, and the warnings come back with severity
+    "warning" (the worker publishes them as an error event)."""
+    import asyncio
+
+    from omnibroker import protocol
+    from omniworker.context import NullSink, PluginContext
+    pkg = tmp_path / "plug" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "main.go").write_text('package main\n\n// #warning careful here\nimport "C"\n\nfunc main() {}\n')
+    ctx = PluginContext(protocol.PluginSpec(id="w", path=str(tmp_path / "plug"), settings={
+        "build": {"env": {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "CGO_ENABLED": "1"}}}), NullSink())
+    result = asyncio.run(gobuild.Builder(ctx).build())
+    assert result.ok, result.output
+    assert [(e.file, e.line, e.severity) for e in result.errors] == [("pkg/main.go", 3, "warning")], result.output
+    assert "careful here" in result.errors[0].message
+
+
 def test_empty_output():
     assert parse_go_errors("", PLUGIN) == []
     assert parse_go_errors("\n\n  \n", PLUGIN) == []
@@ -193,7 +227,7 @@ def test_fuzz_never_raises_structured(lines, build_dir):
     errs = parse_go_errors("\n".join(lines), PLUGIN, build_dir)
     for e in errs:
         assert 0 <= e.line < 2**31 and 0 <= e.column < 2**31
-        assert e.message is not None
+        assert e.message is not None and e.severity in ("error", "warning")
 
 
 # --- install ------------------------------------------------------------------------------------------------------

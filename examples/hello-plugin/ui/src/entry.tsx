@@ -1,4 +1,5 @@
-// Entry point for a host page on another origin:
+// Omniview imports src/entry.ts (the plugin object). This file is for any other host page, on
+// another origin, that mounts the UI itself:
 //   const { mount } = await import("http://127.0.0.1:<port>/src/entry.tsx");
 //   const unmount = mount(element, { greet: () => callGreetSomehow() });
 //
