@@ -66,25 +66,61 @@ function installPreamble(base) {
   return preambles.get(base);
 }
 
+/** The plugin's own modules reachable from `entry` by static imports (at most `limit`), as Vite serves them: asking
+ *  for each one makes Vite's import analysis see every bare import the UI makes (see settleDeps). */
+async function crawl(base, entry, limit = 60) {
+  const seen = new Set([entry]);
+  const queue = [entry];
+  const texts = [];
+  while (queue.length && texts.length < limit) {
+    const path = queue.shift();
+    const text = await fetch(base + path, { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => "");
+    texts.push(text);
+    for (const m of text.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*["'](\/[^"'?\s]+)(?:\?[^"']*)?["']/g)) {
+      const dep = m[1];
+      if (!dep.startsWith("/@") && !dep.includes("/node_modules/") && !seen.has(dep)) {
+        seen.add(dep);
+        queue.push(dep);
+      }
+    }
+  }
+  return texts;
+}
+
 /** Where the plugin's Vite keeps its pre-bundled dependencies: {dir, hash} or null (no react-dom in that UI).
- *  Vite pre-bundles a dependency the first time a module asks for it (react-dom/client: when the dashboard does); when
- *  that changes the bundle, what it served before names stale copies (HTTP 504 "Outdated Optimize Dep"; Vite 8 then
- *  answers `/@id/react` with 504 for good). So before importing anything the dashboard asks for the entry and
- *  react-dom/client as text until the deps version in their URLs (`?v=`) stops changing. */
+ *  Vite pre-bundles a dependency the first time a module asks for it (react-dom/client: when the dashboard does; a
+ *  component's imports: when that module is first transformed); when that changes the bundle, what it served before
+ *  names stale copies (HTTP 504 "Outdated Optimize Dep"; Vite 8 then answers `/@id/react` with 504 for good), and a
+ *  module graph that imported one fails for the life of the page. So before importing anything the dashboard asks,
+ *  as text, for every module the entry reaches and for react-dom/client, until the deps version in their URLs (`?v=`)
+ *  stops changing. */
 async function settleDeps(base, entry) {
   let last = null;
   let deps = null;
   for (let round = 0; round < 25; round++) {
-    const texts = await Promise.all([entry, "/@id/react-dom/client"].map((p) =>
-      fetch(base + p, { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => "")));
-    const versions = [...new Set(texts.join("\n").match(/[?&]v=[0-9a-f]+/g) || [])].sort().join();
-    const m = texts[1].match(/["'](\/[^"'\s]*?\/deps\/)[\w.-]+\.js\?v=([0-9a-f]+)["']/);
+    const [client, ...texts] = await Promise.all([
+      fetch(base + "/@id/react-dom/client", { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => ""),
+      ...(await crawl(base, entry))]);
+    const versions = [...new Set([client, ...texts].join("\n").match(/[?&]v=[0-9a-f]+/g) || [])].sort().join();
+    const m = client.match(/["'](\/[^"'\s]*?\/deps\/)[\w.-]+\.js\?v=([0-9a-f]+)["']/);
     deps = m ? { dir: m[1], hash: m[2] } : null;
     if (versions === last) break;
     last = versions;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   return deps;
+}
+
+/** A module graph that imported a stale pre-bundled dependency stays broken for this page (the browser keeps the
+ *  failed fetch): reload the page, at most once a minute per Vite server, as Vite's own client does. */
+function reloadForStaleDeps(base, err) {
+  if (!/\/\.vite\/deps\//.test(errText(err))) return false;
+  const key = `omni-deps-reload:${base}`;
+  const last = Number(sessionStorage.getItem(key) || 0);
+  if (Date.now() - last < 60000) return false;
+  sessionStorage.setItem(key, String(Date.now()));
+  location.reload();
+  return true;
 }
 
 /** React and react-dom/client as the plugin's own modules see them: Vite's pre-bundled copies at the URLs its import
@@ -194,7 +230,7 @@ export class PluginView {
       mod = await import(/* @vite-ignore */ retry ? `${url}?omni_retry=${Date.now()}` : url);
       view = await viewOf(base, deps, mod);
     } catch (err) {
-      if (!stale()) this._fail(`could not import ${url}: ${errText(err)}`, base);
+      if (!stale() && !reloadForStaleDeps(base, err)) this._fail(`could not import ${url}: ${errText(err)}`, base);
       return;
     }
     if (stale()) return;
