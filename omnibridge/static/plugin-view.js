@@ -66,55 +66,97 @@ function installPreamble(base) {
   return preambles.get(base);
 }
 
-/** The plugin's own modules reachable from `entry` by static imports (at most `limit`), as Vite serves them: asking
- *  for each one makes Vite's import analysis see every bare import the UI makes (see settleDeps). */
+// Vite's pre-bundled dependencies (react, react-dom/client, ...) are files `<cacheDir>/deps/<flattened id>.js`, which
+// Vite's import analysis writes into the modules it serves as `<that path>?v=<hash>`. The hash is each dependency's
+// own, not one per bundle: the deps of the start-up scan, each batch discovered later, and the shared chunks they
+// import get different ones (a dep keeps its hash when a later re-bundle leaves its file unchanged), and Vite answers
+// any other hash with HTTP 504 "Outdated Optimize Dep", for good. So a dep's URL cannot be made from another's hash:
+// the dashboard imports a dep at the URL Vite wrote in the plugin's modules, and a dep they do not import (Omniview's
+// entries never import react-dom) as the file without a hash, which Vite serves as it is now. Not as `/@id/<dep>`:
+// once a re-bundle has reloaded pages, Vite answers such a URL with 504 until it restarts (it stays bound to the
+// version it first resolved).
+const DEP_URL = /["'](\/[^"'\s?]*\/deps\/)([\w.$-]+)\.js(\?v=[\w.-]+)?["']/g;
+// A URL the browser has never seen for the hash-less files, once per page: Vite marks dep files `immutable`, so a
+// browser would otherwise keep an older Vite's copy for a year. (`t` is Vite's own HMR query: Vite ignores it.)
+const PAGE_STAMP = `t=${Date.now()}`;
+
+const getText = (url) => fetch(url, { cache: "no-store" })
+  .then(async (r) => ({ status: r.status, text: r.ok ? await r.text() : "" }), () => ({ status: 0, text: "" }));
+/** The dep files a module's text names: [{dir, name (flattened id: "react-dom_client"), url (as written)}]. */
+const depsIn = (text) => [...text.matchAll(DEP_URL)]
+  .map((m) => ({ dir: m[1], name: m[2], url: `${m[1]}${m[2]}.js${m[3] || ""}` }));
+const importsOf = (text) => new Set(depsIn(text).map((d) => d.url));
+
+/** The plugin's own modules reachable from `entry` by imports (at most `limit`), as text, as Vite serves them: asking
+ *  for each one makes Vite's import analysis see, and pre-bundle, every bare import the UI makes (see settleDeps). */
 async function crawl(base, entry, limit = 60) {
   const seen = new Set([entry]);
-  const queue = [entry];
+  let level = [entry];
   const texts = [];
-  while (queue.length && texts.length < limit) {
-    const path = queue.shift();
-    const text = await fetch(base + path, { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => "");
-    texts.push(text);
-    for (const m of text.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*["'](\/[^"'?\s]+)(?:\?[^"']*)?["']/g)) {
-      const dep = m[1];
-      if (!dep.startsWith("/@") && !dep.includes("/node_modules/") && !seen.has(dep)) {
-        seen.add(dep);
-        queue.push(dep);
+  while (level.length && texts.length < limit) {
+    const got = await Promise.all(level.map((path) => getText(base + path)));     // one import depth at a time
+    level = [];
+    for (const { text } of got) {
+      texts.push(text);
+      for (const m of text.matchAll(/(?:\bfrom|\bimport)\s*\(?\s*["'](\/[^"'?\s]+)(?:\?[^"']*)?["']/g)) {
+        const dep = m[1];
+        const vite = /^\/@(?!fs\/)/.test(dep) || dep.includes("/node_modules/") || /\/deps\/[^/]+$/.test(dep);
+        if (!vite && !seen.has(dep) && seen.size < limit) {
+          seen.add(dep);
+          level.push(dep);
+        }
       }
     }
   }
   return texts;
 }
 
-/** Where the plugin's Vite keeps its pre-bundled dependencies: {dir, hash} or null (no react-dom in that UI).
- *  Vite pre-bundles a dependency the first time a module asks for it (react-dom/client: when the dashboard does; a
- *  component's imports: when that module is first transformed); when that changes the bundle, what it served before
- *  names stale copies (HTTP 504 "Outdated Optimize Dep"; Vite 8 then answers `/@id/react` with 504 for good), and a
- *  module graph that imported one fails for the life of the page. So before importing anything the dashboard asks,
- *  as text, for every module the entry reaches and for react-dom/client, until the deps version in their URLs (`?v=`)
- *  stops changing. */
+/** Waits until the plugin's Vite has pre-bundled every dependency its UI imports, plus react and react-dom/client
+ *  for the dashboard, in one bundle that does not change any more; returns where the dashboard imports React from
+ *  ({react, client} URL paths, or null when the UI has no react-dom).
+ *  Vite pre-bundles a dependency when a module first asks for it; a dependency discovered after others were bundled
+ *  (react-dom/client: asked for by the dashboard only) can change the bundle, and then the URLs served before name
+ *  stale copies (504) and a module graph that imported one fails for the life of the page. So before importing
+ *  anything, each round asks, as text, for every module the entry reaches and for the two React entry points, then
+ *  for every dep file those name: Vite answers a dep once the bundle that has it is written, and 504 if the URL is of
+ *  an older bundle. Settled: two rounds alike, every file served, and React's own chunk imported by react-dom/client
+ *  too (one React for the plugin's components and the dashboard's root). */
 async function settleDeps(base, entry) {
   let last = null;
-  let deps = null;
+  let candidate = null;
   for (let round = 0; round < 25; round++) {
-    const [client, ...texts] = await Promise.all([
-      fetch(base + "/@id/react-dom/client", { cache: "no-store" }).then((r) => (r.ok ? r.text() : ""), () => ""),
-      ...(await crawl(base, entry))]);
-    const versions = [...new Set([client, ...texts].join("\n").match(/[?&]v=[0-9a-f]+/g) || [])].sort().join();
-    const m = client.match(/["'](\/[^"'\s]*?\/deps\/)[\w.-]+\.js\?v=([0-9a-f]+)["']/);
-    deps = m ? { dir: m[1], hash: m[2] } : null;
-    if (versions === last) break;
-    last = versions;
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // (asking for `/@id/<dep>` makes Vite discover and bundle that dep; its answer is only used below to see whether
+    // the UI has the dep at all, and where Vite keeps its deps)
+    const [client, texts] = await Promise.all([getText(`${base}/@id/react-dom/client`), crawl(base, entry)]);
+    const written = depsIn(texts.join("\n"));
+    if (!written.some((d) => d.name === "react")) await getText(`${base}/@id/react`);
+    const dir = (written[0] || depsIn(client.text)[0] || {}).dir;
+    // 404: no react-dom in this UI (a mount() entry may not need it); else (200, or 504 for a stale /@id/) it has one
+    const hasClient = client.status !== 404 && client.status !== 500 && !!dir;
+    const pick = (name) => (written.find((d) => d.name === name) || {}).url || `${dir}${name}.js?${PAGE_STAMP}`;
+    const react = hasClient ? { react: pick("react"), client: pick("react-dom_client") } : null;
+    const urls = [...new Set([...written.map((d) => d.url), ...(react ? [react.react, react.client] : [])])].sort();
+    const got = await Promise.all(urls.map((u) => getText(base + u)));
+    let ok = got.every((r) => r.status === 200);
+    if (ok && react) {
+      const reactImports = importsOf(got[urls.indexOf(react.react)].text);
+      const clientImports = importsOf(got[urls.indexOf(react.client)].text);
+      ok = reactImports.size > 0 && [...reactImports].every((u) => clientImports.has(u));
+    }
+    const key = ok ? urls.join() : null;
+    if (key && key === last) return react;
+    last = key;
+    candidate = react;
+    if (!ok) await new Promise((resolve) => setTimeout(resolve, 200));   // a re-bundle is being written
   }
-  return deps;
+  console.warn(`${base}: Vite's pre-bundled dependencies did not settle; importing React from`, candidate);
+  return candidate;
 }
 
 /** A module graph that imported a stale pre-bundled dependency stays broken for this page (the browser keeps the
  *  failed fetch): reload the page, at most once a minute per Vite server, as Vite's own client does. */
 function reloadForStaleDeps(base, err) {
-  if (!/\/\.vite\/deps\//.test(errText(err))) return false;
+  if (!/\/deps\//.test(errText(err))) return false;
   const key = `omni-deps-reload:${base}`;
   const last = Number(sessionStorage.getItem(key) || 0);
   if (Date.now() - last < 60000) return false;
@@ -123,12 +165,11 @@ function reloadForStaleDeps(base, err) {
   return true;
 }
 
-/** React and react-dom/client as the plugin's own modules see them: Vite's pre-bundled copies at the URLs its import
- *  analysis writes for bare imports (`<deps dir>/react.js?v=<hash>`), so the page has one React. */
+/** React and react-dom/client at the URLs settleDeps found, so the page has one React. */
 async function reactFrom(base, deps) {
   if (!deps) throw new Error(`${base} serves no pre-bundled react-dom/client (is react-dom a dependency of the UI?)`);
-  const [react, client] = await Promise.all([import(/* @vite-ignore */ `${base}${deps.dir}react.js?v=${deps.hash}`),
-    import(/* @vite-ignore */ `${base}${deps.dir}react-dom_client.js?v=${deps.hash}`)]);
+  const [react, client] = await Promise.all([import(/* @vite-ignore */ base + deps.react),
+    import(/* @vite-ignore */ base + deps.client)]);
   const React = react.createElement ? react : react.default;
   const createRoot = client.createRoot || (client.default && client.default.createRoot);
   return { React, createRoot };
