@@ -30,7 +30,7 @@ def test_overrunning_stop_is_abandoned_and_the_worker_restarted(tmp_path):
         stubborn = []
         while not stubborn:
             assert time.monotonic() < deadline, "the stubborn process never started"
-            stubborn = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"][-1:] == [STUBBORN]]
+            stubborn = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-1:] == [STUBBORN]]
             time.sleep(0.05)    # polling the process table
         worker = svc.wait_program(f"omniworker-{PLUGIN}")
 

@@ -62,6 +62,7 @@ def test_full_runtime_dir_changes_nothing(tmp_path):
     q1 = copy_example(tmp_path / "q1", ui=False)
     q2 = copy_example(tmp_path / "q2", ui=False)
     q3 = copy_example(tmp_path / "q3", ui=False)
+    q2_moved = copy_example(tmp_path / "q2-moved", ui=False, plugin_id="q2")
     svc = Service(plugin_toml("q1", q1, autostart=False))
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(svc.runtime)], check=True)
     try:
@@ -80,7 +81,7 @@ def test_full_runtime_dir_changes_nothing(tmp_path):
         full = f"the runtime dir {svc.runtime} is full"
         attempts = [("add", {"plugin": "q3", "path": str(q3)}), ("remove", {"plugin": "q2"}),
                     ("remove", {"plugin": "q1"}), ("start", {"plugin": "q1"}), ("attach", {"plugin": "q2"}),
-                    ("stop", {"plugin": "q2"}), ("add", {"plugin": "q2", "path": str(q3)})]
+                    ("stop", {"plugin": "q2"}), ("add", {"plugin": "q2", "path": str(q2_moved)})]
         answers = []
         for command, props in attempts:
             t0 = time.monotonic()

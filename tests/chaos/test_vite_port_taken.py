@@ -29,6 +29,9 @@ def test_vite_moves_off_a_port_taken_after_allocation(tmp_path):
         f"env = {{ PORT_FILE = {toml_str(str(port_file))}, GO_FILE = {toml_str(str(go_file))} }}\n")
     svc = Service(config)
     squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # as Vite binds (Node sets SO_REUSEADDR): a connection of an earlier server in TIME_WAIT does not block the bind,
+    # a listening socket still does
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         svc.start()
         deadline = time.monotonic() + 60
