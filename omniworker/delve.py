@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import stat
 from typing import Any, Callable, NamedTuple
 
@@ -54,6 +55,7 @@ LISTENING_PREFIX = "API server listening at:"
 DEFAULT_TIMEOUT = 30.0                      # s for delve to listen and the target to print its handshake
 CALL_TIMEOUT = 10.0                         # s for a JSON-RPC answer (continue excepted: it answers on a stop)
 _PORT_TAKEN = "address already in use"
+_EXITED = "has exited with status"
 
 
 class DelveError(Exception):
@@ -194,7 +196,12 @@ class DelveClient:
     # --- the calls a worker needs ------------------------------------------------------------------------------
     async def state(self) -> dict[str, Any]:
         """The target's state without waiting for it to stop (`Running`, `exited`, `currentThread`, `Pid`)."""
-        return (await self.call("State", {"NonBlocking": True}))["State"]
+        try:
+            return (await self.call("State", {"NonBlocking": True}))["State"]
+        except DelveError as e:
+            if _EXITED in str(e):            # delve answers an error, not a state, once the target has exited
+                return {"Running": False, "exited": True}
+            raise
 
     async def stopped_at(self) -> Stop | None:
         """Where the target is halted, or None when it runs (or has exited)."""
@@ -392,20 +399,24 @@ class DelveTarget:
         """Where the target is halted (a breakpoint, a halt from an IDE), or None when it runs."""
         return await self._client().stopped_at()
 
-    async def restart(self, *, timeout: float = DEFAULT_TIMEOUT) -> Restarted:
+    async def restart(self, *, timeout: float = DEFAULT_TIMEOUT, grace: float = 2.0) -> Restarted:
         """Re-execute the binary now installed at the same path under the same delve (same port, breakpoints kept),
-        let it run, and return its new handshake line, the breakpoints kept and those delve discarded."""
+        let it run, and return its new handshake line, the breakpoints kept and those delve discarded.
+
+        A running target is sent SIGTERM first (go-plugin's graceful exit; within `grace` s, else it is halted):
+        delve restarts an exited target at once, while halting a running one takes it about half a second. A
+        halted target (a breakpoint) is restarted as it stands."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         client = self._client()
         self.timings["restart"] = loop.time()
-        if (await client.state()).get("Running"):
+        if (await client.state()).get("Running") and not await _terminate(self.plugin_pid, grace):
             await client.halt()
         while not self._handshakes.empty():
             self._handshakes.get_nowait()
         old_socket = self.socket
         discarded = await client.restart()
-        _remove_socket(old_socket)          # the old target was killed: go-plugin leaves its socket behind
+        _remove_socket(old_socket)          # the old target is gone: a killed go-plugin leaves its socket behind
         kept = await client.breakpoints()   # the new target is halted at its entry until continued
         self.resume()
         line = await self._next_handshake(deadline, timeout)
@@ -456,6 +467,26 @@ class DelveTarget:
                 await asyncio.wait_for(asyncio.shield(self.child.wait()), min(1.0, grace))
         await self._abort()
         return self.child.returncode
+
+
+async def _terminate(pid: int, grace: float) -> bool:
+    """SIGTERM to `pid` (not our child: delve's); True once it has ended, within `grace` s."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    try:
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.wait_for(ended, grace)
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _remove_socket(path: str) -> None:
