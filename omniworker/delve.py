@@ -109,6 +109,11 @@ def debug_build(command: list[str], env: dict[str, str]) -> tuple[list[str], dic
     return cmd, {**env, "OMNI_DEBUG": "1", "OMNI_DEBUG_GCFLAGS": DEBUG_GCFLAGS}
 
 
+def is_delve_line(line: str) -> bool:
+    """A line delve prints on the target's stdout (not the target's own output)."""
+    return line.startswith(LISTENING_PREFIX)
+
+
 def stop_of(state: dict[str, Any]) -> Stop | None:
     """The Stop described by a delve `State`, or None when the target runs or has exited."""
     if state.get("Running") or state.get("exited"):
@@ -211,12 +216,24 @@ class DelveClient:
         """Stop the target; returns its state (a `continue` in flight answers too)."""
         return (await self.call("Command", {"name": "halt"}))["State"]
 
-    def resume(self) -> asyncio.Future:
+    def resume(self) -> asyncio.Future[dict[str, Any]]:
         """`continue`: the target runs; the future resolves with its state when it stops next (a breakpoint, a
-        halt, its exit), which may be never: nobody has to await it."""
-        fut = self.send("Command", {"name": "continue"})
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return fut
+        halt, its exit: `exited`, `exitStatus`), which may be never: nobody has to await it."""
+        sent = self.send("Command", {"name": "continue"})
+        stopped: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def relay(f: asyncio.Future) -> None:
+            if stopped.done():
+                return
+            if f.cancelled():
+                stopped.cancel()
+            elif f.exception() is not None:
+                stopped.set_exception(f.exception())
+            else:
+                stopped.set_result(f.result().get("State") or {})
+        sent.add_done_callback(relay)
+        stopped.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return stopped
 
     async def create_breakpoint(self, file: str, line: int, **fields: Any) -> dict[str, Any]:
         """A breakpoint at file:line (absolute path); the target must be halted."""
@@ -300,7 +317,7 @@ class DelveTarget:
         if stream == "stdout":
             if looks_like_handshake(line):
                 self._handshakes.put_nowait(line.strip())
-            elif line.startswith(LISTENING_PREFIX):
+            elif is_delve_line(line):
                 if not self._listening.done():
                     self._listening.set_result(None)
                 self.ctx.log("manager", "info", f"delve: {line.strip()}")
@@ -391,7 +408,8 @@ class DelveTarget:
 
     def resume(self) -> asyncio.Future[dict]:
         """Let the halted target run; `next_stop` (the future returned) resolves with delve's state when it stops
-        next: a breakpoint, a halt (from omni or an IDE), its exit. DelveError if delve goes away first."""
+        next: a breakpoint, a halt (from omni or an IDE), or its exit (`exited: true`, `exitStatus`; delve stays, and
+        `restart` runs the binary again). DelveError if delve goes away first."""
         self.next_stop = self._client().resume()
         return self.next_stop
 

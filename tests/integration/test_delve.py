@@ -112,7 +112,8 @@ async def hit_breakpoint(target: DelveTarget, host: PluginHost, main_go: Path, l
     state = await asyncio.wait_for(target.next_stop, 30)
     assert not call.done()
     stop = await target.paused()
-    assert stop is not None and (stop.file, stop.line) == (str(main_go), line), (stop, state["currentThread"])
+    assert stop is not None and (stop.file, stop.line) == (str(main_go), line), (stop, state)
+    assert state["currentThread"]["breakPoint"]["id"] == stop.breakpoint
     assert stop.breakpoint > 0 and stop.function == "main.(*greeter).Greet"
     assert not await host.health(timeout=0.5)            # paused: no gRPC answer, health checks included
     assert await target.paused() == stop
@@ -216,6 +217,31 @@ def test_killed_delve_is_noticed_and_leaves_nothing(src, env):
 
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")     # one that user nobody may run
+
+
+def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
+    """The plugin dies, delve stays: the pending continue answers with the exit; restart runs the binary again."""
+    binary = str(go_build(src))
+    port = debug_port()
+
+    async def main():
+        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        target = DelveTarget(ctx, port)
+        await target.start(binary, plugin_env(), timeout=60)
+        try:
+            first = target.plugin_pid
+            os.kill(first, signal.SIGKILL)
+            state = await asyncio.wait_for(target.next_stop, 10)
+            assert state["exited"] and target.running and await target.paused() is None
+            restarted = await target.restart(timeout=60)
+            assert target.plugin_pid not in (0, first)
+            host = await connect(ctx, restarted.handshake)
+            assert (await greet(host, "back")).endswith(", back")
+            await host.close()
+        finally:
+            await target.stop()
+
+    run(main())
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None or SYSTEM_PYTHON is None,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from omniworker.delve import (DEBUG_GCFLAGS, DelveClient, DelveError, Stop, debug_build, delve_argv, find_dlv,
-                              stop_of)
+                              is_delve_line, stop_of)
 
 
 def test_delve_argv():
@@ -16,6 +16,11 @@ def test_delve_argv():
         "/usr/bin/dlv", "exec", "--headless", "--accept-multiclient", "--api-version=2", "--only-same-user",
         "--listen=127.0.0.1:2345", "/h/bin/plugin"]
     assert delve_argv("dlv", "p", 2400, ["-v", "x"])[-4:] == ["p", "--", "-v", "x"]
+
+
+def test_delve_lines():
+    assert is_delve_line("API server listening at: 127.0.0.1:2345")
+    assert not is_delve_line("1|1|unix|/tmp/plugin123|grpc|")
 
 
 def test_debug_build_go_build_and_custom_commands():
