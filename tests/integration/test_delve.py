@@ -8,6 +8,7 @@ noticed, nothing left behind. Another user cannot connect. Every wait is on an e
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -107,7 +107,6 @@ async def gone(pids: list[int], timeout: float = 10) -> None:
 async def hit_breakpoint(target: DelveTarget, host: PluginHost, main_go: Path, line: int, name: str):
     """A Greet call to the running target stops at the breakpoint (the pending continue answers, the state says
     where); continued, it answers. Returns the reply."""
-    assert await target.paused() is None
     call = asyncio.ensure_future(greet(host, name))
     state = await asyncio.wait_for(target.next_stop, 30)
     assert not call.done()
@@ -212,6 +211,32 @@ def test_killed_delve_is_noticed_and_leaves_nothing(src, env):
         with pytest.raises(DelveError, match="not running"):
             await target.paused()
         await target.stop()
+
+    run(main())
+
+
+def test_dap_on_the_same_port(src, env):
+    """delve 1.20 answers DAP (VS Code's dlv-dap) on the JSON-RPC port; omni's own connection is unaffected."""
+    binary = str(go_build(src))
+    port = debug_port()
+
+    async def main():
+        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        target = DelveTarget(ctx, port)
+        await target.start(binary, plugin_env(), timeout=60)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
+                               "arguments": {"adapterID": "go"}}).encode()
+            writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(header.split(b":")[1])
+            reply = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+            assert reply["type"] == "response" and reply["command"] == "initialize" and reply["success"]
+            writer.close()
+            assert await target.paused() is None
+        finally:
+            await target.stop()
 
     run(main())
 
