@@ -337,6 +337,8 @@ class DelveTarget:
         deadline = loop.time() + timeout
         self.binary = binary
         argv = delve_argv(find_dlv(env), binary, self.port, args)
+        if not os.access(binary, os.X_OK) or not os.path.isfile(binary):
+            raise DelveError(f"cannot run the plugin binary {binary}: not found or not executable")
         self.timings["spawn"] = loop.time()
         try:
             self.child = await Child.spawn(self.name, argv, cwd=cwd or self.ctx.dir, env=env,
@@ -348,7 +350,14 @@ class DelveTarget:
             await self._until(self._listening, deadline, "delve did not listen on "
                               f"{self.address} within {timeout:g} s")
             self.timings["listening"] = loop.time()
-            self.client = await DelveClient.connect(self.port, timeout=max(0.5, deadline - loop.time()))
+            try:
+                self.client = await DelveClient.connect(self.port, timeout=max(0.5, deadline - loop.time()))
+            except DelveError:
+                # delve listens before it launches the target: a launch failure closes the port as delve exits
+                await asyncio.wait({self._exit_task}, timeout=1.0)
+                if not self.running:
+                    raise self._exit_error() from None
+                raise
             self.resume()
             line = await self._next_handshake(deadline, timeout)
         except BaseException:

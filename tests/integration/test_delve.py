@@ -193,7 +193,8 @@ def test_session_survives_a_rebuild(src, env):
     run(main())
 
 
-def test_killed_delve_is_noticed_and_leaves_nothing(src, env):
+@pytest.mark.parametrize("halted", [False, True], ids=["running", "halted"])
+def test_killed_delve_is_noticed_and_leaves_nothing(src, env, halted):
     binary = str(go_build(src))
     port = debug_port()
 
@@ -204,8 +205,13 @@ def test_killed_delve_is_noticed_and_leaves_nothing(src, env):
         await target.start(binary, plugin_env(), timeout=60)
         pid, socket_path = target.plugin_pid, target.socket
         assert os.path.exists(socket_path)
+        if halted:
+            await target.client.halt()
         os.kill(target.pid, signal.SIGKILL)
         assert await asyncio.wait_for(noticed, 10) == -signal.SIGKILL
+        if not halted:                      # (a halt answers the pending continue)
+            with pytest.raises(DelveError, match="closed the connection"):
+                await asyncio.wait_for(target.next_stop, 10)
         await gone([target.pid, pid])
         assert not os.path.exists(socket_path) and port_is_free(port)
         with pytest.raises(DelveError, match="not running"):
@@ -304,6 +310,15 @@ def test_missing_delve_and_taken_port(src, env):
         with pytest.raises(DelveError, match="apt-get install delve"):
             await DelveTarget(ctx, debug_port()).start(str(src / "build" / "bin" / "plugin"),
                                                        {**plugin_env(), "PATH": str(env)})
+        with pytest.raises(DelveError, match="cannot run the plugin binary .*no-such-plugin: not found"):
+            await DelveTarget(ctx, debug_port()).start(str(env / "no-such-plugin"), plugin_env())
+        not_a_binary = env / "not-a-binary"
+        not_a_binary.write_text("garbage\n")
+        not_a_binary.chmod(0o755)
+        target = DelveTarget(ctx, debug_port())
+        with pytest.raises(DelveError, match="(?s)delve exited with code 1; its output:.*not an executable file"):
+            await target.start(str(not_a_binary), plugin_env(), timeout=30)
+        assert not target.running and target.exited.result() == 1
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
