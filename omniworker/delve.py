@@ -10,9 +10,10 @@
   stderr carries the target's stderr (hclog) too: it is logged as plugin lines, parsed like a plain plugin's.
 - `start` connects a `DelveClient`, lets the target run (`continue`) and returns its handshake line.
 - `restart` keeps the debugging session across a reload: once a new binary is installed at the same path (atomic
-  rename), the target is halted if running, re-executed from that path by the same delve on the same port
-  (`RPCServer.Restart`, `Rerecord: false, Rebuild: false`), continued, and the new handshake line is returned with
-  the breakpoints delve could not carry over (`DiscardedBreakpoints`); the others stay set.
+  rename), the running target is ended (SIGTERM, else a halt), re-executed from that path by the same delve on the
+  same port (`RPCServer.Restart`, `Rerecord: false, Rebuild: false`), continued, and the new handshake line is
+  returned with the breakpoints kept and those delve could not carry over (`DiscardedBreakpoints`). A target that
+  ended on its own (delve stays: `next_stop` says `exited`) is run again the same way.
 - "Paused is not dead": `paused()` asks delve whether the target is halted and where (`Stop`), without blocking;
   a halted target answers no gRPC call (health checks included) until someone continues it.
 - delve's exit is noticed at once (`exited`; `on_exit(target, returncode)` after a successful start, unless
