@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_GO := golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
+APT_GO := golang-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev delve
 UI := examples/hello-plugin/ui
 export OMNI_RUNTIME_DIR ?= $(if $(XDG_RUNTIME_DIR),$(XDG_RUNTIME_DIR)/omni,/tmp/omni-$(shell id -u))
 export OMNIVIEW_HOME ?= $(HOME)/.omniview
@@ -33,8 +33,9 @@ bytecode: .venv/.installed
 	touch $@
 
 go:
-	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/hashicorp/go-plugin ]; then \
-		echo "installing Go and go-plugin from Debian"; \
+	@if ! command -v go >/dev/null || ! command -v dlv >/dev/null || \
+		[ ! -d /usr/share/gocode/src/github.com/hashicorp/go-plugin ]; then \
+		echo "installing Go, go-plugin and delve from Debian"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_GO); fi
 
 node: $(UI)/node_modules/.package-lock.json
