@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s omnibroker %(levelname)s %(message)s")
-    from omniworker.children import set_pdeathsig
+    from omnibroker.process import set_pdeathsig
     set_pdeathsig(signal.SIGTERM)       # die with supervisord, even when it is SIGKILLed
     try:
         broker = Broker()

@@ -25,10 +25,11 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
+from omnibroker.process import set_pdeathsig  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
 from omnibroker.security import secure_client  # noqa: E402
 
-from .children import ChildRegistry, reap_adopted, set_child_subreaper, set_pdeathsig
+from .children import ChildRegistry, reap_adopted, set_child_subreaper
 from .context import PluginContext
 from .devserver import DevServer
 

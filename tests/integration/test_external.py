@@ -25,7 +25,8 @@ import pytest
 from omnibroker import protocol
 from omnibroker.protocol import CommandError
 from omniworker.context import NullSink, PluginContext
-from omniworker.external import Code, External
+from omniworker.devinfo import Code
+from omniworker.external import External
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello-plugin"
