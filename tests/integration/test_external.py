@@ -117,7 +117,7 @@ class RunExternal:
         self.err = tmp / f"{name}.err"
         env = dict(os.environ, OMNIVIEW_HOME=str(home), PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omnibroker.run_external", PLUGIN, *args, "--", *cmd], cwd=str(tmp), env=env,
+            [sys.executable, "-m", "omniworker.run_external", PLUGIN, *args, "--", *cmd], cwd=str(tmp), env=env,
             stdout=open(self.out, "wb"), stderr=open(self.err, "wb"), start_new_session=True)
 
     def plugin_pids(self) -> list[int]:
