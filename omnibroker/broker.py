@@ -1,8 +1,8 @@
 """omnibroker: one asyncio loop over three sockets.
 
-- control ROUTER  (clients' REQ):  validate, look the command up in the table, run it in its own task; commands for
-                                   a worker are forwarded and answered when it replies (or with `timeout`), so the
-                                   loop never waits on a slow worker.
+- control ROUTER  (clients' REQ):  control.py: validate, look the command up in the table, run it in its own task;
+                                   commands for a worker are forwarded and answered when it replies (or with
+                                   `timeout`), so the loop never waits on a slow worker.
 - workers ROUTER  (workers' DEALER, and omnievents): register, events, replies, build slots, supervisord
                                    process states.
 - events XPUB     (subscribers):   everything goes out through EventBus (epoch/seq envelope).
@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from . import protocol
-from .commands import COMMANDS, Command
+from .commands import Command
 from .events import EventBus, bind, bind_xpub
 from .files import write_atomic
 from .heap import trim_loop
@@ -33,10 +33,11 @@ from .ports import PortAllocator
 from .process import PidWatch, set_pdeathsig
 from .protocol import CommandError, DevServerState, ErrorCode
 from .config_watch import ConfigWatch
+from .control import Control
 from .registry import Registry, storage_error
 from .security import InsecureEndpoint
 from .supervisor_link import SupervisorLink, held_stopped, plugin_of
-from .workers import BuildSlots, WorkerLink, liveness_loop
+from .workers import BuildSlots, WorkerLink, is_worker_of, liveness_loop
 from .zstream import Stream
 
 log = logging.getLogger("omnibroker")
@@ -60,8 +61,6 @@ class Broker:
         self.by_identity: dict[bytes, str] = {}        # the current incarnation's DEALER identity -> plugin
         self.registered: dict[str, asyncio.Event] = {}
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
-        self.in_flight: dict[bytes, int] = {}          # control client identity -> requests being executed
-        self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
@@ -333,97 +332,6 @@ class Broker:
                 fut.set_result(protocol.error_reply(None, ErrorCode.WORKER_UNAVAILABLE,
                                                     f"the {self.supervisor.describe(plugin)} went away: {why}"))
 
-    # --- control socket --------------------------------------------------------------------------------------------
-    def on_control(self, frames: list[bytes]) -> None:
-        """One request: reads of the broker's state are answered on the spot; the rest run in their own task, at
-        most MAX_IN_FLIGHT at once per client (more are answered `busy`)."""
-        if len(frames) >= 2 and frames[1] == b"":
-            envelope, body = frames[:2], frames[2:]     # REQ client
-        else:
-            envelope, body = frames[:1], frames[1:]     # DEALER client without delimiter
-        rid: Any = None
-        try:
-            request = protocol.decode_request(body)
-            rid = request.id
-            cmd = COMMANDS.get(request.command)
-            if cmd is None:
-                raise CommandError(ErrorCode.UNKNOWN_COMMAND,
-                                   f"unknown command {request.command!r}; known: {', '.join(COMMANDS)}")
-            props = cmd.validate(request.properties)
-            if not cmd.immediate:
-                client = envelope[0]
-                held = self.in_flight.get(client, 0)
-                if held >= protocol.MAX_IN_FLIGHT:
-                    raise CommandError(ErrorCode.BUSY,
-                                       f"this client already has {held} requests in flight, the limit "
-                                       f"(MAX_IN_FLIGHT); read their replies before sending more")
-                self.in_flight[client] = held + 1
-                self._spawn(self._execute(envelope, rid, cmd, props))
-                return
-            reply = protocol.ok_reply(rid, cmd.run(self, props))
-        except CommandError as e:
-            reply = protocol.error_reply(rid if rid is not None else protocol.request_id_of(body), e.code, e.reason)
-        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
-            log.exception("command failed")
-            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
-        self._reply(envelope, reply)
-
-    async def _execute(self, envelope: list[bytes], rid: Any, cmd: Command, props: dict[str, Any]) -> None:
-        try:
-            plugin = props.get("plugin")
-            if cmd.exclusive and isinstance(plugin, str) and cmd.forward:
-                result = await self._exclusive_forward(cmd, plugin, props)
-            elif cmd.exclusive and isinstance(plugin, str):
-                async with self.locks.setdefault(plugin, asyncio.Lock()):
-                    result = await cmd.execute(self, props)
-            else:
-                result = await cmd.execute(self, props)
-            reply = protocol.ok_reply(rid, result)
-        except CommandError as e:
-            reply = protocol.error_reply(rid, e.code, e.reason)
-        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
-            log.exception("command %s failed", cmd.name)
-            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
-        finally:
-            client = envelope[0]
-            held = self.in_flight.pop(client, 1) - 1
-            if held:
-                self.in_flight[client] = held
-        self._reply(envelope, reply)
-
-    async def _exclusive_forward(self, cmd: Command, plugin: str, props: dict[str, Any]) -> Any:
-        """A plugin's mode commands run one at a time; the wait for a command's turn counts toward its timeout, so a
-        storm of them is answered within each one's timeout (a command whose turn did not come is not run)."""
-        loop = asyncio.get_running_loop()
-        lock = self.locks.setdefault(plugin, asyncio.Lock())
-        t0 = loop.time()
-        try:
-            await asyncio.wait_for(lock.acquire(), cmd.timeout)
-        except asyncio.TimeoutError:
-            raise CommandError(ErrorCode.TIMEOUT,
-                               f"{cmd.name} {plugin}: not run: the commands sent before it for {plugin!r} were still "
-                               f"running after {cmd.timeout:.0f}s") from None
-        try:
-            return await asyncio.wait_for(cmd.execute(self, props), max(0.0, cmd.timeout - (loop.time() - t0)))
-        except asyncio.TimeoutError:
-            raise CommandError(ErrorCode.TIMEOUT,
-                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s "
-                               f"(waiting for its turn included); see "
-                               f"{self.supervisor.log_dir}/omniworker-{plugin}.log") from None
-        finally:
-            lock.release()
-
-    def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
-        """Send a reply; one over MAX_REPLY_BYTES is replaced by a `too_large` error (that is what bounds what a
-        client that does not read its replies costs: CONTROL_SNDHWM of them at most)."""
-        body = protocol.encode(reply)
-        if len(body) > protocol.MAX_REPLY_BYTES:
-            body = protocol.encode(protocol.error_reply(
-                reply.id, ErrorCode.TOO_LARGE, f"the reply is {len(body)} bytes, over the limit of "
-                f"{protocol.MAX_REPLY_BYTES} bytes (MAX_REPLY_BYTES); ask for less (e.g. a smaller `logs` count)"))
-        if not self.control_stream.send(envelope + [body]):
-            log.warning("could not send reply %r: the client is gone", reply.id)
-
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
@@ -590,7 +498,7 @@ class Broker:
 
     async def _restart_worker(self, plugin: str, pid: int) -> None:
         try:
-            if not _is_worker_of(pid, plugin):  # a pid we were told, not one we started: kill only our worker
+            if not is_worker_of(pid, plugin):  # a pid we were told, not one we started: kill only our worker
                 raise ProcessLookupError(pid)
             os.kill(pid, signal.SIGKILL)    # a stopped (SIGSTOP) process ignores TERM; supervisord restarts it
         except OSError:
@@ -608,7 +516,7 @@ class Broker:
         self.worker_handlers = {
             protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
             protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port}
-        self.control_stream = Stream(self.control, self.on_control)
+        self.control_server = Control(self, self.control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
@@ -619,7 +527,7 @@ class Broker:
         self.config.stop()
         for task in background:
             task.cancel()
-        for stream in (self.control_stream, self.worker_stream, self.events_stream):
+        for stream in (self.control_server, self.worker_stream, self.events_stream):
             stream.close()
         self.ctx.destroy(linger=0)
 
@@ -656,16 +564,6 @@ def _write_epoch(epoch: str) -> None:
         log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
         with open(path, "r+b") as f:
             f.write(epoch.encode())
-
-
-def _is_worker_of(pid: int, plugin: str) -> bool:
-    """Whether `pid` is an omniworker process for `plugin` (its command line says so)."""
-    import psutil
-    try:
-        cmd = psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return False
-    return "omniworker.worker" in " ".join(cmd) and plugin in cmd
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,3 +97,13 @@ async def liveness_loop(workers: dict[str, WorkerLink], seen: Callable[[str, Wor
                 lost(plugin)
             elif link.lost_since and now - link.lost_since > UNRESPONSIVE_RESTART:
                 unresponsive(plugin, link, silent)
+
+
+def is_worker_of(pid: int, plugin: str) -> bool:
+    """Whether `pid` is an omniworker process for `plugin` (its command line says so)."""
+    import psutil
+    try:
+        cmd = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return "omniworker.worker" in " ".join(cmd) and plugin in cmd
