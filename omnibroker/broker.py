@@ -34,7 +34,7 @@ from .process import PidWatch, set_pdeathsig
 from .protocol import CommandError, DevServerState, ErrorCode
 from .config_watch import ConfigWatch
 from .control import Control
-from .registry import Registry, storage_error
+from .registry import Registry, check_plugin_id, plugin_id_for_dir, storage_error, validate_plugin_dir
 from .security import InsecureEndpoint
 from .supervisor_link import SupervisorLink, held_stopped, plugin_of
 from .workers import BuildSlots, WorkerLink, is_worker_of, liveness_loop
@@ -156,10 +156,11 @@ class Broker:
         worker. `mode`: "managed" (start), "external" (attach), "idle" (stop; with `only_from="external"`: detach,
         which leaves a managed plugin managed), None: keep it (restart)."""
         plugin = props["plugin"]
-        if "path" in props:         # start --path: register the directory first
-            from .registry import check_plugin_id, plugin_id_for_dir, validate_plugin_dir
-            path = validate_plugin_dir(props.pop("path"))
-            await self.add_plugin(plugin_id_for_dir(check_plugin_id(plugin), path), path, None)
+        if mode == "managed":
+            check_plugin_id(plugin)
+            if "path" in props:         # start --path: register the directory first
+                path = validate_plugin_dir(props.pop("path"))
+                await self.add_plugin(plugin_id_for_dir(plugin, path), path, None)
         desired = self.registry.get(plugin).desired
         if mode in ("managed", None) and (missing := self.check_plugin_dir(plugin)):
             raise CommandError(ErrorCode.NO_PLUGIN_DIR, missing)

@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import psutil
 
 from omnibroker import protocol
-from omnibroker.process import set_pdeathsig
+from omnibroker.process import killpg, set_pdeathsig
 
 LineHandler = Callable[[str, str], None]        # (stream "stdout"|"stderr", line without newline)
 MAX_LINE = 64 * 1024
@@ -337,10 +337,7 @@ class Child:
         return await asyncio.shield(self._done)
 
     def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        killpg(self.pid, sig)
 
     async def stop(self, grace: float = 5.0) -> int:
         """TERM to the group, wait `grace` seconds, then KILL the group. Returns the exit code."""
