@@ -521,8 +521,9 @@ class Broker:
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
-        background = [asyncio.create_task(liveness_loop(
-            self.workers, self._seen, lambda plugin: self._set_worker_status(plugin, "lost"), self._unresponsive)), asyncio.create_task(trim_loop())]
+        liveness = liveness_loop(self.workers, self._seen, lambda plugin: self._set_worker_status(plugin, "lost"),
+                                 self._unresponsive)
+        background = [asyncio.create_task(liveness), asyncio.create_task(trim_loop())]
         self.config.start()
         await stop.wait()
         self.config.stop()

@@ -25,6 +25,8 @@ log = logging.getLogger("omnibroker")
 
 
 class Control:
+    """The control socket of `broker`: its Stream, the requests each client has in flight, each plugin's turn."""
+
     def __init__(self, broker: "Broker", socket: zmq.Socket):
         self.broker = broker
         self.in_flight: dict[bytes, int] = {}          # control client identity -> requests being executed

@@ -1,6 +1,6 @@
 """.devinfo: the file an external plugin (Mode B) publishes at `<home>/plugins/<id>/.devinfo` to say where it serves
-gRPC. This module is its one owner: reading it safely, validating it (docs/protocol.md, "External mode"), writing it
-(`omnictl run-external`) and removing it once the process it names is dead.
+gRPC. This module is its one owner: reading it safely, validating it (docs/protocol.md, ".devinfo (Mode B)"),
+writing it (`omnictl run-external`) and removing it once the process it names is dead.
 
 Every check of a file read raises `DevInfoError` with its own code (`Code`), cheapest checks first, and nothing here
 touches the network: the follower (external.py) dials only a file that passed `validate_devinfo`.
