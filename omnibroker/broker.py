@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -26,8 +25,7 @@ import zmq
 
 from . import protocol
 from .commands import Command
-from .events import EventBus, bind, bind_xpub
-from .files import write_atomic
+from .events import EventBus, bind, bind_xpub, write_epoch
 from .heap import trim_loop
 from .ports import PortAllocator
 from .process import PidWatch, set_pdeathsig
@@ -64,7 +62,7 @@ class Broker:
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
-        _write_epoch(self.events.epoch)         # after binding: workers may register now
+        write_epoch(self.events.epoch)          # after binding: workers may register now
         self.slots = BuildSlots(service.slots, self._grant_slot)
         self.dir_errors: dict[str, str] = {}        # plugin -> "its directory does not exist" (see check_plugin_dir)
         self.config = ConfigWatch(self)
@@ -147,8 +145,14 @@ class Broker:
         self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
 
     def release_port(self, plugin: str) -> None:
-        """Give the port back; its preference (persisted) stays."""
-        self.ports.release(plugin)
+        """Give the port back, in the state file's `ports.held` too; its preference stays. A failed write is only
+        logged: `held` says what the broker holds now, and the broker rebuilds it at each start."""
+        if self.ports.release(plugin) is None:
+            return
+        try:
+            self.registry.save()
+        except CommandError as e:
+            log.warning("released %s's Vite port: %s", plugin, e.reason)
 
     async def change_mode(self, cmd: Command, props: dict[str, Any], mode: protocol.Mode | None, *,
                           only_from: protocol.Mode | None = None) -> Any:
@@ -552,20 +556,6 @@ class Broker:
                     self.held.add(plugin)
                     self._set_worker_status(plugin, "stopped")
             return
-
-
-def _write_epoch(epoch: str) -> None:
-    """Tell running workers this broker's epoch (they register again when it changes). In a full runtime dir the
-    atomic replace fails; epochs all have one length, so the old bytes are overwritten in place (no new space)."""
-    path = protocol.epoch_path()
-    try:
-        write_atomic(path, epoch, fsync=False)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.getsize(path) != len(epoch):
-            raise
-        log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
-        with open(path, "r+b") as f:
-            f.write(epoch.encode())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@ Registry and PortAllocator on temp files; the worker, supervisord and the event 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from types import SimpleNamespace
 
@@ -72,7 +73,8 @@ def test_start_refuses_a_bad_id_and_a_missing_directory(broker):
 
 def test_stop_persists_idle_and_releases_the_port_even_when_the_worker_fails(broker):
     run(COMMANDS["start"].execute(broker, {"plugin": "p"}))
-    assert broker.ports.port_of("p")
+    port = broker.ports.port_of("p")
+    assert port
 
     async def fails(cmd, props, *, vite_port=0):
         raise CommandError(ErrorCode.TIMEOUT, "no answer")
@@ -80,6 +82,8 @@ def test_stop_persists_idle_and_releases_the_port_even_when_the_worker_fails(bro
     with pytest.raises(CommandError):
         run(COMMANDS["stop"].execute(broker, {"plugin": "p"}))
     assert broker.registry.get("p").desired.mode == "idle" and broker.ports.port_of("p") is None
+    saved = json.loads(open(broker.registry.state_path).read())["ports"]      # the state file says so too
+    assert saved["held"] == {} and saved["preferred"] == {"p": port}
 
 
 def test_stop_of_a_held_worker_program_answers_the_state_without_the_worker(broker):
