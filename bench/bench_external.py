@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from omnibroker import protocol  # noqa: E402
-from omnibroker.run_external import parse_handshake, write_devinfo  # noqa: E402
+from omniworker.devinfo import write_devinfo  # noqa: E402
+from omniworker.goplugin import parse_handshake  # noqa: E402
 from omniworker.children import set_pdeathsig  # noqa: E402
 from omniworker.context import NullSink, PluginContext  # noqa: E402
 from omniworker.external import External  # noqa: E402

@@ -374,7 +374,7 @@ async def run(port: int, runtime: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from omniworker.children import set_pdeathsig
+    from omnibroker.process import set_pdeathsig
     set_pdeathsig(signal.SIGTERM)       # die with supervisord, even when it is SIGKILLed
     raw = os.environ.get("OMNI_BRIDGE_PORT", str(DEFAULT_PORT))
     try:

@@ -1,8 +1,8 @@
 """omnibroker: one asyncio loop over three sockets.
 
-- control ROUTER  (clients' REQ):  validate, look the command up in the table, run it in its own task; commands for
-                                   a worker are forwarded and answered when it replies (or with `timeout`), so the
-                                   loop never waits on a slow worker.
+- control ROUTER  (clients' REQ):  control.py: validate, look the command up in the table, run it in its own task;
+                                   commands for a worker are forwarded and answered when it replies (or with
+                                   `timeout`), so the loop never waits on a slow worker.
 - workers ROUTER  (workers' DEALER, and omnievents): register, events, replies, build slots, supervisord
                                    process states.
 - events XPUB     (subscribers):   everything goes out through EventBus (epoch/seq envelope).
@@ -12,97 +12,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
 import sys
 import time
 import uuid
-from collections import deque
 from typing import Any
 
 import msgspec
 import zmq
 
 from . import protocol
-from .commands import COMMANDS, Command
-from .events import EventBus, bind, bind_xpub
-from .files import write_atomic
+from .commands import Command
+from .events import EventBus, bind, bind_xpub, write_epoch
 from .heap import trim_loop
 from .ports import PortAllocator
+from .process import PidWatch, set_pdeathsig
 from .protocol import CommandError, DevServerState, ErrorCode
 from .config_watch import ConfigWatch
-from .registry import Registry, storage_error
+from .control import Control
+from .registry import Registry, check_plugin_id, plugin_id_for_dir, storage_error, validate_plugin_dir
 from .security import InsecureEndpoint
 from .supervisor_link import SupervisorLink, held_stopped, plugin_of
+from .workers import BuildSlots, WorkerLink, is_worker_of, liveness_loop
 from .zstream import Stream
 
 log = logging.getLogger("omnibroker")
 
-# Commands that change a plugin's state run one at a time per plugin (never globally: circus's lesson).
-EXCLUSIVE = {"add", "remove", "start", "stop", "restart", "attach", "detach"}
-# Commands that want the plugin running: they start a worker program held stopped in supervisord again.
-RUNS_WORKER = {"start", "restart", "attach"}
 REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
-UNRESPONSIVE_RESTART = 10.0     # a worker lost this long is restarted through supervisord
-
-
-class WorkerLink:
-    """The broker's view of one worker process."""
-
-    def __init__(self, identity: bytes, pid: int):
-        self.identity = identity
-        self.pid = pid
-        self.last_seen = time.monotonic()
-        self.alive_file: tuple[int, int] | None = None      # (mtime_ns, inode) of its alive file at the last look
-        self.alive = True
-        self.lost_since = 0.0
-        self.pidfd = -1
-
-
-class BuildSlots:
-    """Broker-wide cap on concurrent builds; waiting builds are granted in arrival order.
-
-    A token is held until its worker releases it or goes away (exited, killed, unresponsive, removed, replaced by a
-    new incarnation): every one of those paths calls `release` or `release_worker`. Releasing an unknown or already
-    released token does nothing. A worker asks again for a token it is still waiting for (in case the broker
-    restarted and forgot it): asking for a token that is waiting or held changes nothing (no second grant, no
-    second place in the queue). A hung build holds its slot at most `[build] timeout_s` (gobuild.py)."""
-
-    def __init__(self, capacity: int, grant):
-        self.capacity = max(1, capacity)
-        self.grant = grant
-        self.holders: dict[str, bytes] = {}
-        self.waiting: deque[tuple[str, bytes]] = deque()
-
-    def acquire(self, token: str, identity: bytes) -> None:
-        if token in self.holders or any(w[0] == token for w in self.waiting):
-            return
-        self.waiting.append((token, identity))
-        self._pump()
-
-    def release(self, token: str) -> None:
-        self.holders.pop(token, None)
-        self.waiting = deque(w for w in self.waiting if w[0] != token)
-        self._pump()
-
-    def resize(self, capacity: int) -> None:
-        """A new capacity (omni.toml reloaded): builds holding a slot keep it; waiting ones get the new room."""
-        self.capacity = max(1, capacity)
-        self._pump()
-
-    def release_worker(self, identity: bytes) -> None:
-        for token in [t for t, i in self.holders.items() if i == identity]:
-            del self.holders[token]
-        self.waiting = deque(w for w in self.waiting if w[1] != identity)
-        self._pump()
-
-    def _pump(self) -> None:
-        while self.waiting and len(self.holders) < self.capacity:
-            token, identity = self.waiting.popleft()
-            self.holders[token] = identity
-            self.grant(identity, token)
 
 
 class Broker:
@@ -117,16 +55,14 @@ class Broker:
                                   protocol.CONTROL_SNDHWM), maxmsgsize=protocol.MAX_REQUEST_BYTES)
         self.worker_sock = self._bind(zmq.ROUTER, protocol.endpoint("workers"))
         self.events = EventBus(bind_xpub(self.ctx, protocol.endpoint("events")))
-        self.workers: dict[str, WorkerLink] = {}
+        self.workers: dict[str, WorkerLink] = {}      # live workers only: a link leaves through _drop_link
         self.by_identity: dict[bytes, str] = {}        # the current incarnation's DEALER identity -> plugin
         self.registered: dict[str, asyncio.Event] = {}
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
-        self.in_flight: dict[bytes, int] = {}          # control client identity -> requests being executed
-        self.locks: dict[str, asyncio.Lock] = {}
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
-        _write_epoch(self.events.epoch)         # after binding: workers may register now
+        write_epoch(self.events.epoch)          # after binding: workers may register now
         self.slots = BuildSlots(service.slots, self._grant_slot)
         self.dir_errors: dict[str, str] = {}        # plugin -> "its directory does not exist" (see check_plugin_dir)
         self.config = ConfigWatch(self)
@@ -209,8 +145,60 @@ class Broker:
         self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
 
     def release_port(self, plugin: str) -> None:
-        """Give the port back; its preference (persisted) stays."""
-        self.ports.release(plugin)
+        """Give the port back, in the state file's `ports.held` too; its preference stays. A failed write is only
+        logged: `held` says what the broker holds now, and the broker rebuilds it at each start."""
+        if self.ports.release(plugin) is None:
+            return
+        try:
+            self.registry.save()
+        except CommandError as e:
+            log.warning("released %s's Vite port: %s", plugin, e.reason)
+
+    async def change_mode(self, cmd: Command, props: dict[str, Any], mode: protocol.Mode | None, *,
+                          only_from: protocol.Mode | None = None) -> Any:
+        """The policy of the mode commands, in one place: the desired state (persisted), the Vite port, then the
+        worker. `mode`: "managed" (start), "external" (attach), "idle" (stop; with `only_from="external"`: detach,
+        which leaves a managed plugin managed), None: keep it (restart)."""
+        plugin = props["plugin"]
+        if mode == "managed":
+            check_plugin_id(plugin)
+            if "path" in props:         # start --path: register the directory first
+                path = validate_plugin_dir(props.pop("path"))
+                await self.add_plugin(plugin_id_for_dir(plugin, path), path, None)
+        desired = self.registry.get(plugin).desired
+        if mode in ("managed", None) and (missing := self.check_plugin_dir(plugin)):
+            raise CommandError(ErrorCode.NO_PLUGIN_DIR, missing)
+        if mode == "managed":
+            desired = protocol.Desired(mode="managed", vite=props.get("vite", desired.vite),
+                                       go=props.get("go", desired.go))
+            props.update(vite=desired.vite, go=desired.go)
+            return await self.forward(cmd, props, vite_port=self.set_desired(plugin, desired))
+        if mode is None:
+            vite_port = 0
+            if desired.mode == "managed" and desired.vite:
+                try:
+                    vite_port = self.allocate_port(plugin)
+                except CommandError as e:       # none left: the worker reports it, as for `start`
+                    if e.code != ErrorCode.NO_PORT:
+                        raise
+            return await self.forward(cmd, props, vite_port=vite_port)
+        if only_from is not None:
+            if desired.mode == only_from:
+                self.registry.set_mode(plugin, mode)
+            return await self.forward(cmd, props)
+        self.registry.set_mode(plugin, mode)
+        if mode == "external":
+            self.release_port(plugin)
+            return await self.forward(cmd, props)
+        try:
+            if await self.held_state(plugin):       # its worker program is held stopped: nothing runs, say so
+                state = msgspec.structs.replace(self.state_of(plugin), mode="idle")
+                self.events.status(state)
+                return protocol.to_builtins(state)
+            return await self.forward(cmd, props)
+        finally:
+            # Also when the worker did not answer: it stops Vite or is restarted idle (worker.py, SERIAL_BUDGET).
+            self.release_port(plugin)
 
     def check_plugin_dir(self, plugin: str) -> str:
         """"" when the plugin's source directory exists; else the error, which becomes the plugin's `lastError`
@@ -259,7 +247,7 @@ class Broker:
         self.dir_errors.pop(plugin, None)
         self.events.states[plugin] = self._initial_state(plugin)
         link = self.workers.get(plugin)
-        if link is not None and link.alive:
+        if link is not None:
             self._send_worker(link.identity, protocol.K_COMMAND,
                               protocol.encode(protocol.Request(id="respawn", command="exit")))
         self._set_worker_status(plugin, "starting")
@@ -276,12 +264,7 @@ class Broker:
         with contextlib.suppress(OSError):
             os.unlink(protocol.alive_path(plugin))
         await self.sync_programs()
-        link = self.workers.pop(plugin, None)
-        if link is not None:
-            self.by_identity.pop(link.identity, None)
-            self._unwatch(link)
-            self.slots.release_worker(link.identity)
-        self._fail_pending(plugin, "the plugin was removed")
+        self._drop_link(plugin, "the plugin was removed")
         self._set_worker_status(plugin, "none", registered=False, mode="idle", grpcConnected=False, pluginPid=0,
                                 workerPid=0)
         self.events.forget(plugin)
@@ -291,7 +274,7 @@ class Broker:
         supervisord holds stopped (supervisorctl stop, or FATAL) is not waited for: `run` starts it again through
         XML-RPC, otherwise the answer is at once."""
         link = self.workers.get(plugin)
-        if link is not None and link.alive:
+        if link is not None:
             return link
         event = self.registered.setdefault(plugin, asyncio.Event())
         event.clear()
@@ -319,22 +302,24 @@ class Broker:
     async def held_state(self, plugin: str) -> str:
         """supervisord's state of the plugin's worker program when it holds it down (STOPPED by hand, or FATAL) and
         no worker of it is alive; "" otherwise."""
-        link = self.workers.get(plugin)
-        if link is not None and link.alive:
+        if plugin in self.workers:
             return ""
         info = await self.supervisor.program_info(plugin)
         return info["statename"] if info is not None and held_stopped(info) else ""
 
-    async def forward(self, cmd: Command, props: dict[str, Any]) -> Any:
+    async def forward(self, cmd: Command, props: dict[str, Any], *, vite_port: int = 0) -> Any:
+        """Run `cmd` in the plugin's worker (its `work`) with `props` and what the broker decided (protocol.Forwarded);
+        its result, or its error as a CommandError."""
         plugin = props["plugin"]
         self.registry.get(plugin)
-        link = await self.ensure_worker(plugin, run=cmd.name in RUNS_WORKER)
+        forwarded = protocol.to_builtins(protocol.Forwarded(**props, vitePort=vite_port))
+        link = await self.ensure_worker(plugin, run=cmd.starts_worker)
         rid = uuid.uuid4().hex
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = (fut, plugin)
         try:
             self._send_worker(link.identity, protocol.K_COMMAND,
-                              protocol.encode(protocol.Request(id=rid, command=cmd.name, properties=props)))
+                              protocol.encode(protocol.Request(id=rid, command=cmd.name, properties=forwarded)))
             reply = await asyncio.wait_for(fut, cmd.timeout)
         except asyncio.TimeoutError:
             raise CommandError(ErrorCode.TIMEOUT,
@@ -351,97 +336,6 @@ class Broker:
             if owner == plugin and not fut.done():
                 fut.set_result(protocol.error_reply(None, ErrorCode.WORKER_UNAVAILABLE,
                                                     f"the {self.supervisor.describe(plugin)} went away: {why}"))
-
-    # --- control socket --------------------------------------------------------------------------------------------
-    def on_control(self, frames: list[bytes]) -> None:
-        """One request: reads of the broker's state are answered on the spot; the rest run in their own task, at
-        most MAX_IN_FLIGHT at once per client (more are answered `busy`)."""
-        if len(frames) >= 2 and frames[1] == b"":
-            envelope, body = frames[:2], frames[2:]     # REQ client
-        else:
-            envelope, body = frames[:1], frames[1:]     # DEALER client without delimiter
-        rid: Any = None
-        try:
-            request = protocol.decode_request(body)
-            rid = request.id
-            cmd = COMMANDS.get(request.command)
-            if cmd is None:
-                raise CommandError(ErrorCode.UNKNOWN_COMMAND,
-                                   f"unknown command {request.command!r}; known: {', '.join(COMMANDS)}")
-            props = cmd.validate(request.properties)
-            if not cmd.immediate:
-                client = envelope[0]
-                held = self.in_flight.get(client, 0)
-                if held >= protocol.MAX_IN_FLIGHT:
-                    raise CommandError(ErrorCode.BUSY,
-                                       f"this client already has {held} requests in flight, the limit "
-                                       f"(MAX_IN_FLIGHT); read their replies before sending more")
-                self.in_flight[client] = held + 1
-                self._spawn(self._execute(envelope, rid, cmd, props))
-                return
-            reply = protocol.ok_reply(rid, cmd.run(self, props))
-        except CommandError as e:
-            reply = protocol.error_reply(rid if rid is not None else protocol.request_id_of(body), e.code, e.reason)
-        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
-            log.exception("command failed")
-            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
-        self._reply(envelope, reply)
-
-    async def _execute(self, envelope: list[bytes], rid: Any, cmd: Command, props: dict[str, Any]) -> None:
-        try:
-            plugin = props.get("plugin")
-            if cmd.name in EXCLUSIVE and isinstance(plugin, str) and cmd.forward:
-                result = await self._exclusive_forward(cmd, plugin, props)
-            elif cmd.name in EXCLUSIVE and isinstance(plugin, str):
-                async with self.locks.setdefault(plugin, asyncio.Lock()):
-                    result = await cmd.execute(self, props)
-            else:
-                result = await cmd.execute(self, props)
-            reply = protocol.ok_reply(rid, result)
-        except CommandError as e:
-            reply = protocol.error_reply(rid, e.code, e.reason)
-        except Exception as e:      # noqa: BLE001 - the broker never dies from a request
-            log.exception("command %s failed", cmd.name)
-            reply = protocol.error_reply(rid, ErrorCode.INTERNAL, f"internal error: {e!r}")
-        finally:
-            client = envelope[0]
-            held = self.in_flight.pop(client, 1) - 1
-            if held:
-                self.in_flight[client] = held
-        self._reply(envelope, reply)
-
-    async def _exclusive_forward(self, cmd: Command, plugin: str, props: dict[str, Any]) -> Any:
-        """A plugin's mode commands run one at a time; the wait for a command's turn counts toward its timeout, so a
-        storm of them is answered within each one's timeout (a command whose turn did not come is not run)."""
-        loop = asyncio.get_running_loop()
-        lock = self.locks.setdefault(plugin, asyncio.Lock())
-        t0 = loop.time()
-        try:
-            await asyncio.wait_for(lock.acquire(), cmd.timeout)
-        except asyncio.TimeoutError:
-            raise CommandError(ErrorCode.TIMEOUT,
-                               f"{cmd.name} {plugin}: not run: the commands sent before it for {plugin!r} were still "
-                               f"running after {cmd.timeout:.0f}s") from None
-        try:
-            return await asyncio.wait_for(cmd.execute(self, props), max(0.0, cmd.timeout - (loop.time() - t0)))
-        except asyncio.TimeoutError:
-            raise CommandError(ErrorCode.TIMEOUT,
-                               f"the worker for {plugin!r} did not answer {cmd.name!r} within {cmd.timeout:.0f}s "
-                               f"(waiting for its turn included); see "
-                               f"{self.supervisor.log_dir}/omniworker-{plugin}.log") from None
-        finally:
-            lock.release()
-
-    def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
-        """Send a reply; one over MAX_REPLY_BYTES is replaced by a `too_large` error (that is what bounds what a
-        client that does not read its replies costs: CONTROL_SNDHWM of them at most)."""
-        body = protocol.encode(reply)
-        if len(body) > protocol.MAX_REPLY_BYTES:
-            body = protocol.encode(protocol.error_reply(
-                reply.id, ErrorCode.TOO_LARGE, f"the reply is {len(body)} bytes, over the limit of "
-                f"{protocol.MAX_REPLY_BYTES} bytes (MAX_REPLY_BYTES); ask for less (e.g. a smaller `logs` count)"))
-        if not self.control_stream.send(envelope + [body]):
-            log.warning("could not send reply %r: the client is gone", reply.id)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -476,16 +370,16 @@ class Broker:
         if record is None:
             log.warning("worker for unknown plugin %r registered; ignoring", reg.plugin)
             return
-        old = self.workers.get(reg.plugin)
-        if old is not None and old.identity != identity:
-            self.slots.release_worker(old.identity)
-        if old is not None:
-            self._unwatch(old)
-            self.by_identity.pop(old.identity, None)
-        link = self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+        link = self.workers.get(reg.plugin)
+        if link is not None and link.identity == identity:
+            self._seen(reg.plugin, link, time.monotonic())      # registering again (no welcome yet): same process
+        else:
+            if link is not None:
+                self._drop_link(reg.plugin, "a new worker process registered")
+            link = self.workers[reg.plugin] = WorkerLink(identity, reg.pid)
+            self.by_identity[identity] = reg.plugin
+            self._watch_pid(reg.plugin, link)
         self.held.discard(reg.plugin)
-        self.by_identity[identity] = reg.plugin
-        self._watch_pid(reg.plugin, link)
         state = reg.state
         state.workerStatus, state.workerPid = "up", reg.pid
         state.devPath = state.devPath or record.spec.path    # a new worker learns its path in the welcome
@@ -510,24 +404,24 @@ class Broker:
         self.registered.setdefault(reg.plugin, asyncio.Event()).set()
 
     def _watch_pid(self, plugin: str, link: WorkerLink) -> None:
-        """Notice a worker's death the moment it happens (pidfd), not at supervisord's next reap (up to 1 s)."""
-        try:
-            link.pidfd = os.pidfd_open(link.pid)
-        except (OSError, AttributeError):
-            return      # another pid namespace or an old kernel: supervisord's event and liveness still work
-
+        """Notice a worker's death the moment it happens (pidfd), not at supervisord's next reap (up to 1 s). Without
+        pidfds (another pid namespace, an old kernel) supervisord's event and the liveness loop still tell."""
         def died() -> None:
-            self._unwatch(link)
-            if self.workers.get(plugin) is link and link.alive:
+            if self.workers.get(plugin) is link:
                 self._worker_gone(plugin, "the worker process exited")
-        asyncio.get_running_loop().add_reader(link.pidfd, died)
+        link.watch = PidWatch(link.pid, None, died, thread_fallback=False)
+        link.watch.start()
 
-    @staticmethod
-    def _unwatch(link: WorkerLink) -> None:
-        if link.pidfd >= 0:
-            asyncio.get_running_loop().remove_reader(link.pidfd)
-            os.close(link.pidfd)
-            link.pidfd = -1
+    def _drop_link(self, plugin: str, why: str) -> None:
+        """The one way a worker leaves the broker's books: its link, its identity, its pid watch, its build slots and
+        the requests waiting for its answer (answered `worker_unavailable`, `why`). Idempotent."""
+        link = self.workers.pop(plugin, None)
+        if link is not None:
+            self.by_identity.pop(link.identity, None)
+            if link.watch is not None:
+                link.watch.stop()
+            self.slots.release_worker(link.identity)
+        self._fail_pending(plugin, why)
 
     def _touch(self, identity: bytes) -> str | None:
         """Any message from a worker is a sign of life."""
@@ -538,7 +432,7 @@ class Broker:
 
     def _seen(self, plugin: str, link: WorkerLink, now: float) -> None:
         link.last_seen = now
-        if link.alive and link.lost_since:
+        if link.lost_since:
             link.lost_since = 0.0
             self._set_worker_status(plugin, "up")
 
@@ -578,7 +472,7 @@ class Broker:
         link = self.workers.get(plugin)
         # The listener and the worker race: a worker may register before its STARTING arrives, and a new
         # incarnation may register before the old one's EXITED does. Only news about the current one counts.
-        if link is not None and link.alive and (ev.state == "STARTING" or (ev.pid and ev.pid != link.pid)):
+        if link is not None and (ev.state == "STARTING" or (ev.pid and ev.pid != link.pid)):
             return
         if ev.state == "STARTING":
             self.held.discard(plugin)
@@ -592,11 +486,8 @@ class Broker:
             self._worker_gone(plugin, f"supervisord reports {ev.state}")
 
     def _worker_gone(self, plugin: str, why: str) -> None:
-        link = self.workers.get(plugin)
-        if link is not None:
-            link.alive = False
-            self.slots.release_worker(link.identity)
-        self._fail_pending(plugin, why)
+        """The worker died (pidfd, supervisord): drop it and say so."""
+        self._drop_link(plugin, why)
         state = self.state_of(plugin)
         active = {"starting", "building", "running", "ready"}
         self._set_worker_status(
@@ -604,37 +495,15 @@ class Broker:
             viteStatus="stopped" if state.viteStatus in active else state.viteStatus,
             goStatus="stopped" if state.goStatus in active else state.goStatus)
 
-    async def liveness_loop(self) -> None:
-        """Mark workers silent for HEARTBEAT_LIVENESS as lost; restart long-lost ones through supervisord."""
-        while True:
-            await asyncio.sleep(protocol.HEARTBEAT_INTERVAL / 4)
-            now = time.monotonic()
-            for plugin, link in list(self.workers.items()):
-                if not link.alive:
-                    continue
-                try:
-                    st = os.stat(protocol.alive_path(plugin))
-                    touched = (st.st_mtime_ns, st.st_ino)
-                except OSError:
-                    touched = None
-                if touched is not None and touched != link.alive_file:
-                    # changed since the last look (not compared with the clock: a wall-clock jump is no death)
-                    link.alive_file = touched
-                    self._seen(plugin, link, now)
-                silent = now - link.last_seen
-                if silent > protocol.HEARTBEAT_LIVENESS and not link.lost_since:
-                    link.lost_since = now
-                    self._set_worker_status(plugin, "lost")
-                elif link.lost_since and now - link.lost_since > UNRESPONSIVE_RESTART:
-                    link.alive = False
-                    self.slots.release_worker(link.identity)
-                    self._fail_pending(plugin, "unresponsive")
-                    log.warning("worker for %s unresponsive for %.0fs: restarting it", plugin, silent)
-                    self._spawn(self._restart_worker(plugin, link.pid))
+    def _unresponsive(self, plugin: str, link: WorkerLink, silent: float) -> None:
+        """Lost for UNRESPONSIVE_RESTART: drop it and kill it; supervisord starts a new one."""
+        self._drop_link(plugin, "unresponsive")
+        log.warning("worker for %s unresponsive for %.0fs: restarting it", plugin, silent)
+        self._spawn(self._restart_worker(plugin, link.pid))
 
     async def _restart_worker(self, plugin: str, pid: int) -> None:
         try:
-            if not _is_worker_of(pid, plugin):  # a pid we were told, not one we started: kill only our worker
+            if not is_worker_of(pid, plugin):  # a pid we were told, not one we started: kill only our worker
                 raise ProcessLookupError(pid)
             os.kill(pid, signal.SIGKILL)    # a stopped (SIGSTOP) process ignores TERM; supervisord restarts it
         except OSError:
@@ -652,17 +521,19 @@ class Broker:
         self.worker_handlers = {
             protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
             protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port}
-        self.control_stream = Stream(self.control, self.on_control)
+        self.control_server = Control(self, self.control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions
         self._spawn(self._initial_sync())
-        background = [asyncio.create_task(self.liveness_loop()), asyncio.create_task(trim_loop())]
+        liveness = liveness_loop(self.workers, self._seen, lambda plugin: self._set_worker_status(plugin, "lost"),
+                                 self._unresponsive)
+        background = [asyncio.create_task(liveness), asyncio.create_task(trim_loop())]
         self.config.start()
         await stop.wait()
         self.config.stop()
         for task in background:
             task.cancel()
-        for stream in (self.control_stream, self.worker_stream, self.events_stream):
+        for stream in (self.control_server, self.worker_stream, self.events_stream):
             stream.close()
         self.ctx.destroy(linger=0)
 
@@ -687,37 +558,12 @@ class Broker:
             return
 
 
-def _write_epoch(epoch: str) -> None:
-    """Tell running workers this broker's epoch (they register again when it changes). In a full runtime dir the
-    atomic replace fails; epochs all have one length, so the old bytes are overwritten in place (no new space)."""
-    path = protocol.epoch_path()
-    try:
-        write_atomic(path, epoch, fsync=False)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.getsize(path) != len(epoch):
-            raise
-        log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
-        with open(path, "r+b") as f:
-            f.write(epoch.encode())
-
-
-def _is_worker_of(pid: int, plugin: str) -> bool:
-    """Whether `pid` is an omniworker process for `plugin` (its command line says so)."""
-    import psutil
-    try:
-        cmd = psutil.Process(pid).cmdline()
-    except psutil.Error:
-        return False
-    return "omniworker.worker" in " ".join(cmd) and plugin in cmd
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omnibroker", description="omni broker (run by supervisord)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s omnibroker %(levelname)s %(message)s")
-    from omniworker.children import set_pdeathsig
     set_pdeathsig(signal.SIGTERM)       # die with supervisord, even when it is SIGKILLed
     try:
         broker = Broker()

@@ -234,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "run-external" in argv:
         i = argv.index("run-external")
-        from .run_external import main as run_external
-        return run_external(argv[i + 1:])
+        # The worker side runs it (omniworker/run_external.py): this process becomes it, same pid for signals.
+        import os
+        os.execv(sys.executable, [sys.executable, "-m", "omniworker.run_external", *argv[i + 1:]])
     if argv[:1] == ["curve-keygen"]:
         if len(argv) != 2:
             print("usage: omnictl curve-keygen DIR", file=sys.stderr)

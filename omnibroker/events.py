@@ -6,6 +6,8 @@ snapshot's; a new epoch means the broker restarted.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 import uuid
@@ -14,14 +16,31 @@ import msgspec
 import zmq
 
 from . import protocol
+from .files import write_atomic
 from .protocol import DevServerState, EventMeta
 from .security import secure_server
 from .zstream import send_frames
+
+log = logging.getLogger("omnibroker")
 
 
 def new_epoch() -> str:
     # Sortable by start time, unique across restarts within the same second.
     return f"{int(time.time()):x}-{uuid.uuid4().hex[:8]}"
+
+
+def write_epoch(epoch: str) -> None:
+    """Tell running workers this broker's epoch (they register again when it changes). In a full runtime dir the
+    atomic replace fails; epochs all have one length, so the old bytes are overwritten in place (no new space)."""
+    path = protocol.epoch_path()
+    try:
+        write_atomic(path, epoch, fsync=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or os.path.getsize(path) != len(epoch):
+            raise
+        log.error("the runtime dir is full (%s): writing the epoch into %s in place", e.strerror, path)
+        with open(path, "r+b") as f:
+            f.write(epoch.encode())
 
 
 class EventBus:

@@ -1,7 +1,7 @@
 """Vite ports for managed plugins: one per plugin, from a fixed range, stable across restarts.
 
-- The range is half-open: `range_start <= port < range_end` (15173..15272 by default, 100 ports, as the seed and
-  Omniview). Configurable.
+- The range is half-open: `range_start <= port < range_end` (15173..15272 by default, 100 ports, as
+  Omniview's). Configurable.
 - A port is handed out only after binding 127.0.0.1:port succeeds (SO_REUSEADDR off), so ports held by other
   programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite (a
   second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port) counts

@@ -308,6 +308,24 @@ class Welcome(msgspec.Struct, kw_only=True):
     vitePort: int = 0
 
 
+class Forwarded(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The properties of a command the broker forwards to a worker (`Request.properties` on K_COMMAND): the client's
+    properties as the command validated them, plus what the broker decided for it."""
+    plugin: str
+    vite: bool = True               # start
+    go: bool = True                 # start
+    vitePort: int = 0               # start, restart: the Vite port the broker holds for the plugin (0: none)
+    count: int = 200                # logs
+    source: str | None = None       # logs
+    method: str = ""                # invoke
+    request: str = ""               # invoke: protobuf bytes, base64
+    timeout: float = 10.0           # invoke: seconds
+
+
+def decode_forwarded(properties: dict[str, Any]) -> Forwarded:
+    return msgspec.convert(properties, Forwarded)
+
+
 class Token(msgspec.Struct, kw_only=True):
     op: Literal["acquire", "release", "granted"]
     id: str

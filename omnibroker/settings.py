@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START
+
 Seconds = Annotated[float, Meta(ge=0, le=86_400)]
 Timeout = Annotated[float, Meta(gt=0, le=86_400)]
 Port = Annotated[int, Meta(ge=1, le=65_535)]
@@ -118,7 +120,7 @@ class PluginSettings(Section):
 
 class ServiceSettings(Section):
     vite_ports: Annotated[list[Annotated[int, Meta(ge=1024, le=65_536)]], Meta(min_length=2, max_length=2)] = \
-        msgspec.field(default_factory=lambda: [15173, 15273])
+        msgspec.field(default_factory=lambda: [DEFAULT_RANGE_START, DEFAULT_RANGE_END])
     build_slots: Annotated[int, Meta(ge=1, le=256)] | None = None     # None: the number of cores
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 import psutil
 
 from omnibroker import protocol
+from omnibroker.process import killpg, set_pdeathsig
 
 LineHandler = Callable[[str, str], None]        # (stream "stdout"|"stderr", line without newline)
 MAX_LINE = 64 * 1024
@@ -42,7 +43,6 @@ MARK = "OMNI_CHILD"
 PIPE_DRAIN = 1.0            # s to read a finished child's pipes when a descendant keeps them open
 KILL_WAIT = 2.0             # s to wait for killed escapees to die
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _own: set[int] = set()      # pids of live Child processes (asyncio reaps them, reap_adopted() must not)
 _spawning = 0               # spawns under way (their pid is not in _own yet)
@@ -50,12 +50,6 @@ try:
     _libc = ctypes.CDLL(None, use_errno=True)
 except OSError:     # pragma: no cover - not Linux
     _libc = None
-
-
-def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    """Ask the kernel to send `sig` to this process when its parent dies (Linux)."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def set_child_subreaper() -> None:
@@ -343,10 +337,7 @@ class Child:
         return await asyncio.shield(self._done)
 
     def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        killpg(self.pid, sig)
 
     async def stop(self, grace: float = 5.0) -> int:
         """TERM to the group, wait `grace` seconds, then KILL the group. Returns the exit code."""

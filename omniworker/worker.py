@@ -25,58 +25,25 @@ import zmq  # noqa: E402
 import zmq.asyncio  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
+from omnibroker.commands import COMMANDS  # noqa: E402
+from omnibroker.process import set_pdeathsig  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
 from omnibroker.security import secure_client  # noqa: E402
 
-from .children import ChildRegistry, reap_adopted, set_child_subreaper, set_pdeathsig
+from .children import ChildRegistry, reap_adopted, set_child_subreaper
 from .context import PluginContext
 from .devserver import DevServer
 
 log = logging.getLogger("omniworker")
 
 
-async def _cmd_start(ds: DevServer, p: dict) -> None:
-    await ds.start(vite=p.get("vite", True), go=p.get("go", True), vite_port=p.get("vitePort", 0))
-
-
-async def _cmd_logs(ds: DevServer, p: dict) -> dict:
-    source = p.get("source")
-    if source is not None and source not in ("vite", "go-build", "go-watch", "manager", "plugin"):
-        raise CommandError(ErrorCode.BAD_PROPERTY, f"unknown log source {source!r}")
-    entries = ds.ctx.logs.tail(p.get("count", 200), source)
-    # The newest entries that fit in a control reply; `omitted` says how many older ones did not.
-    budget, kept = protocol.MAX_REPLY_BYTES - 4096, 0
-    for entry in reversed(entries):
-        budget -= len(protocol.encode(entry)) + 1
-        if budget < 0:
-            break
-        kept += 1
-    return {"entries": protocol.to_builtins(entries[len(entries) - kept:]), "omitted": len(entries) - kept}
-
-
-# Worker-side command table: name -> coroutine(devserver, properties) -> result (None: reply with the state).
-COMMANDS = {
-    "start": _cmd_start,
-    "stop": lambda ds, p: ds.stop(),
-    "restart": lambda ds, p: ds.restart(vite_port=p.get("vitePort", 0)),
-    "rebuild": lambda ds, p: ds.rebuild(),
-    "attach": lambda ds, p: ds.attach(),
-    "detach": lambda ds, p: ds.detach(),
-    "logs": _cmd_logs,
-    "external_info": lambda ds, p: _value(ds.external_info()),
-    "invoke": lambda ds, p: ds.invoke(p["method"], p.get("request", ""), float(p.get("timeout", 10.0))),
-}
-# Commands that change the mode run one at a time, each holding the lock at most SERIAL_BUDGET seconds (inside the
-# broker's 30 s): one that overruns is abandoned, answered `timeout`, and the worker exits with ABANDONED_EXIT after
-# killing its children, so supervisord starts a new one that applies the desired state.
-SERIAL = {"start", "stop", "restart", "attach", "detach"}
+# The commands the worker runs are the broker's table (omnibroker/commands): each forwarded Command's `work`.
+# `exclusive` ones change the mode: they run one at a time, each holding the lock at most SERIAL_BUDGET seconds
+# (inside the broker's 30 s): one that overruns is abandoned, answered `timeout`, and the worker exits with
+# ABANDONED_EXIT after killing its children, so supervisord starts a new one that applies the desired state.
 SERIAL_BUDGET = 20.0
 PORT_SWAP_TIMEOUT = 5.0         # s to wait for the broker's answer to a PortSwap
 ABANDONED_EXIT = 75
-
-
-async def _value(v: Any) -> Any:
-    return {"info": v}
 
 
 class BrokerLink:
@@ -258,7 +225,7 @@ class Worker:
             self.serial.release()
 
     def abandon(self, why: str, task: asyncio.Future) -> None:
-        """A command overran: its parts are in no known state. Stop it and let the worker exit (see SERIAL)."""
+        """A command overran: its parts are in no known state. Stop it and let the worker exit (see SERIAL_BUDGET)."""
         log.error("%s: abandoning it; the worker exits so that supervisord restarts it", why)
         self.abandoned = why
         task.cancel()
@@ -271,13 +238,17 @@ class Worker:
                 return
             if self.devserver is None:
                 raise CommandError(ErrorCode.WORKER_UNAVAILABLE, "the worker has not been welcomed by the broker yet")
-            fn = COMMANDS.get(req.command)
-            if fn is None:
+            cmd = COMMANDS.get(req.command)
+            if cmd is None or not cmd.forward:
                 raise CommandError(ErrorCode.UNKNOWN_COMMAND, f"the worker does not run {req.command!r}")
-            if req.command in SERIAL:
-                result = await self.serially(req.command, lambda: fn(self.devserver, req.properties))
+            try:
+                props = protocol.decode_forwarded(req.properties)
+            except msgspec.ValidationError as e:
+                raise CommandError(ErrorCode.BAD_PROPERTY, f"{req.command}: {e}") from None
+            if cmd.exclusive:
+                result = await self.serially(cmd.name, lambda: cmd.work(self.devserver, props))
             else:
-                result = await fn(self.devserver, req.properties)
+                result = await cmd.work(self.devserver, props)
             if result is None:
                 result = protocol.to_builtins(self.devserver.ctx.state)
             reply = protocol.ok_reply(req.id, result)

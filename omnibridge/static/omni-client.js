@@ -251,7 +251,7 @@ export function applyEvent(s, topic, payload, plugin, logLines = 500) {
  *   const useDevServer = makeUseDevServer(React, omni);
  *   function Footer({ id }) { const { state, logs, errors, reloadKey, connected } = useDevServer(id); ... }
  * `reloadKey` increments on plugin/dev_reload_complete for that plugin: use it as the `key` of the plugin's view to
- * remount it after a Go reload (the seed's reloadKey). Without an id it returns every plugin's state.
+ * remount it after a Go reload. Without an id it returns every plugin's state.
  */
 export function makeUseDevServer(React, client) {
   const { useState, useEffect } = React;

@@ -293,7 +293,7 @@ export class PluginView {
   }
 
   _mount() {
-    this.key += 1;                         // the seed's reloadKey: a fresh element and a fresh React root
+    this.key += 1;                         // a fresh element and a fresh React root
     const el = h("div", { "data-reload-key": String(this.key) });
     this.box.replaceChildren(el);
     this.box.dataset.reloadKey = String(this.key);

@@ -10,6 +10,7 @@ class Add(Command):
     properties = {"plugin": Prop(str, "plugin id (default: the id in DIR/plugin.yaml)", positional=True),
                   "path": Prop(str, "plugin source directory (absolute)", required=True),
                   "settings": Prop(dict, "per-plugin settings, as in omni.toml [plugins.<id>]", default={})}
+    exclusive = True
 
     async def execute(self, broker, props):
         from .. import protocol, settings

@@ -7,9 +7,12 @@ class Attach(Command):
     name = "attach"
     properties = {"plugin": PLUGIN}
     forward = True
+    exclusive = True
+    starts_worker = True
     timeout = 30.0
 
     async def execute(self, broker, props):
-        broker.registry.set_mode(props["plugin"], "external")
-        broker.release_port(props["plugin"])
-        return await broker.forward(self, props)
+        return await broker.change_mode(self, props, "external")
+
+    async def work(self, devserver, props):
+        await devserver.attach()

@@ -1,5 +1,7 @@
 """What a control command is: its name, its properties (typed, required or not, with help), its docstring (shown by
-`omnictl <name> --help` and docs), and `execute`. Circus-style: one module per command, one table."""
+`omnictl <name> --help` and docs), and both halves of its work: `execute` runs in the broker (and hands the policy to
+a broker method), `work` runs in the plugin's worker for a forwarded command. Circus-style: one module per command,
+one table, read by omnictl, the broker and the worker."""
 from __future__ import annotations
 
 from ..errors import CommandError, ErrorCode
@@ -9,6 +11,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..broker import Broker
+    from ..protocol import Forwarded
 
 
 class Prop:
@@ -27,8 +30,13 @@ PLUGIN = Prop(str, "plugin id", required=True, positional=True)
 class Command:
     name: str = ""
     properties: dict[str, Prop] = {}
-    # Executed by the plugin's worker (forwarded by the broker) rather than by the broker itself.
+    # Executed by the plugin's worker (forwarded by the broker, `work` there) rather than by the broker itself.
     forward: bool = False
+    # Changes the plugin's mode: runs one at a time per plugin (never globally: circus's lesson), in the broker and,
+    # when forwarded, in the worker (under its lock, within its SERIAL_BUDGET).
+    exclusive: bool = False
+    # Wants the plugin running: a worker program held stopped in supervisord is started again for it.
+    starts_worker: bool = False
     # How long the broker waits for the worker's answer.
     timeout: float = 10.0
     # Answered on the spot by `run` (no task, no await): reads of the broker's own state.
@@ -68,5 +76,11 @@ class Command:
         raise NotImplementedError
 
     async def execute(self, broker: "Broker", props: dict[str, Any]) -> Any:
-        """Default for forwarded commands: hand the request to the plugin's worker and return its result."""
+        """The broker half. Default for forwarded commands: hand the request to the plugin's worker and return its
+        result."""
         return await broker.forward(self, props)
+
+    async def work(self, devserver: Any, props: "Forwarded") -> Any:
+        """The worker half of a forwarded command, on the plugin's DevServer (omniworker/devserver.py); None means
+        "reply with the plugin's state"."""
+        raise NotImplementedError

@@ -3,12 +3,14 @@ from .base import PLUGIN, Command
 
 
 class Detach(Command):
-    """Leave external mode; the external plugin process keeps running."""
+    """Leave external mode; the external plugin process keeps running (a managed plugin stays managed)."""
     name = "detach"
     properties = {"plugin": PLUGIN}
     forward = True
+    exclusive = True
 
     async def execute(self, broker, props):
-        if broker.registry.get(props["plugin"]).desired.mode == "external":
-            broker.registry.set_mode(props["plugin"], "idle")       # a managed plugin stays managed
-        return await broker.forward(self, props)
+        return await broker.change_mode(self, props, "idle", only_from="external")
+
+    async def work(self, devserver, props):
+        await devserver.detach()

@@ -8,3 +8,5 @@ class ExternalInfo(Command):
     properties = {"plugin": PLUGIN}
     forward = True
 
+    async def work(self, devserver, props):
+        return {"info": devserver.external_info()}

@@ -12,3 +12,5 @@ class Invoke(Command):
     forward = True
     timeout = 25.0
 
+    async def work(self, devserver, props):
+        return await devserver.invoke(props.method, props.request, float(props.timeout))

@@ -12,3 +12,6 @@ class Rebuild(Command):
     async def execute(self, broker, props):
         await broker.forward(self, props)
         return {"pluginID": props["plugin"], "accepted": True}
+
+    async def work(self, devserver, props):
+        await devserver.rebuild()

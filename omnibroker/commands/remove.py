@@ -6,6 +6,7 @@ class Remove(Command):
     """Stop a plugin's worker and forget the plugin."""
     name = "remove"
     properties = {"plugin": PLUGIN}
+    exclusive = True
 
     async def execute(self, broker, props):
         broker.registry.get(props["plugin"])

@@ -9,20 +9,11 @@ class Stop(Command):
     name = "stop"
     properties = {"plugin": PLUGIN}
     forward = True
+    exclusive = True
     timeout = 30.0
 
     async def execute(self, broker, props):
-        import msgspec
+        return await broker.change_mode(self, props, "idle")
 
-        from ..protocol import to_builtins
-        plugin = props["plugin"]
-        broker.registry.set_mode(plugin, "idle")
-        try:
-            if await broker.held_state(plugin):
-                state = msgspec.structs.replace(broker.state_of(plugin), mode="idle")
-                broker.events.status(state)
-                return to_builtins(state)
-            return await broker.forward(self, props)
-        finally:
-            # Also when the worker did not answer: it stops Vite or is restarted idle (worker.py, SERIAL_BUDGET).
-            broker.release_port(plugin)
+    async def work(self, devserver, props):
+        await devserver.stop()

@@ -3,7 +3,7 @@
 - control messages sent to the REAL broker (supervisord, ipc socket): any bytes, any JSON, request-shaped documents
   with random commands and properties, any number of frames → always a structured reply (status ok, or status error
   with a known code and a reason), the broker keeps answering, never restarts, and its memory stays flat;
-- `.devinfo` contents (omniworker.external.parse_devinfo / parse_addr / validate_devinfo on real files);
+- `.devinfo` contents (omniworker.devinfo.parse_devinfo / parse_addr / validate_devinfo on real files);
 - Go build output (omniworker.gobuild.parse_go_errors) and Vite output lines (omniworker.vite.parse_vite_errors) →
   a list of BuildError that encodes as the error event payload, positions within int32.
 
@@ -31,7 +31,7 @@ from service import REPO, Service  # noqa: E402
 from omnibroker import protocol  # noqa: E402
 from omnibroker.commands import COMMANDS  # noqa: E402
 from omnibroker.protocol import BuildError, ErrorCode  # noqa: E402
-from omniworker import external  # noqa: E402
+from omniworker import devinfo  # noqa: E402
 from omniworker.gobuild import parse_go_errors  # noqa: E402
 from omniworker.vite import parse_vite_errors  # noqa: E402
 
@@ -217,7 +217,7 @@ def test_invalid_utf8_inside_a_json_string_is_answered(broker):
 
 
 # --- .devinfo ---------------------------------------------------------------------------------------------------------
-DEVINFO_CODES = {v for k, v in vars(external.Code).items() if k.isupper()}
+DEVINFO_CODES = {v for k, v in vars(devinfo.Code).items() if k.isupper()}
 
 
 def _loopback_or_socket(network: str, address: str) -> bool:
@@ -244,12 +244,12 @@ devinfo_doc = st.fixed_dictionaries(
 @given(data=st.binary(max_size=2048) | devinfo_doc.map(lambda d: json.dumps(d).encode()))
 def test_parse_devinfo_never_crashes(data):
     try:
-        info = external.parse_devinfo(data, "hello")
-    except external.DevInfoError as e:
+        info = devinfo.parse_devinfo(data, "hello")
+    except devinfo.DevInfoError as e:
         assert e.code in DEVINFO_CODES and len(e.message) > 10
         return
     assert info.pluginId in ("hello", "") and info.protocol == "grpc" and 0 < info.pid   # pluginId is optional
-    network, address = external.parse_addr(info.addr)
+    network, address = devinfo.parse_addr(info.addr)
     assert _loopback_or_socket(network, address), info.addr
 
 
@@ -258,9 +258,9 @@ def test_parse_devinfo_never_crashes(data):
                                                      "0x7f000001:80", "127.0.0.1.nip.io:80", "[::ffff:127.0.0.1]:8"]))
 def test_parse_addr_accepts_only_loopback(addr):
     try:
-        network, address = external.parse_addr(addr)
-    except external.DevInfoError as e:
-        assert e.code in (external.Code.ADDR_INVALID, external.Code.ADDR_NOT_LOOPBACK)
+        network, address = devinfo.parse_addr(addr)
+    except devinfo.DevInfoError as e:
+        assert e.code in (devinfo.Code.ADDR_INVALID, devinfo.Code.ADDR_NOT_LOOPBACK)
         return
     assert _loopback_or_socket(network, address), (addr, network, address)
 
@@ -275,8 +275,8 @@ def test_validate_devinfo_files_never_crash(tmp_path_factory, data, mode):
     path.write_bytes(data)
     path.chmod(mode)
     try:
-        valid = external.validate_devinfo(str(path), "hello")
-    except external.DevInfoError as e:
+        valid = devinfo.validate_devinfo(str(path), "hello")
+    except devinfo.DevInfoError as e:
         assert e.code in DEVINFO_CODES and len(e.message) > 10
         return
     assert mode & 0o022 == 0

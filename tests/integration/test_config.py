@@ -89,8 +89,8 @@ def test_reload_adds_changes_and_removes_entries(svc_factory, tmp_path):
     svc = svc_factory(entry("a", a))
     svc.wait_state("a", lambda s: s["workerStatus"] == "up", what="a's worker up")
     pid_a = svc.program_pid("omniworker-a")
-    mine = copy_example(tmp_path / "mine", ui=False)
-    svc.call("add", plugin="mine", path=str(mine))  # the user's: a reload never touches it
+    mine = copy_example(tmp_path / "mine", ui=False)      # its plugin.yaml names "mine", as `add` requires
+    svc.call("add", plugin="mine", path=str(mine))     # the user's: a reload never touches it
     svc.config.write_text(entry("b", b))
     result = svc.call("reload")
     assert result == {"configError": "", "added": ["b"], "removed": ["a"], "changed": []}, result

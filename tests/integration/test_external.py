@@ -25,7 +25,8 @@ import pytest
 from omnibroker import protocol
 from omnibroker.protocol import CommandError
 from omniworker.context import NullSink, PluginContext
-from omniworker.external import Code, External
+from omniworker.devinfo import Code
+from omniworker.external import External
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello-plugin"
@@ -116,7 +117,7 @@ class RunExternal:
         self.err = tmp / f"{name}.err"
         env = dict(os.environ, OMNIVIEW_HOME=str(home), PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omnibroker.run_external", PLUGIN, *args, "--", *cmd], cwd=str(tmp), env=env,
+            [sys.executable, "-m", "omniworker.run_external", PLUGIN, *args, "--", *cmd], cwd=str(tmp), env=env,
             stdout=open(self.out, "wb"), stderr=open(self.err, "wb"), start_new_session=True)
 
     def plugin_pids(self) -> list[int]:

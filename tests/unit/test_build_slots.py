@@ -1,5 +1,5 @@
-"""BuildSlots: the broker-wide build slots (omnibroker/broker.py)."""
-from omnibroker.broker import BuildSlots
+"""BuildSlots: the broker-wide build slots (omnibroker/workers.py)."""
+from omnibroker.workers import BuildSlots
 
 
 def make(capacity: int):

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omnibroker.protocol import DevInfo
-from omniworker.external import (MAX_DEVINFO_BYTES, Code, DevInfoError, DevInfoMissing, check_owns_socket,
-                                 check_process, check_socket, parse_addr, parse_devinfo, read_devinfo_file, validate_devinfo)
+from omniworker.devinfo import (MAX_DEVINFO_BYTES, Code, DevInfoError, DevInfoMissing, check_owns_socket,
+                                check_process, check_socket, parse_addr, parse_devinfo, read_devinfo_file, validate_devinfo)
 
 PLUGIN = "hello"
 ALL_CODES = {v for k, v in vars(Code).items() if k.isupper()}

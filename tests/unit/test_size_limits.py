@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from omnibroker import protocol
-from omnibroker.broker import Broker
+from omnibroker.control import Control
 from omnibroker.commands import COMMANDS
 from omnibroker.errors import CommandError
 from omnibroker.events import EventBus
@@ -25,8 +25,8 @@ from omniworker.gobuild import Builder
 
 def sent_reply(reply: protocol.Reply) -> dict:
     sent = []
-    fake = types.SimpleNamespace(control_stream=types.SimpleNamespace(send=lambda frames: sent.append(frames) or True))
-    Broker._reply(fake, [b"client"], reply)
+    fake = types.SimpleNamespace(stream=types.SimpleNamespace(send=lambda frames: sent.append(frames) or True))
+    Control._reply(fake, [b"client"], reply)
     assert sent[0][0] == b"client"
     return protocol.decode_json(sent[0][-1])
 

@@ -1,9 +1,13 @@
-"""`omnictl run-external <id> [--vite] -- <command…>`: run a go-plugin plugin yourself, in Mode B.
+"""`omnictl run-external <id> [--vite] -- <command…>` (`python -m omniworker.run_external`): run a go-plugin plugin
+yourself, in Mode B.
 
 For plugins whose SDK does not write `.devinfo`: runs any go-plugin binary (or `go run ./pkg`) with the magic cookie
 and go-plugin's environment, reads its handshake line from stdout, writes `<home>/plugins/<id>/.devinfo`
 atomically (mode 0600) so `omnictl attach <id>` (or a worker already attached) connects to it, forwards the plugin's
 output to our stdout/stderr, and removes `.devinfo` when the plugin exits (if it still names the plugin).
+
+The handshake line is parsed and checked by goplugin.py's parser (the one managed mode uses), `.devinfo` is written
+and removed by devinfo.py, and the Vite port comes from ports.py's default range.
 
 SIGINT/SIGTERM/SIGHUP are forwarded to the plugin's process group (go-plugin ignores SIGINT, so a SIGTERM follows
 after a moment, then SIGKILL after `--grace`). The plugin dies with us even if we are killed (PR_SET_PDEATHSIG).
@@ -24,18 +28,21 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
-from dataclasses import dataclass
 
 import psutil
 
 from omnibroker import protocol
-from omnibroker.files import write_atomic
+from omnibroker.ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START, port_is_free
+from omnibroker.process import killpg, rc_text, set_pdeathsig
+
+from .devinfo import DEVINFO_NAME, remove_if_names, write_devinfo
+from .goplugin import Handshake, PluginError, looks_like_handshake, parse_handshake
 
 PROG = "omnictl run-external"
-VITE_PORTS = range(15173, 15274)        # 15173–15273
-SUPPORTED_APP_VERSIONS = (1,)
+VITE_PORTS = range(DEFAULT_RANGE_START, DEFAULT_RANGE_END)
+VITE_RANGE_TEXT = f"{DEFAULT_RANGE_START}-{DEFAULT_RANGE_END - 1}"
+SUPPORTED_APP_VERSIONS = [1]
 MAX_LINE = 64 * 1024
 
 
@@ -45,64 +52,8 @@ def _say(message: str) -> None:
         sys.stderr.flush()
 
 
-@dataclass
-class Handshake:
-    core: int
-    app: int
-    network: str
-    addr: str
-    protocol: str
-    cert: str = ""
-
-
-def parse_handshake(line: str) -> Handshake:
-    """go-plugin's `CORE|APP|NETWORK|ADDR|PROTOCOL` line, or the 6-field form with a trailing (maybe empty) cert."""
-    parts = line.strip().split("|")
-    if len(parts) not in (5, 6):
-        raise ValueError(f"not a go-plugin handshake (want 5 or 6 '|'-separated fields): {line.strip()[:200]!r}")
-    try:
-        core, app = int(parts[0]), int(parts[1])
-    except ValueError:
-        raise ValueError(f"handshake versions are not numbers: {line.strip()[:200]!r}") from None
-    network, addr, proto = parts[2], parts[3], parts[4] or "netrpc"
-    if network not in ("unix", "tcp") or not addr:
-        raise ValueError(f"handshake network {network!r} / address {addr!r} not supported (unix or tcp)")
-    return Handshake(core, app, network, addr, proto, parts[5] if len(parts) == 6 else "")
-
-
-def write_devinfo(path: str, info: protocol.DevInfo) -> None:
-    """Atomically (temp file in the same directory + rename), mode 0600, directory 0700."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    write_atomic(path, protocol.encode(info) + b"\n")
-
-
-def remove_devinfo(path: str, pid: int) -> bool:
-    """Remove `.devinfo` only if it names `pid` (a newer instance may have replaced it)."""
-    try:
-        st = os.lstat(path)
-        if not os.path.isfile(path) or os.path.islink(path) or st.st_size > 64 * 1024:
-            return False
-        with open(path, "rb") as f:
-            named = protocol.decode_devinfo(f.read()).pid
-        if named != pid:
-            return False
-        os.unlink(path)
-        return True
-    except Exception:
-        return False
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
 def pick_vite_port() -> int | None:
-    return next((p for p in VITE_PORTS if port_free(p)), None)
+    return next((p for p in VITE_PORTS if port_is_free(p)), None)
 
 
 def serving_pid(root_pid: int, hs: Handshake) -> int:
@@ -130,7 +81,6 @@ def serving_pid(root_pid: int, hs: Handshake) -> int:
 
 
 def _preexec() -> None:
-    from omniworker.children import set_pdeathsig
     set_pdeathsig(signal.SIGKILL)
 
 
@@ -167,18 +117,13 @@ async def _pump(reader: asyncio.StreamReader | None, out, prefix: bytes = b"") -
         _write_out(out, chunk)
 
 
-def _killpg(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 def build_parser(with_command: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Run a go-plugin plugin yourself and publish it for external mode (.devinfo).",
         epilog=f"example: {PROG} my-plugin --vite -- go run ./pkg")
     p.add_argument("plugin", help="plugin id (the .devinfo directory name; also the default cookie value)")
     p.add_argument("--vite", action="store_true", help="also run <dir>/ui's Vite dev server and record its port")
-    p.add_argument("--vite-port", type=int, default=0, help="Vite port (default: the first free in 15173-15273)")
+    p.add_argument("--vite-port", type=int, default=0, help=f"Vite port (default: the first free in {VITE_RANGE_TEXT})")
     p.add_argument("--dir", default=None, help="plugin source directory, where the command runs (default: cwd)")
     p.add_argument("--cookie-key", default=None,
                    help="go-plugin magic cookie key (default: [handshake] cookie_key in omni.toml, else OMNIVIEW)")
@@ -230,13 +175,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def handshake_settings(plugin: str) -> tuple[dict, str]:
     """(the plugin's `[handshake]` settings as the broker's registry has them, a note when they cannot be read).
     Read from the same files the broker reads (omni.toml and the runtime dir's state.json): no broker needed."""
-    from .registry import Registry
+    from omnibroker.registry import Registry
     try:
         registry = Registry(protocol.config_path(), os.path.join(protocol.runtime_dir(), "state.json"))
     except (Exception, SystemExit) as e:        # load_config exits on a broken omni.toml: say so, use defaults
         return {}, f"cannot read the plugin settings ({e}): using the default handshake"
     record = registry.plugins.get(plugin)
-    table = record.spec.settings.get("handshake") if record is not None else None
+    table = (record.spec.settings if record is not None else {}).get("handshake")    # keys: settings.py
     return (table if isinstance(table, dict) else {}), ""
 
 
@@ -244,7 +189,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.dir = os.path.abspath(args.dir or os.getcwd())
-        self.devinfo_path = os.path.join(protocol.plugin_home(args.plugin), ".devinfo")
+        self.devinfo_path = os.path.join(protocol.plugin_home(args.plugin), DEVINFO_NAME)
         self.plugin: asyncio.subprocess.Process | None = None
         self.vite: asyncio.subprocess.Process | None = None
         self.vite_port = 0
@@ -267,10 +212,10 @@ class Runner:
         finally:
             for handle in self._escalation:
                 handle.cancel()
-            if self.written_pid and remove_devinfo(self.devinfo_path, self.written_pid):
+            if self.written_pid and remove_if_names(self.devinfo_path, self.written_pid):
                 _say(f"removed {self.devinfo_path}")
             if self.plugin is not None:
-                _killpg(self.plugin.pid, signal.SIGKILL)     # leftovers of the plugin's group (go run's binary)
+                killpg(self.plugin.pid, signal.SIGKILL)     # leftovers of the plugin's group (go run's binary)
             await self._stop_vite()
             await asyncio.gather(*pumps, return_exceptions=True)
 
@@ -278,18 +223,18 @@ class Runner:
     def _on_signal(self, sig: int) -> None:
         if self.stop_signal:            # a second Ctrl-C: no more patience
             if self.plugin is not None:
-                _killpg(self.plugin.pid, signal.SIGKILL)
+                killpg(self.plugin.pid, signal.SIGKILL)
             return
         self.stop_signal = sig
         _say(f"got {signal.Signals(sig).name}: stopping the plugin")
         if self.plugin is None or self.plugin.returncode is not None:
             return
         pid = self.plugin.pid
-        _killpg(pid, sig)
+        killpg(pid, sig)
         loop = asyncio.get_running_loop()
         if sig != signal.SIGTERM:       # go-plugin ignores SIGINT
-            self._escalation.append(loop.call_later(min(2.0, self.args.grace), _killpg, pid, signal.SIGTERM))
-        self._escalation.append(loop.call_later(self.args.grace, _killpg, pid, signal.SIGKILL))
+            self._escalation.append(loop.call_later(min(2.0, self.args.grace), killpg, pid, signal.SIGTERM))
+        self._escalation.append(loop.call_later(self.args.grace, killpg, pid, signal.SIGKILL))
 
     # --- Vite -------------------------------------------------------------------------------------------------
     async def _start_vite(self, pumps: list[asyncio.Task]) -> int:
@@ -300,9 +245,9 @@ class Runner:
             return 2
         port = self.args.vite_port or pick_vite_port()
         if not port:
-            _say("--vite: no free port in 15173-15273")
+            _say(f"--vite: no free port in {VITE_RANGE_TEXT}")
             return 2
-        if self.args.vite_port and not port_free(port):
+        if self.args.vite_port and not port_is_free(port):
             _say(f"--vite: port {port} is already in use")
             return 2
         self.vite_port = port
@@ -319,19 +264,19 @@ class Runner:
     async def _watch_vite(self, vite: asyncio.subprocess.Process) -> None:
         rc = await vite.wait()
         if not self.stop_signal and (self.plugin is None or self.plugin.returncode is None):
-            _say(f"Vite exited with {_rc_text(rc)}; the plugin keeps running (the worker shows viteStatus "
+            _say(f"Vite exited with {rc_text(rc)}; the plugin keeps running (the worker shows viteStatus "
                  "\"stopped\")")
 
     async def _stop_vite(self) -> None:
         if self.vite is None:
             return
         if self.vite.returncode is None:
-            _killpg(self.vite.pid, signal.SIGTERM)
+            killpg(self.vite.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.vite.wait(), 3.0)
             except asyncio.TimeoutError:
                 pass
-        _killpg(self.vite.pid, signal.SIGKILL)
+        killpg(self.vite.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.vite.wait(), 3.0)
 
@@ -387,14 +332,14 @@ class Runner:
                      f"HandshakeConfig expects with --cookie-key/--cookie-value, or set it in omni.toml's "
                      f"[plugins.{self.args.plugin}.handshake] cookie_key/cookie_value")
             elif not self.stop_signal and not self.refused:
-                _say(f"the plugin exited with {_rc_text(rc)} before its handshake")
+                _say(f"the plugin exited with {rc_text(rc)} before its handshake")
             return _exit_code(rc) or 1
         pumps.append(asyncio.create_task(_pump(proc.stdout, sys.stdout.buffer)))
         if not self.stop_signal:
             self._publish(proc, hs)
         rc = await proc.wait()
         if not self.stop_signal:
-            _say(f"the plugin exited with {_rc_text(rc)}")
+            _say(f"the plugin exited with {rc_text(rc)}")
         return _exit_code(rc)
 
     def _on_signal_late(self) -> None:
@@ -410,7 +355,7 @@ class Runner:
             if remaining <= 0:
                 _say(f"no go-plugin handshake on stdout within {self.args.handshake_timeout:g}s: stopping the plugin")
                 self.refused = True
-                _killpg(proc.pid, signal.SIGKILL)
+                killpg(proc.pid, signal.SIGKILL)
                 return None
             try:
                 raw = await asyncio.wait_for(proc.stdout.readline(), remaining)
@@ -422,24 +367,16 @@ class Runner:
                 return None
             _write_out(sys.stdout.buffer, raw)
             line = raw.decode("utf-8", "replace")
-            try:
-                hs = parse_handshake(line)
-            except ValueError:
+            if not looks_like_handshake(line):
                 continue            # something printed before go-plugin's line
-            problems = []
-            if hs.core != 1:
-                problems.append(f"core protocol version {hs.core} (want 1)")
-            if hs.app not in SUPPORTED_APP_VERSIONS:
-                problems.append(f"app protocol version {hs.app} (want {SUPPORTED_APP_VERSIONS})")
-            if hs.protocol != "grpc":
-                problems.append(f"protocol {hs.protocol!r} (only grpc is supported)")
-            if problems:
+            try:
+                return parse_handshake(line, SUPPORTED_APP_VERSIONS)
+            except PluginError as e:
                 self.refused = True
-                _say("the plugin's handshake is not usable: " + "; ".join(problems) + "; stopping it")
-                _killpg(proc.pid, signal.SIGTERM)
-                asyncio.get_running_loop().call_later(self.args.grace, _killpg, proc.pid, signal.SIGKILL)
+                _say(f"the plugin's handshake is not usable: {e}; stopping it")
+                killpg(proc.pid, signal.SIGTERM)
+                asyncio.get_running_loop().call_later(self.args.grace, killpg, proc.pid, signal.SIGKILL)
                 return None
-            return hs
 
     def _publish(self, proc: asyncio.subprocess.Process, hs: Handshake) -> None:
         pid = serving_pid(proc.pid, hs)
@@ -453,14 +390,6 @@ class Runner:
             return
         self.written_pid = pid
         _say(f"{self.args.plugin}: pid {pid} serving {hs.network}:{hs.addr}; wrote {self.devinfo_path}")
-
-
-def _rc_text(rc: int) -> str:
-    if rc < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {signal.Signals(-rc).name}"
-        return f"signal {-rc}"
-    return f"status {rc}"
 
 
 def _exit_code(rc: int) -> int:
