@@ -14,6 +14,7 @@ every other command an empty ok. So the real `omnibridge` and the real dashboard
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
