@@ -1,8 +1,10 @@
 """A stand-in broker for the bridge's load tests and benchmarks (no supervisord, no workers).
 
-It binds a control ROUTER and an events PUB on the endpoints given, answers `ping`, `snapshot` and `logs` (and every
-other command with an empty ok), and publishes events stamped exactly like omnibroker/events.py (epoch, seq, ts,
-pluginID), so the real `omnibridge` and the real dashboard run against it unchanged:
+It is the broker's own event bus and command table with no plugins behind them: events go out through
+omnibroker.events.EventBus (stamped epoch, seq, ts, pluginID as the broker stamps them), requests are checked by
+omnibroker.commands (an unknown command or a bad property is refused with the broker's error), the immediate commands
+(`ping`, `list`, `status`, `snapshot`) run their real code against the fake's states, `logs` answers `log_tail`, and
+every other command an empty ok. So the real `omnibridge` and the real dashboard run against it unchanged:
 
     fake = FakeBroker(control="ipc:///tmp/x/control.sock", events="ipc:///tmp/x/events.sock", plugins=["a", "b"])
     fake.start()                          # a thread answers control requests
@@ -13,13 +15,15 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import zmq
 
 from omnibroker import protocol
-from omnibroker.events import new_epoch
-from omnibroker.protocol import DevServerState, EventMeta
+from omnibroker.commands import COMMANDS
+from omnibroker.events import EventBus
+from omnibroker.protocol import CommandError, DevServerState, ErrorCode, EventMeta
 
 
 def running_state(plugin: str, vite_port: int = 0) -> DevServerState:
@@ -33,10 +37,7 @@ class FakeBroker:
         self.ctx = zmq.Context()
         self.control_endpoint = control
         self.events_endpoint = events
-        self.epoch = new_epoch()
-        self.seq = 0
-        self.states: dict[str, DevServerState] = {p: running_state(p) for p in plugins}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()                    # the bus is shared by the test's thread and the control thread
         self.requests: list[dict] = []
         self.log_tail: dict[str, list[dict]] = {}      # what `logs` answers, per plugin
         self.config_error = ""                          # `configError` in ping/list/snapshot
@@ -46,6 +47,8 @@ class FakeBroker:
         self.pub.setsockopt(zmq.SNDHWM, protocol.EVENTS_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(events)
+        self.events = EventBus(self.pub)
+        self.events.states.update((p, running_state(p)) for p in plugins)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="fake-broker", daemon=True)
 
@@ -53,15 +56,25 @@ class FakeBroker:
         self._thread.start()
         return self
 
+    @property
+    def epoch(self) -> str:
+        return self.events.epoch
+
+    @property
+    def seq(self) -> int:
+        return self.events.seq
+
+    @property
+    def states(self) -> dict[str, DevServerState]:
+        """Every plugin's latest state (the bus's), as `status`, `list` and `snapshot` answer it."""
+        return self.events.states
+
     # --- events (call from the thread that created the broker) --------------------------------------------------------
     def publish(self, topic: str, payload: Any, plugin: str) -> EventMeta:
         with self.lock:
-            self.seq += 1
-            meta = EventMeta(epoch=self.epoch, seq=self.seq, ts=time.time(), pluginID=plugin)
             if topic == protocol.STATUS:
-                self.states[plugin] = payload
-        self.pub.send_multipart(protocol.event_frames(topic, payload, meta))
-        return meta
+                return self.events.status(payload)
+            return self.events.publish(topic, payload, plugin)
 
     def status(self, state: DevServerState) -> EventMeta:
         return self.publish(protocol.STATUS, state, state.pluginID)
@@ -70,14 +83,15 @@ class FakeBroker:
         """What the broker does when omni.toml's problems change: `configError` and an omni/config event."""
         with self.lock:
             self.config_error = error
-        from .hub import CONFIG
-        return self.publish(CONFIG, {"path": path, "error": error}, "")
+        return self.publish(protocol.CONFIG, {"path": path, "error": error}, "")
 
     def restart(self) -> None:
-        """What a broker restart looks like to subscribers: a new epoch, seq from 0."""
+        """What a broker restart looks like to subscribers: a new epoch, seq from 0 (the plugins' states kept, as
+        a restarted broker registers the same plugins again)."""
         with self.lock:
-            self.epoch = new_epoch()
-            self.seq = 0
+            states = self.events.states
+            self.events = EventBus(self.pub)
+            self.events.states = states
 
     # --- control -------------------------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -95,28 +109,39 @@ class FakeBroker:
                 try:
                     req = protocol.decode_request([body])
                     reply = self._answer(req)
-                except protocol.CommandError as e:
+                except CommandError as e:
                     reply = protocol.error_reply(protocol.request_id_of([body]), e.code, e.reason)
                 sock.send_multipart(envelope + [protocol.encode(reply)])
         finally:
             sock.close(0)
 
     def _answer(self, req: protocol.Request) -> protocol.Reply:
+        """The broker's dispatch (omnibroker.broker: look up, validate, run an immediate command) on the fake's
+        states; the commands that a broker would hand to a worker get `log_tail` (`logs`) or an empty ok."""
         with self.lock:
             self.requests.append({"command": req.command, "properties": req.properties})
-            if req.command == "ping":
-                return protocol.ok_reply(req.id, {"epoch": self.epoch, "version": protocol.VERSION,
-                                                  "configError": self.config_error})
-            if req.command == "snapshot":
-                return protocol.ok_reply(req.id, {"epoch": self.epoch, "seq": self.seq, "plugins": {
-                    pid: protocol.to_builtins(s) for pid, s in self.states.items()},
-                    "configError": self.config_error})
-            if req.command == "logs":
-                return protocol.ok_reply(req.id, {"entries": self.log_tail.get(req.properties.get("plugin"), [])})
-            if req.command == "list":
-                return protocol.ok_reply(req.id, {"plugins": [protocol.to_builtins(s) for s in self.states.values()],
-                                                  "configError": self.config_error})
+            cmd = COMMANDS.get(req.command)
+            if cmd is None:
+                raise CommandError(ErrorCode.UNKNOWN_COMMAND,
+                                   f"unknown command {req.command!r}; known: {', '.join(COMMANDS)}")
+            props = cmd.validate(req.properties)
+            if cmd.immediate:
+                return protocol.ok_reply(req.id, cmd.run(self._as_broker(), props))
+            if cmd.name == "logs":
+                return protocol.ok_reply(req.id, {"entries": self.log_tail.get(props["plugin"], [])})
         return protocol.ok_reply(req.id, {})
+
+    def _as_broker(self) -> SimpleNamespace:
+        """What the immediate commands read of omnibroker.broker.Broker: its event bus, omni.toml's error, the
+        registered plugins (here: the plugins with a state) and each one's state."""
+        states = self.events.states
+
+        def registered(plugin: Any) -> DevServerState:
+            if not isinstance(plugin, str) or plugin not in states:
+                raise CommandError(ErrorCode.UNKNOWN_PLUGIN, f"no plugin {plugin!r} is registered")
+            return states[plugin]
+        return SimpleNamespace(events=self.events, config=SimpleNamespace(error=self.config_error),
+                               registry=SimpleNamespace(plugins=states, get=registered), state_of=states.__getitem__)
 
     def close(self) -> None:
         self._stop.set()

@@ -51,8 +51,8 @@ class EventBus:
         self.states: dict[str, DevServerState] = {}
         self.published = 0
 
-    def publish(self, topic: str, payload: bytes | object, plugin: str) -> None:
-        """Publish one event; `payload` is ready JSON bytes (a worker's) or a protocol struct."""
+    def publish(self, topic: str, payload: bytes | object, plugin: str) -> EventMeta:
+        """Publish one event; `payload` is ready JSON bytes (a worker's) or a protocol struct. Returns its stamp."""
         self.seq += 1
         meta = EventMeta(epoch=self.epoch, seq=self.seq, ts=time.time(), pluginID=plugin)
         frames = protocol.event_frames(topic, payload, meta)
@@ -61,11 +61,12 @@ class EventBus:
         except zmq.Again:       # XPUB never blocks in practice (drops at HWM per subscriber); be safe
             pass
         self.published += 1
+        return meta
 
-    def status(self, state: DevServerState) -> None:
+    def status(self, state: DevServerState) -> EventMeta:
         """Record and publish a plugin's state."""
         self.states[state.pluginID] = state
-        self.publish(protocol.STATUS, state, state.pluginID)
+        return self.publish(protocol.STATUS, state, state.pluginID)
 
     def worker_status(self, topic: str, payload: bytes, plugin: str) -> None:
         """An event from a worker: cache status payloads, publish the worker's bytes unchanged. A payload over

@@ -1,25 +1,19 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service import Service  # noqa: E402
+from support.service import Service
+
+pytest_plugins = ["support.aio"]
 
 
 @pytest.fixture
 def service():
     """A fresh real service (supervisord + broker + listener) with no plugins."""
-    svc = Service()
-    svc.start()
-    yield svc
-    svc.cleanup()
+    with Service() as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")
 def shared_service():
     """One real service for a module's tests that do not break it."""
-    svc = Service()
-    svc.start()
-    yield svc
-    svc.cleanup()
+    with Service() as svc:
+        yield svc

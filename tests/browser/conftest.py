@@ -1,15 +1,16 @@
-"""Browser tests: real supervisord (tests/service.py) running a private copy of examples/hello-plugin, and Debian's
-Chromium driven by Playwright for Python. Screenshots go to tests/artifacts/ (git-ignored)."""
+"""Browser tests: real supervisord (tests/support/service.py) running a private copy of examples/hello-plugin, and
+Debian's Chromium driven by Playwright for Python. Screenshots go to tests/artifacts/ (git-ignored)."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from service import EXAMPLE, REPO, Service
+from support.config import plugin_toml
+from support.example import EXAMPLE, REPO
+from support.service import Service
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -31,11 +32,6 @@ def copy_plugin(dest: Path) -> Path:
         pytest.skip("examples/hello-plugin/ui/node_modules missing (cd examples/hello-plugin/ui && npm ci)")
     (dest / "ui" / "node_modules").symlink_to(modules)
     return dest
-
-
-def hello_config(plugin_dir: Path, plugin_id: str = "hello") -> str:
-    return (f'[plugins.{plugin_id}]\npath = {json.dumps(str(plugin_dir))}\nautostart = true\n\n'
-            f'[plugins.{plugin_id}.build]\nenv = {{GO111MODULE = "off", GOPATH = "/usr/share/gocode"}}\n')
 
 
 class Omni:
@@ -74,7 +70,7 @@ def wait_bridge(svc: Service, timeout: float = 30.0) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def omni(tmp_path_factory):
     plugin_dir = copy_plugin(tmp_path_factory.mktemp("plugins") / "hello")
-    svc = Service(config_text=hello_config(plugin_dir))
+    svc = Service(config_text=plugin_toml("hello", plugin_dir, cookie=None))
     svc.start()
     try:
         yield Omni(svc, plugin_dir)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from service import EXAMPLE
+from support.example import EXAMPLE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

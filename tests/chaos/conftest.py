@@ -2,10 +2,7 @@
 OMNI_CHAOS_RESULTS names a file), so docs/reliability.md can quote a real run."""
 import json
 import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pytest_terminal_summary(terminalreporter):

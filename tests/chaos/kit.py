@@ -1,5 +1,5 @@
 """Tools for the chaos suite (and the fuzz/security suites): load generators, an event watcher, orphan checks and
-recovery timing, all against a real service (tests/service.py).
+recovery timing, all against a real service (tests/support/service.py).
 
 - InvokeLoad: a thread calling `invoke` through the client library (omnibroker.client.Client, Lazy Pirate retries),
   recording every call's outcome and when it was made.
@@ -11,65 +11,26 @@ recovery timing, all against a real service (tests/service.py).
 """
 from __future__ import annotations
 
-import base64
-import json
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 import zmq
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+from support.config import plugin_toml, toml_str  # noqa: F401 - the chaos tests import them from here
+from support.example import (EXAMPLE, GO_ENV, GREET, REPO, copy_example, greet_reply,  # noqa: F401
+                             greet_request, greeter_pb, set_greeting)
+from support.service import Service, descendants  # noqa: F401
 
-from service import EXAMPLE, GO_ENV, REPO, Service, copy_example, descendants  # noqa: E402,F401
-
-from omnibroker import protocol  # noqa: E402
-from omnibroker.client import BrokerUnavailable, Client, CommandFailed, Subscriber  # noqa: E402
-
-sys.path.insert(0, str(EXAMPLE))
-import greeter_pb  # noqa: E402
-
-GREET = "/hello.Greeter/Greet"
-GREETING_FILE = Path("pkg") / "greeting.go"
-
-
-# --- configuration -----------------------------------------------------------------------------------------------
-def toml_str(value: str) -> str:
-    return json.dumps(value)
-
-
-def plugin_toml(plugin: str, path: Path, *, autostart: bool = True, build_env: dict | None = None,
-                extra: str = "", cookie: str | None = "hello") -> str:
-    """A [plugins.<id>] table for a copy of the example (its handshake cookie value is "hello" whatever the id)."""
-    env = dict(GO_ENV, **(build_env or {}))
-    env_s = ", ".join(f"{k} = {toml_str(v)}" for k, v in env.items())
-    text = (f"[plugins.{plugin}]\npath = {toml_str(str(path))}\nautostart = {'true' if autostart else 'false'}\n"
-            f"{extra}"
-            f"[plugins.{plugin}.build]\nenv = {{ {env_s} }}\n")
-    if cookie:
-        text += f"[plugins.{plugin}.handshake]\ncookie_value = {toml_str(cookie)}\n"
-    return text
-
-
-def greet_request(name: str = "chaos") -> str:
-    return base64.b64encode(greeter_pb.encode_greet_request(name)).decode()
+from omnibroker import protocol
+from omnibroker.client import BrokerUnavailable, Client, CommandFailed, Subscriber
 
 
 def greet(svc: Service, plugin: str = "hello", name: str = "chaos", timeout: float = 15.0) -> str:
     result = svc.call("invoke", plugin=plugin, method=GREET, request=greet_request(name), timeout=timeout)
-    return greeter_pb.decode_greet_reply(base64.b64decode(result["response"]))
-
-
-def set_greeting(plugin_dir: Path, text: str) -> None:
-    import re
-    path = plugin_dir / GREETING_FILE
-    path.write_text(re.sub(r'const Greeting = ".*"', f'const Greeting = "{text}"', path.read_text()))
+    return greet_reply(result)
 
 
 # --- load: invoke through the client library ------------------------------------------------------------------------
@@ -99,7 +60,7 @@ class InvokeLoad(threading.Thread):
             else:
                 if reply.status == "ok":
                     try:
-                        text = greeter_pb.decode_greet_reply(base64.b64decode(reply.result["response"]))
+                        text = greet_reply(reply.result)
                         rec = (t0, time.monotonic(), "ok", text, "")
                     except Exception as e:      # noqa: BLE001 - an ok reply we cannot read is a failure
                         rec = (t0, time.monotonic(), "bad", "", repr(e))
@@ -424,10 +385,6 @@ def wait_status(svc: Service, plugin: str, pred: Callable[[dict], bool], timeout
                 what: str = "state") -> tuple[dict, float]:
     """Service.wait_state, plus the monotonic time it held (recovery times are measured with it)."""
     return svc.wait_state(plugin, pred, timeout, what), time.monotonic()
-
-
-def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / (1 << 20)
 
 
 # --- the faults table (docs/reliability.md has the same rows; test_faults checks both) ------------------------------

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -32,7 +31,7 @@ import zmq
 
 from kit import (GREET, REPO, Service, copy_example, greet, greeter_pb, managed_ready, plugin_toml, record,
                  service_procs, wait_status)
-from limits_kit import Guard, peak_mb, reset_peak, rss_mb, wait_rss_below
+from support.memory import Guard, peak_mb, reset_peak, rss_mb, wait_rss_below
 from omnibroker import protocol
 
 RSS_BOUND_MB = 300          # issue 13: the broker stays under this whatever a client does

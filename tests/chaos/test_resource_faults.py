@@ -279,7 +279,7 @@ class NamespacedService(Service):
         self.watches = watches
 
     def start(self, timeout: float = 30.0) -> dict:
-        from service import VENV_BIN, REPO
+        from support.example import REPO, VENV_BIN
         self.log = open(self.tmp / "supervisord.out", "w")
         script = (f"echo {self.watches} > /proc/sys/user/max_inotify_watches && "
                   f'exec "$0" -n -c supervisor.d/omni.conf')

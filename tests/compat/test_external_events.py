@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from service import GO_ENV, VENV_BIN, Service, copy_example
+from support.example import VENV_BIN, copy_example, go_build
+from support.service import Service
 
 from omnibroker import protocol
 
 import omniview_facts as facts
-
-
-def build(plugin: Path) -> Path:
-    subprocess.run(["go", "build", "-o", "build/bin/plugin", "./pkg"], cwd=plugin, check=True, timeout=300,
-                   env=dict(os.environ, **GO_ENV))
-    return plugin / "build" / "bin" / "plugin"
 
 
 def run_external(svc, plugin_id: str, plugin: Path, *flags: str) -> subprocess.Popen:
@@ -50,7 +45,7 @@ def replace_devinfo(path: Path, doc: dict) -> None:
 @pytest.fixture
 def svc(tmp_path):
     plugin = copy_example(tmp_path / "hello")
-    build(plugin)
+    go_build(plugin)
     service = Service()
     try:                        # a failed setup (start, add) must not leave the service running
         service.plugin_dir = plugin
@@ -108,7 +103,7 @@ def test_run_external_takes_the_handshake_from_omni_toml(tmp_path):
     """The example binary wants the cookie OMNIVIEW=hello; registered as "greeter", only omni.toml's
     `[plugins.greeter.handshake] cookie_value` makes run-external hand it over."""
     plugin = copy_example(tmp_path / "greeter", ui=False)
-    build(plugin)
+    go_build(plugin)
     svc = Service(f'[plugins.greeter]\npath = "{plugin}"\n[plugins.greeter.handshake]\ncookie_value = "hello"\n')
     try:
         svc.start()

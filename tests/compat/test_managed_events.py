@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from service import GO_ENV, Service, copy_example
+from support.example import GO_ENV, copy_example
+from support.service import Service
 
 from omnibroker import protocol
 

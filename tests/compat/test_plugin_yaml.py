@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from service import VENV_BIN, copy_example
+from support.example import VENV_BIN, copy_example
 
 
 def omnictl(svc, *args: str) -> subprocess.CompletedProcess:

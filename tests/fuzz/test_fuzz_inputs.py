@@ -15,9 +15,7 @@ import json
 import os
 import random
 import string
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -25,15 +23,15 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service import REPO, Service  # noqa: E402
+from support.example import REPO
+from support.service import Service
 
-from omnibroker import protocol  # noqa: E402
-from omnibroker.commands import COMMANDS  # noqa: E402
-from omnibroker.protocol import BuildError, ErrorCode  # noqa: E402
-from omniworker import devinfo  # noqa: E402
-from omniworker.gobuild import parse_go_errors  # noqa: E402
-from omniworker.vite import parse_vite_errors  # noqa: E402
+from omnibroker import protocol
+from omnibroker.commands import COMMANDS
+from omnibroker.protocol import BuildError, ErrorCode
+from omniworker import devinfo
+from omniworker.gobuild import parse_go_errors
+from omniworker.vite import parse_vite_errors
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,

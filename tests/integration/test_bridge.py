@@ -1,4 +1,4 @@
-"""omnibridge without a browser: real supervisord (tests/service.py), a `websockets` client, plain HTTP.
+"""omnibridge without a browser: real supervisord (tests/support/service.py), a `websockets` client, plain HTTP.
 
 The bridge runs as supervisord's `omnibridge` program with OMNI_BRIDGE_PORT=0; it writes the port it bound to
 <runtime>/bridge.port and its token to <runtime>/bridge.token.
@@ -21,21 +21,12 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from support.waits import run
+
 from omnibridge import hub as hubmod
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-def arun(coro):
-    """asyncio.run, also when some other fixture (e.g. Playwright's sync API) keeps a loop running in this thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 def bridge_files(svc, timeout: float = 20.0, not_token: str | None = None) -> tuple[int, str]:
     """(port, token) once the bridge has written both files (a new token when `not_token` is given)."""
     deadline = time.monotonic() + timeout
@@ -188,7 +179,7 @@ def test_wrong_or_missing_token_is_403(bridge):
         assert await refused_status(ws_url(port, "")) == 403
         assert await refused_status(ws_url(port, token[:-1])) == 403
         assert await refused_status(ws_url(port, "wrong"), origin=f"http://127.0.0.1:{port}") == 403
-    arun(go())
+    run(go())
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null", "https://127.0.0.1:{port}",
@@ -198,7 +189,7 @@ def test_foreign_origin_is_403_even_with_the_token(bridge, origin):
 
     async def go():
         return await refused_status(ws_url(port, token), origin=origin.format(port=port))
-    assert arun(go()) == 403
+    assert run(go()) == 403
 
 
 @pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", None])
@@ -209,7 +200,7 @@ def test_own_origin_or_no_origin_with_token_connects(bridge, origin):
         kw = {"origin": origin.format(port=port)} if origin else {}
         async with connect(ws_url(port, token), open_timeout=5, **kw) as ws:
             return await recv_json(ws)
-    assert arun(go())["type"] == "snapshot"
+    assert run(go())["type"] == "snapshot"
 
 
 def test_upgrade_with_foreign_host_is_403(bridge):
@@ -234,7 +225,7 @@ def test_snapshot_on_connect_matches_the_broker(bridge):
     async def go():
         async with connect(ws_url(port, token), open_timeout=5) as ws:
             return await recv_json(ws)
-    snap = arun(go())
+    snap = run(go())
     assert snap["type"] == "snapshot"
     assert snap["epoch"] == broker["epoch"]
     assert snap["seq"] >= broker["seq"]
@@ -257,7 +248,7 @@ def test_request_reply(bridge):
             await ws.send(json.dumps({"type": "request", "id": "x", "command": 5}))
             badreq = await recv_until(ws, lambda m: m.get("type") == "reply" and m.get("id") == "x")
             return ping, unknown, bad, junk, badreq
-    ping, unknown, bad, junk, badreq = arun(go())
+    ping, unknown, bad, junk, badreq = run(go())
     assert ping["status"] == "ok" and ping["result"]["epoch"] == svc.call("ping")["epoch"]
     assert isinstance(ping["time"], float)
     assert unknown["id"] == 7 and unknown["status"] == "error" and unknown["code"] == "unknown_command"
@@ -294,7 +285,7 @@ def test_events_flow_in_seq_order_and_remove_is_seen(service, tmp_path):
             # no event says "removed": the bridge notices in its check and sends a snapshot without it
             await recv_until(ws, lambda m: m.get("type") == "snapshot" and "evt" not in m["plugins"],
                              timeout=15, what="snapshot without evt")
-    arun(go())
+    run(go())
 
 
 def test_bridge_survives_broker_restart(service):
@@ -313,7 +304,7 @@ def test_bridge_survives_broker_restart(service):
             assert new["broker"]["connected"] is True
             ping = await ask(ws, "ping", rid="after")
             assert ping["status"] == "ok" and ping["result"]["epoch"] == new["epoch"]
-    arun(go())
+    run(go())
     assert svc.program_pid("omnibridge") == bridge_pid     # the bridge itself did not restart
 
 
@@ -332,7 +323,7 @@ def test_new_token_at_each_start(service):
         assert await refused_status(ws_url(port2, token)) == 403      # the old token is dead
         async with connect(ws_url(port2, token2), open_timeout=5) as ws:
             return await recv_json(ws)
-    assert arun(go())["type"] == "snapshot"
+    assert run(go())["type"] == "snapshot"
 
 
 # --- fan-out without a broker: the hub's per-browser queues ---------------------------------------------------------
@@ -362,7 +353,7 @@ def test_slow_browser_gets_a_fresh_snapshot_instead_of_blocking():
             assert len(slow.queue) <= 5
         finally:
             hub.close()
-    arun(go())
+    run(go())
 
 
 def test_a_stalled_browser_does_not_slow_the_others():
@@ -416,7 +407,7 @@ def test_a_stalled_browser_does_not_slow_the_others():
 
     with BridgeProcess(plugins=["a"]) as bp:
         try:
-            fast_s = arun(go(bp))
+            fast_s = run(go(bp))
         except BaseException:
             print(bp.logs())
             raise
@@ -482,7 +473,7 @@ def test_log_lines_are_followed_only_while_a_browser_is_connected():
         try:
             wait_stats(bp, lambda st: st["brokerConnected"], "bridge synced")
             idle_round(bp)
-            arun(with_browser(bp))
+            run(with_browser(bp))
             idle_round(bp)
         except BaseException:
             print(bp.logs())
@@ -510,7 +501,7 @@ def test_a_browser_arriving_while_the_broker_does_not_answer_gets_the_log_tails_
         bp.fake.log_tail["a"] = tail
         bp.fake.answering.clear()
         try:
-            arun(go(bp))
+            run(go(bp))
         except BaseException:
             print(bp.logs())
             raise
@@ -539,7 +530,7 @@ def test_config_error_is_in_the_snapshot_and_its_events_are_forwarded():
     with BridgeProcess(plugins=["a"]) as bp:
         bp.fake.config("/src/omni.toml:3: expected '='")    # the bridge takes it from an event or its first snapshot
         try:
-            arun(go(bp))
+            run(go(bp))
         except BaseException:
             print(bp.logs())
             raise

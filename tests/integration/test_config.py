@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from service import Service, copy_example
+from support.example import copy_example
+from support.service import Service
 
 from omnibroker import protocol
 

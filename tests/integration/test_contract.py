@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from service import REPO
+from support.example import REPO
 
 CHECK = REPO.parent / "shared" / "tools" / "contract_check.py"
 

@@ -32,8 +32,7 @@ from omniworker.goplugin import PluginHost, looks_like_handshake, parse_handshak
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello-plugin"
-sys.path.insert(0, str(EXAMPLE))
-import greeter_pb  # noqa: E402
+from support.example import greeter_pb  # noqa: E402
 
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 BUILD = ["go", "build", "-o", "build/bin/plugin", "./pkg"]

@@ -22,19 +22,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support.example import EXAMPLE, GO_ENV, REPO, copy_ui, go_build, greeter_pb
+from support.waits import wait_event
+
 from omnibroker import protocol
 from omnibroker.protocol import CommandError
 from omniworker.context import NullSink, PluginContext
 from omniworker.devinfo import Code
 from omniworker.external import External
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "hello-plugin"
-sys.path.insert(0, str(EXAMPLE))
-import greeter_pb  # noqa: E402
-
 PLUGIN = "hello"
-GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 FAST = {"external": {"health_interval": 0.5, "connect_timeout": 3.0}}
 
 
@@ -48,11 +45,7 @@ def plugin_bin(tmp_path_factory) -> str:
         pytest.skip("no Go toolchain")
     src = tmp_path_factory.mktemp("hello-src")
     shutil.copytree(EXAMPLE / "pkg", src / "pkg")
-    env = dict(os.environ, **GO_ENV)
-    r = subprocess.run(["go", "build", "-p", "1", "-o", "build/bin/plugin", "./pkg"], cwd=src, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return str(src / "build" / "bin" / "plugin")
+    return str(go_build(src, "-p", "1", timeout=600))
 
 
 @pytest.fixture
@@ -75,26 +68,13 @@ def make_ext(settings=None) -> tuple[External, NullSink, PluginContext]:
     return External(ctx), sink, ctx
 
 
-def run(coro, timeout: float = 90):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def wait_event(sink: NullSink, pred, timeout: float = 10.0, since: int = 0):
-    """The first event at index >= since matching pred(topic, payload); a timeout names the last events."""
-    try:
-        return await sink.wait_for(pred, timeout, since)
-    except asyncio.TimeoutError:
-        tail = "\n".join(f"  {t} {json.dumps(p)[:300]}" for t, p in sink.events[-15:])
-        raise AssertionError(f"no matching event within {timeout}s; last events:\n{tail}") from None
-
-
 async def assert_no_event(sink: NullSink, pred, duration: float, since: int) -> None:
     """Nothing matching pred for `duration` seconds."""
     try:
-        ev = await wait_event(sink, pred, duration, since)
+        i = await wait_event(sink, pred, duration, since)
     except AssertionError:
         return
-    raise AssertionError(f"unexpected event: {ev}")
+    raise AssertionError(f"unexpected event: {sink.events[i]}")
 
 
 def is_status(**fields):
@@ -169,10 +149,9 @@ def _wait_gone(pid: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # run-external → attach → invoke; detach leaves it running
 
-def test_run_external_attach_invoke_detach(plugin_bin, home, tmp_path):
+async def test_run_external_attach_invoke_detach(plugin_bin, home, tmp_path):
     rx = RunExternal(tmp_path, home, [plugin_bin])
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         assert ctx.state.mode == "external" and not ctx.state.grpcConnected
@@ -207,9 +186,6 @@ def test_run_external_attach_invoke_detach(plugin_bin, home, tmp_path):
         assert not devinfo_path(home).exists()
         assert not alive(info.pid)
         await ext2.detach()
-
-    try:
-        run(body())
     finally:
         rx.cleanup()
 
@@ -217,10 +193,9 @@ def test_run_external_attach_invoke_detach(plugin_bin, home, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # death
 
-def test_kill9_plugin_started_by_run_external(plugin_bin, home, tmp_path):
+async def test_kill9_plugin_started_by_run_external(plugin_bin, home, tmp_path):
     rx = RunExternal(tmp_path, home, [plugin_bin])
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -236,19 +211,15 @@ def test_kill9_plugin_started_by_run_external(plugin_bin, home, tmp_path):
         assert not devinfo_path(home).exists()
         assert ext.info() is None
         await ext.detach()
-
-    try:
-        run(body())
     finally:
         rx.cleanup()
 
 
-def test_kill9_run_external_takes_the_plugin_down_and_stale_devinfo_is_removed(plugin_bin, home, tmp_path):
+async def test_kill9_run_external_takes_the_plugin_down_and_stale_devinfo_is_removed(plugin_bin, home, tmp_path):
     """run-external killed with SIGKILL cannot clean up: PDEATHSIG kills the plugin, and the worker removes the
     `.devinfo` that names the dead pid."""
     rx = RunExternal(tmp_path, home, [plugin_bin])
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -262,21 +233,17 @@ def test_kill9_run_external_takes_the_plugin_down_and_stale_devinfo_is_removed(p
         assert not devinfo_path(home).exists()
         assert not alive(pid)
         await ext.detach()
-
-    try:
-        run(body())
     finally:
         rx.cleanup()
 
 
-def test_kill9_sdk_written_devinfo_removed_only_if_it_names_the_dead_pid(plugin_bin, home, tmp_path):
+async def test_kill9_sdk_written_devinfo_removed_only_if_it_names_the_dead_pid(plugin_bin, home, tmp_path):
     """The plugin's own devinfo package writes `.devinfo` (OMNIVIEW_DEV=1); after kill -9 nobody but the worker can
     remove it."""
     env = dict(os.environ, OMNIVIEW_HOME=str(home), OMNIVIEW=PLUGIN, PLUGIN_PROTOCOL_VERSIONS="1", OMNIVIEW_DEV="1")
     plugin = subprocess.Popen([plugin_bin], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True, pluginPid=plugin.pid), 30)
@@ -289,9 +256,6 @@ def test_kill9_sdk_written_devinfo_removed_only_if_it_names_the_dead_pid(plugin_
         await wait_event(sink, is_log("removed"), 2.0, since=mark)
         assert not devinfo_path(home).exists()
         await ext.detach()
-
-    try:
-        run(body())
     finally:
         plugin.kill()
         plugin.wait()
@@ -300,11 +264,11 @@ def test_kill9_sdk_written_devinfo_removed_only_if_it_names_the_dead_pid(plugin_
 # ---------------------------------------------------------------------------------------------------------------
 # restarts
 
-def test_restart_with_new_pid_is_followed(plugin_bin, home, tmp_path):
+@pytest.mark.async_timeout(150)
+async def test_restart_with_new_pid_is_followed(plugin_bin, home, tmp_path):
     a = RunExternal(tmp_path, home, [plugin_bin], name="a")
     others: list[RunExternal] = []
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -339,9 +303,6 @@ def test_restart_with_new_pid_is_followed(plugin_bin, home, tmp_path):
         await assert_greets(ext, "c")
         await ext.detach()
         assert c.proc.poll() is None
-
-    try:
-        run(body(), 150)
     finally:
         for rx in [a, *others]:
             rx.cleanup()
@@ -430,15 +391,15 @@ BAD_KINDS = ["invalid_json", "missing_fields", "dead_pid", "reused_pid", "unrela
 
 @pytest.mark.parametrize("when", ["before_attach", "after_attach"])
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_devinfo_is_refused_without_connecting(kind, when, home, tmp_path):
+@pytest.mark.async_timeout(30)
+async def test_bad_devinfo_is_refused_without_connecting(kind, when, home, tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
     canary = Canary(tmp_path)
     keep: list[subprocess.Popen] = []
     target = devinfo_path(home)
     target.parent.mkdir(parents=True, mode=0o700)
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         staged, code = make_bad(kind, staging, canary, keep)
         if when == "before_attach":
@@ -447,7 +408,7 @@ def test_bad_devinfo_is_refused_without_connecting(kind, when, home, tmp_path):
         else:
             await ext.attach()
             os.rename(staged, target)
-        _, payload = await wait_event(sink, is_error(code), 5)
+        _, payload = sink.events[await wait_event(sink, is_error(code), 5)]
         (err,) = payload["errors"]
         assert err["file"] == str(target)
         assert len(err["message"]) > len(code) + 10               # a sentence, not just a code
@@ -461,9 +422,6 @@ def test_bad_devinfo_is_refused_without_connecting(kind, when, home, tmp_path):
         # reported once, not again at every health tick (0.5 s)
         await assert_no_event(sink, lambda t, p: t == protocol.ERROR, 1.2, since=len(sink.events))
         await ext.detach()
-
-    try:
-        run(body(), 30)
     finally:
         canary.close()
         for p in keep:
@@ -471,7 +429,8 @@ def test_bad_devinfo_is_refused_without_connecting(kind, when, home, tmp_path):
             p.wait()
 
 
-def test_canary_sees_a_connection_attempt_when_the_file_is_valid(home, tmp_path):
+@pytest.mark.async_timeout(30)
+async def test_canary_sees_a_connection_attempt_when_the_file_is_valid(home, tmp_path):
     """Control for the test above: the same canary does see a dial when validation passes (so its silence there
     means something); a canary is no gRPC server, so this ends in an external_connect error."""
     canary = Canary(tmp_path)
@@ -480,8 +439,7 @@ def test_canary_sees_a_connection_attempt_when_the_file_is_valid(home, tmp_path)
     staged = tmp_path / "ok.json"
     staged.write_text(json.dumps(_good_doc(canary.path)))
     staged.chmod(0o600)
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext({"external": {"health_interval": 30, "connect_timeout": 1.0}})
         await ext.attach()
         os.rename(staged, target)
@@ -490,14 +448,12 @@ def test_canary_sees_a_connection_attempt_when_the_file_is_valid(home, tmp_path)
         assert await asyncio.to_thread(canary.connections, 1.0) >= 1
         assert not ctx.state.grpcConnected
         await ext.detach()
-
-    try:
-        run(body(), 30)
     finally:
         canary.close()
 
 
-def test_bad_then_good_devinfo_connects(plugin_bin, home, tmp_path):
+@pytest.mark.async_timeout(60)
+async def test_bad_then_good_devinfo_connects(plugin_bin, home, tmp_path):
     """Nothing is stuck after a refusal: a valid file that follows is attached."""
     canary = Canary(tmp_path)
     target = devinfo_path(home)
@@ -505,9 +461,7 @@ def test_bad_then_good_devinfo_connects(plugin_bin, home, tmp_path):
     target.write_text("{not json")
     target.chmod(0o600)
     rx = None
-
-    async def body():
-        nonlocal rx
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_error(Code.JSON), 5)
@@ -525,9 +479,6 @@ def test_bad_then_good_devinfo_connects(plugin_bin, home, tmp_path):
         await wait_event(sink, is_status(grpcConnected=False), 5, since=mark)
         assert alive(pid)
         await ext.detach()
-
-    try:
-        run(body(), 60)
     finally:
         canary.close()
         if rx is not None:
@@ -537,10 +488,10 @@ def test_bad_then_good_devinfo_connects(plugin_bin, home, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # alive but hung
 
-def test_hung_plugin_is_caught_by_the_health_check(plugin_bin, home, tmp_path):
+@pytest.mark.async_timeout(60)
+async def test_hung_plugin_is_caught_by_the_health_check(plugin_bin, home, tmp_path):
     rx = RunExternal(tmp_path, home, [plugin_bin])
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()          # health_interval 0.5 s
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -556,9 +507,6 @@ def test_hung_plugin_is_caught_by_the_health_check(plugin_bin, home, tmp_path):
         await wait_event(sink, is_status(grpcConnected=True, lastError=""), 5, since=mark)
         await assert_greets(ext)
         await ext.detach()
-
-    try:
-        run(body(), 60)
     finally:
         rx.cleanup()
 
@@ -588,16 +536,12 @@ def test_run_external_without_handshake_times_out(home, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_external_with_vite(plugin_bin, home, tmp_path):
+async def test_run_external_with_vite(plugin_bin, home, tmp_path):
     if not (EXAMPLE / "ui" / "node_modules" / ".bin" / "vite").exists():
         pytest.skip("example UI has no node_modules")
-    src = tmp_path / "plugin"
-    src.mkdir()
-    shutil.copytree(EXAMPLE / "ui", src / "ui", ignore=shutil.ignore_patterns("node_modules", "dist"))
-    (src / "ui" / "node_modules").symlink_to(EXAMPLE / "ui" / "node_modules")
+    src = copy_ui(tmp_path / "plugin")
     rx = RunExternal(tmp_path, home, [plugin_bin], ["--vite", "--dir", str(src)])
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -609,9 +553,6 @@ def test_run_external_with_vite(plugin_bin, home, tmp_path):
         rx.proc.terminate()
         assert await rx.wait(20) == 0
         assert not devinfo_path(home).exists()
-
-    try:
-        run(body(), 90)
     finally:
         rx.cleanup()
 
@@ -619,14 +560,13 @@ def test_run_external_with_vite(plugin_bin, home, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # robustness
 
-def test_death_during_calls_and_health_checks(plugin_bin, home, tmp_path):
+async def test_death_during_calls_and_health_checks(plugin_bin, home, tmp_path):
     """Calls in flight and (very frequent) health checks when the plugin dies: callers get a CommandError, never a
     stray CancelledError (grpc.aio cancels the calls of a channel being closed), and external mode keeps working."""
     settings = {"external": {"health_interval": 0.02, "connect_timeout": 3.0}}
     rx = RunExternal(tmp_path, home, [plugin_bin], name="a")
     others: list[RunExternal] = []
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext(settings)
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 30)
@@ -662,35 +602,31 @@ def test_death_during_calls_and_health_checks(plugin_bin, home, tmp_path):
         await wait_event(sink, is_status(grpcConnected=True), 30, since=mark)
         await assert_greets(ext, "after")
         await ext.detach()
-
-    try:
-        run(body(), 90)
     finally:
         for r in [rx, *others]:
             r.cleanup()
 
 
-def test_plugin_dir_removed_and_recreated_is_watched_again(home, tmp_path):
-    async def body():
-        ext, sink, ctx = make_ext()          # health_interval 0.5 s re-checks the watch
-        await ext.attach()
-        d = devinfo_path(home).parent
-        shutil.rmtree(d)
-        d.mkdir(mode=0o700)
-        mark = len(sink.events)
-        staged = tmp_path / "bad.json"
-        staged.write_text("{oops")
-        staged.chmod(0o600)
-        os.rename(staged, d / ".devinfo")
-        await wait_event(sink, is_error(Code.JSON), 5, since=mark)
-        assert ext.connect_attempts == 0
-        await ext.detach()
-
-    run(body(), 30)
+@pytest.mark.async_timeout(30)
+async def test_plugin_dir_removed_and_recreated_is_watched_again(home, tmp_path):
+    ext, sink, ctx = make_ext()          # health_interval 0.5 s re-checks the watch
+    await ext.attach()
+    d = devinfo_path(home).parent
+    shutil.rmtree(d)
+    d.mkdir(mode=0o700)
+    mark = len(sink.events)
+    staged = tmp_path / "bad.json"
+    staged.write_text("{oops")
+    staged.chmod(0o600)
+    os.rename(staged, d / ".devinfo")
+    await wait_event(sink, is_error(Code.JSON), 5, since=mark)
+    assert ext.connect_attempts == 0
+    await ext.detach()
 
 
 @pytest.mark.slow
-def test_run_external_go_run_records_the_serving_binary(plugin_bin, home, tmp_path):
+@pytest.mark.async_timeout(150)
+async def test_run_external_go_run_records_the_serving_binary(plugin_bin, home, tmp_path):
     """`run-external -- go run ./pkg`: the handshake comes from the compiled binary, a child of `go`; `.devinfo`
     names that process (whose death is the plugin's death), not the `go` command."""
     src = Path(plugin_bin).parents[2]
@@ -704,8 +640,7 @@ def test_run_external_go_run_records_the_serving_binary(plugin_bin, home, tmp_pa
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-    async def body():
+    try:
         ext, sink, ctx = make_ext()
         await ext.attach()
         await wait_event(sink, is_status(grpcConnected=True), 120)
@@ -719,8 +654,5 @@ def test_run_external_go_run_records_the_serving_binary(plugin_bin, home, tmp_pa
         await rx.wait(15)
         assert not devinfo_path(home).exists()
         await ext.detach()
-
-    try:
-        run(body(), 150)
     finally:
         rx.cleanup()

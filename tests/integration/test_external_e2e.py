@@ -1,27 +1,21 @@
 """Mode B through the whole stack: the developer runs the plugin (`omnictl run-external`), omni attaches."""
-import base64
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
 
-from service import GO_ENV, VENV_BIN, Service, copy_example
+from support.example import GREET, VENV_BIN, copy_example, go_build, greet_reply, greet_request
+from support.service import Service
 
 from omnibroker import protocol
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "hello-plugin"))
-import greeter_pb  # noqa: E402
 
 
 @pytest.fixture
 def svc(tmp_path):
     plugin = copy_example(tmp_path / "hello", ui=False)
-    subprocess.run(["go", "build", "-o", "build/bin/plugin", "./pkg"], cwd=plugin, check=True, timeout=300,
-                   env=dict(os.environ, **GO_ENV))
+    go_build(plugin)
     service = Service()
     service.plugin_dir = plugin
     service.start()
@@ -31,9 +25,7 @@ def svc(tmp_path):
 
 
 def greet(svc, name):
-    req = base64.b64encode(greeter_pb.encode_greet_request(name)).decode()
-    result = svc.call("invoke", plugin="hello", method="/hello.Greeter/Greet", request=req)
-    return greeter_pb.decode_greet_reply(base64.b64decode(result["response"]))
+    return greet_reply(svc.call("invoke", plugin="hello", method=GREET, request=greet_request(name)))
 
 
 def run_external(svc) -> subprocess.Popen:

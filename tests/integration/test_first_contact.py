@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from service import REPO, VENV_BIN, Service
+from support.example import REPO, VENV_BIN
+from support.service import Service
 
 from omnibroker import protocol, zmtp
 

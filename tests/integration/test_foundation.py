@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from service import EXAMPLE, Service, copy_example, descendants
+from support.example import EXAMPLE, copy_example
 
 from omnibroker import protocol
 

@@ -7,61 +7,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from support.example import EXAMPLE, GO_ENV, GREET, copy_go_tree, go_build, greeter_pb, set_greeting
+from support.waits import wait_event
+
 from omnibroker import protocol
 from omnibroker.protocol import CommandError, ErrorCode
 from omniworker.context import NullSink, PluginContext
 from omniworker.gopath import GoPath
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "hello-plugin"
-GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
-GREET = "/hello.Greeter/Greet"
 DEBOUNCE_MS = 250
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
-
-
-def _load_greeter():
-    spec = importlib.util.spec_from_file_location("greeter_pb", EXAMPLE / "greeter_pb.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("ui", "node_modules", ".git", "__pycache__"),
-                    symlinks=True)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The example copied once and built once: (source tree, binary)."""
     src = tmp_path_factory.mktemp("example") / "hello"
-    _copy_tree(EXAMPLE, src)
-    subprocess.run(["go", "build", "-o", "build/bin/plugin", "./pkg"], cwd=src, env={**os.environ, **GO_ENV},
-                   check=True, timeout=300, capture_output=True)
-    return src, src / "build" / "bin" / "plugin"
-
-
-greeter = _load_greeter()
+    copy_go_tree(EXAMPLE, src)
+    return src, go_build(src)
 
 
 class Harness:
     def __init__(self, root: Path, built_src: Path, binary: Path, settings: dict):
         self.dir = root / "hello"
-        _copy_tree(built_src, self.dir)
+        copy_go_tree(built_src, self.dir)
         self.home = Path(os.environ["OMNIVIEW_HOME"]) / "plugins" / "hello"
         (self.home / "bin").mkdir(parents=True)
         shutil.copy2(binary, self.home / "bin" / "plugin")
@@ -77,10 +57,7 @@ class Harness:
 
     # --- files -------------------------------------------------------------------------------------------------
     def set_greeting(self, value: str) -> None:
-        text = re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', self.greeting.read_text())
-        tmp = self.greeting.with_name(".greeting.go.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.greeting)              # an editor's atomic save
+        set_greeting(self.dir, value, atomic=True)         # an editor's atomic save
 
     # --- events ------------------------------------------------------------------------------------------------
     def mark(self) -> int:
@@ -91,19 +68,7 @@ class Harness:
 
     async def wait(self, pred, timeout: float, since: int = 0):
         """First event (topic, payload) at index >= since matching pred."""
-        i = since
-
-        async def scan():
-            nonlocal i
-            while True:
-                while i < len(self.sink.events):
-                    ev = self.sink.events[i]
-                    i += 1
-                    if pred(*ev):
-                        return ev
-                self.sink.changed.clear()
-                await self.sink.changed.wait()
-        return await asyncio.wait_for(scan(), timeout)
+        return self.sink.events[await wait_event(self.sink, pred, timeout, since)]
 
     async def wait_status(self, timeout: float, since: int = 0, **fields):
         return await self.wait(lambda t, p: t == protocol.STATUS and all(p[k] == v for k, v in fields.items()),
@@ -117,7 +82,8 @@ class Harness:
         return [e["message"] for _, p in self.since(mark, protocol.LOG) for e in p if text in e["message"]]
 
     async def greet(self, name: str = "omni", timeout: float = 10.0) -> str:
-        return greeter.decode_greet_reply(await self.gp.invoke(GREET, greeter.encode_greet_request(name), timeout))
+        return greeter_pb.decode_greet_reply(
+            await self.gp.invoke(GREET, greeter_pb.encode_greet_request(name), timeout))
 
 
 @pytest.fixture
@@ -129,10 +95,6 @@ def harness(tmp_path, monkeypatch, built):
     def make(**settings) -> Harness:
         return Harness(tmp_path, src, binary, settings)
     return make
-
-
-def run(coro, timeout: float = 90):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @contextlib.asynccontextmanager
@@ -166,97 +128,88 @@ def descendants() -> list[psutil.Process]:
 
 # ------------------------------------------------------------------------------------------------------------------
 
-def test_edit_constant_building_then_ready_and_new_answer(harness):
+async def test_edit_constant_building_then_ready_and_new_answer(harness):
     h = harness()
-
-    async def main():
-        async with started(h):
-            assert h.ctx.state.goStatus == "ready" and h.ctx.state.grpcConnected
-            assert await h.greet() == "Hello, omni"
-            old_pid = h.ctx.state.pluginPid
-            old_addr = h.gp.plugin.addr
-            m = h.mark()
-            # five saves within 200 ms: one build
-            t0 = time.monotonic()
-            for i, word in enumerate(["B", "Bo", "Bon", "Bonj", "Bonjour"]):
-                h.set_greeting(word)
-                if i < 4:
-                    await asyncio.sleep(0.03)           # pacing the saves: ~120 ms in all
-            assert time.monotonic() - t0 < 0.5     # premise: one debounce window (500 ms), any load
-            await h.wait_status(10, m, goStatus="building")
-            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
-            await h.wait_status(5, m, goStatus="ready", grpcConnected=True)
-            assert await h.greet() == "Bonjour, omni"
-            assert len(h.since(m, protocol.RELOAD_START)) == 1
-            assert len(h.logs(m, "$ go build")) == 1                   # exactly one build
-            st = h.ctx.state
-            assert st.pluginPid != old_pid and st.lastError == ""
-            assert st.lastBuildDuration > 10_000_000                  # ns
-            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", st.lastBuildTime)
-            assert (h.home / "bin" / "plugin.prev").is_file()
-            order = [p["goStatus"] for t, p in h.since(m, protocol.STATUS)]
-            assert order.index("building") < len(order) - 1 - order[::-1].index("ready")
-            await wait_gone(old_pid, 5)                                 # the old one is drained and stopped
-            deadline = time.monotonic() + 5
-            while os.path.exists(old_addr):                             # and its socket removed (bounded poll)
-                assert time.monotonic() < deadline, old_addr
-                await asyncio.sleep(0.02)
-    run(main())
+    async with started(h):
+        assert h.ctx.state.goStatus == "ready" and h.ctx.state.grpcConnected
+        assert await h.greet() == "Hello, omni"
+        old_pid = h.ctx.state.pluginPid
+        old_addr = h.gp.plugin.addr
+        m = h.mark()
+        # five saves within 200 ms: one build
+        t0 = time.monotonic()
+        for i, word in enumerate(["B", "Bo", "Bon", "Bonj", "Bonjour"]):
+            h.set_greeting(word)
+            if i < 4:
+                await asyncio.sleep(0.03)           # pacing the saves: ~120 ms in all
+        assert time.monotonic() - t0 < 0.5     # premise: one debounce window (500 ms), any load
+        await h.wait_status(10, m, goStatus="building")
+        await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
+        await h.wait_status(5, m, goStatus="ready", grpcConnected=True)
+        assert await h.greet() == "Bonjour, omni"
+        assert len(h.since(m, protocol.RELOAD_START)) == 1
+        assert len(h.logs(m, "$ go build")) == 1                   # exactly one build
+        st = h.ctx.state
+        assert st.pluginPid != old_pid and st.lastError == ""
+        assert st.lastBuildDuration > 10_000_000                  # ns
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", st.lastBuildTime)
+        assert (h.home / "bin" / "plugin.prev").is_file()
+        order = [p["goStatus"] for t, p in h.since(m, protocol.STATUS)]
+        assert order.index("building") < len(order) - 1 - order[::-1].index("ready")
+        await wait_gone(old_pid, 5)                                 # the old one is drained and stopped
+        deadline = time.monotonic() + 5
+        while os.path.exists(old_addr):                             # and its socket removed (bounded poll)
+            assert time.monotonic() < deadline, old_addr
+            await asyncio.sleep(0.02)
 
 
-def test_compile_error_reports_position_keeps_old_then_fix(harness):
+async def test_compile_error_reports_position_keeps_old_then_fix(harness):
     h = harness()
-
-    async def main():
-        async with started(h):
-            pid = h.ctx.state.pluginPid
-            lines = h.original_greeting.splitlines()
-            bad_line = len(lines) + 1
-            m = h.mark()
-            h.greeting.write_text(h.original_greeting.rstrip("\n") + '\nvar Broken int = "oops"\n')
-            _, payload = await h.wait(lambda t, p: t == protocol.ERROR, 30, m)
-            [err] = payload["errors"]
-            assert (err["file"], err["line"], err["column"]) == ("pkg/greeting.go", bad_line, 18)
-            assert "oops" in err["message"]
-            assert (h.dir / err["file"]).is_file()                   # resolves from the plugin dir
-            await h.wait_status(5, m, goStatus="error")
-            _, rerr = await h.wait(lambda t, p: t == protocol.RELOAD_ERROR, 5, m)
-            meta, text = rerr                                            # Omniview's [PluginMeta, "error"]
-            assert meta["id"] == h.ctx.id and "pkg/greeting.go:%d:18" % bad_line in text
-            assert h.ctx.state.lastError and h.ctx.state.grpcConnected
-            assert await h.greet() == "Hello, omni"                   # the old plugin keeps serving
-            assert h.ctx.state.pluginPid == pid
-            m2 = h.mark()
-            h.greeting.write_text(h.original_greeting.replace('"Hello"', '"Fixed"'))
-            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m2)
-            await h.wait_status(5, m2, goStatus="ready", lastError="")
-            assert await h.greet() == "Fixed, omni"
-    run(main())
+    async with started(h):
+        pid = h.ctx.state.pluginPid
+        lines = h.original_greeting.splitlines()
+        bad_line = len(lines) + 1
+        m = h.mark()
+        h.greeting.write_text(h.original_greeting.rstrip("\n") + '\nvar Broken int = "oops"\n')
+        _, payload = await h.wait(lambda t, p: t == protocol.ERROR, 30, m)
+        [err] = payload["errors"]
+        assert (err["file"], err["line"], err["column"]) == ("pkg/greeting.go", bad_line, 18)
+        assert "oops" in err["message"]
+        assert (h.dir / err["file"]).is_file()                   # resolves from the plugin dir
+        await h.wait_status(5, m, goStatus="error")
+        _, rerr = await h.wait(lambda t, p: t == protocol.RELOAD_ERROR, 5, m)
+        meta, text = rerr                                            # Omniview's [PluginMeta, "error"]
+        assert meta["id"] == h.ctx.id and "pkg/greeting.go:%d:18" % bad_line in text
+        assert h.ctx.state.lastError and h.ctx.state.grpcConnected
+        assert await h.greet() == "Hello, omni"                   # the old plugin keeps serving
+        assert h.ctx.state.pluginPid == pid
+        m2 = h.mark()
+        h.greeting.write_text(h.original_greeting.replace('"Hello"', '"Fixed"'))
+        await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m2)
+        await h.wait_status(5, m2, goStatus="ready", lastError="")
+        assert await h.greet() == "Fixed, omni"
 
 
-def test_save_during_build_cancels_first_build(harness):
+async def test_save_during_build_cancels_first_build(harness):
     h = harness()
-
-    async def main():
-        async with started(h):
-            m = h.mark()
-            h.set_greeting("One")
-            await h.wait_log("$ go build", 10, m)                    # the first build is being spawned
-            deadline = time.monotonic() + 5
-            while not (gos := [p for p in descendants() if p.name() == "go"]):   # bounded poll: go is running
-                assert time.monotonic() < deadline, "go build never showed up"
-                await asyncio.sleep(0.01)
-            h.set_greeting("Two")
-            await h.wait_log("build cancelled", 10, m)
-            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
-            assert await h.greet() == "Two, omni"
-            assert len(h.logs(m, "$ go build")) == 2
-            assert len(h.since(m, protocol.RELOAD_START)) == 1         # one reload, its first build cancelled
-            assert len(h.since(m, protocol.RELOAD_COMPLETE)) == 1
-            for p in gos:                                               # the first go process was killed
-                await wait_gone(p.pid, 5)
-            assert not list((h.home / "tmp").glob("go-build-*"))        # its WORK dir removed
-    run(main())
+    async with started(h):
+        m = h.mark()
+        h.set_greeting("One")
+        await h.wait_log("$ go build", 10, m)                    # the first build is being spawned
+        deadline = time.monotonic() + 5
+        while not (gos := [p for p in descendants() if p.name() == "go"]):   # bounded poll: go is running
+            assert time.monotonic() < deadline, "go build never showed up"
+            await asyncio.sleep(0.01)
+        h.set_greeting("Two")
+        await h.wait_log("build cancelled", 10, m)
+        await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
+        assert await h.greet() == "Two, omni"
+        assert len(h.logs(m, "$ go build")) == 2
+        assert len(h.since(m, protocol.RELOAD_START)) == 1         # one reload, its first build cancelled
+        assert len(h.since(m, protocol.RELOAD_COMPLETE)) == 1
+        for p in gos:                                               # the first go process was killed
+            await wait_gone(p.pid, 5)
+        assert not list((h.home / "tmp").glob("go-build-*"))        # its WORK dir removed
 
 
 BAD_MAIN = """package main
@@ -278,158 +231,140 @@ func main() {
 
 
 @pytest.mark.parametrize("mode", ["exits", "no_handshake"])
-def test_bad_binary_rolls_back_and_old_keeps_serving(harness, mode):
+async def test_bad_binary_rolls_back_and_old_keeps_serving(harness, mode):
     h = harness(handshake={"timeout": 2})
-
-    async def main():
-        async with started(h):
-            pid = h.ctx.state.pluginPid
-            installed = h.home / "bin" / "plugin"
-            good = installed.read_bytes()
-            m = h.mark()
-            body = "os.Exit(3)" if mode == "exits" else "time.Sleep(time.Hour)"
-            (h.dir / "pkg" / "main.go").write_text(BAD_MAIN % body)
-            _, rerr = await h.wait(lambda t, p: t == protocol.RELOAD_ERROR, 30, m)
-            _, payload = [(t, p) for t, p in h.since(m, protocol.ERROR)][-1]
-            msg = payload["errors"][0]["message"]
-            assert "boom: cannot open config for Hello" in msg                  # its stderr
-            assert "rolled back to the previous binary" in msg
-            if mode == "exits":
-                assert "exited during startup with code 3" in msg
-            else:
-                assert "no go-plugin handshake within 2 s" in msg
-            assert h.ctx.state.goStatus == "error" and h.ctx.state.grpcConnected
-            assert h.ctx.state.pluginPid == pid
-            assert installed.read_bytes() == good                               # rolled back
-            assert not (h.home / "bin" / "plugin.stamp").exists()               # and the bad one's stamp gone
-            assert await h.greet() == "Hello, omni"
-            bad = [p for p in descendants() if p.pid != pid and p.name() == "plugin"]
-            assert bad == []                                                    # the bad one is gone
-    run(main())
+    async with started(h):
+        pid = h.ctx.state.pluginPid
+        installed = h.home / "bin" / "plugin"
+        good = installed.read_bytes()
+        m = h.mark()
+        body = "os.Exit(3)" if mode == "exits" else "time.Sleep(time.Hour)"
+        (h.dir / "pkg" / "main.go").write_text(BAD_MAIN % body)
+        _, rerr = await h.wait(lambda t, p: t == protocol.RELOAD_ERROR, 30, m)
+        _, payload = [(t, p) for t, p in h.since(m, protocol.ERROR)][-1]
+        msg = payload["errors"][0]["message"]
+        assert "boom: cannot open config for Hello" in msg                  # its stderr
+        assert "rolled back to the previous binary" in msg
+        if mode == "exits":
+            assert "exited during startup with code 3" in msg
+        else:
+            assert "no go-plugin handshake within 2 s" in msg
+        assert h.ctx.state.goStatus == "error" and h.ctx.state.grpcConnected
+        assert h.ctx.state.pluginPid == pid
+        assert installed.read_bytes() == good                               # rolled back
+        assert not (h.home / "bin" / "plugin.stamp").exists()               # and the bad one's stamp gone
+        assert await h.greet() == "Hello, omni"
+        bad = [p for p in descendants() if p.pid != pid and p.name() == "plugin"]
+        assert bad == []                                                    # the bad one is gone
 
 
-def test_kill9_is_noticed_and_restarted(harness):
+async def test_kill9_is_noticed_and_restarted(harness):
     h = harness()
-
-    async def main():
-        async with started(h):
-            pid = h.ctx.state.pluginPid
-            addr = h.gp.plugin.addr
-            m = h.mark()
-            t0 = time.monotonic()
-            os.kill(pid, signal.SIGKILL)
-            await h.wait_status(1.0, m, grpcConnected=False)
-            assert time.monotonic() - t0 < 1.0
-            _, st = await h.wait(lambda t, p: t == protocol.STATUS and p["grpcConnected"] and p["pluginPid"] != pid,
-                                 10, m)
-            assert st["goStatus"] == "ready" and st["restarts"] == 1
-            assert await h.greet() == "Hello, omni"
-            assert h.logs(m, "exited unexpectedly with code -9")
-            assert not os.path.exists(addr)              # go-plugin could not remove its socket: we did
-    run(main())
-
-
-def test_stop_during_build_leaves_no_process(harness):
-    h = harness()
-
-    async def main():
-        await asyncio.wait_for(h.gp.start(), 60)
+    async with started(h):
+        pid = h.ctx.state.pluginPid
         addr = h.gp.plugin.addr
         m = h.mark()
-        h.set_greeting("Stopping")
-        await h.wait_log("$ go build", 10, m)
-        deadline = time.monotonic() + 5
-        while not any(p.name() == "go" for p in descendants()):       # bounded poll: go is running
-            assert time.monotonic() < deadline, "go build never showed up"
-            await asyncio.sleep(0.01)
-        await asyncio.wait_for(h.gp.stop(), 30)
-        assert h.ctx.state.goStatus == "stopped" and not h.ctx.state.grpcConnected
-        left = [(p.pid, p.name()) for p in descendants()]
-        assert left == []
-        for p in psutil.process_iter(["exe", "name"]):
-            exe = p.info.get("exe") or ""
-            assert not exe.startswith(str(h.home)), (p.pid, exe)
-        assert not os.path.exists(addr)                                   # no socket left
-    run(main())
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        await h.wait_status(1.0, m, grpcConnected=False)
+        assert time.monotonic() - t0 < 1.0
+        _, st = await h.wait(lambda t, p: t == protocol.STATUS and p["grpcConnected"] and p["pluginPid"] != pid,
+                             10, m)
+        assert st["goStatus"] == "ready" and st["restarts"] == 1
+        assert await h.greet() == "Hello, omni"
+        assert h.logs(m, "exited unexpectedly with code -9")
+        assert not os.path.exists(addr)              # go-plugin could not remove its socket: we did
+
+
+async def test_stop_during_build_leaves_no_process(harness):
+    h = harness()
+    await asyncio.wait_for(h.gp.start(), 60)
+    addr = h.gp.plugin.addr
+    m = h.mark()
+    h.set_greeting("Stopping")
+    await h.wait_log("$ go build", 10, m)
+    deadline = time.monotonic() + 5
+    while not any(p.name() == "go" for p in descendants()):       # bounded poll: go is running
+        assert time.monotonic() < deadline, "go build never showed up"
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(h.gp.stop(), 30)
+    assert h.ctx.state.goStatus == "stopped" and not h.ctx.state.grpcConnected
+    left = [(p.pid, p.name()) for p in descendants()]
+    assert left == []
+    for p in psutil.process_iter(["exe", "name"]):
+        exe = p.info.get("exe") or ""
+        assert not exe.startswith(str(h.home)), (p.pid, exe)
+    assert not os.path.exists(addr)                                   # no socket left
 
 
 @pytest.mark.parametrize("order", ["start-first", "stop-first"])
-def test_invoke_loop_across_reload_never_fails(harness, order):
+async def test_invoke_loop_across_reload_never_fails(harness, order):
     h = harness(go={"reload_order": order})
+    async with started(h):
+        results: list[tuple[float, str]] = []
+        failures: list[str] = []
+        done = asyncio.Event()
 
-    async def main():
-        async with started(h):
-            results: list[tuple[float, str]] = []
-            failures: list[str] = []
-            done = asyncio.Event()
-
-            async def loop():
-                while not done.is_set():
-                    try:
-                        results.append((time.monotonic(), await h.greet("loop", timeout=10)))
-                    except CommandError as e:
-                        failures.append(f"{e.code}: {e.reason}")
-            task = asyncio.create_task(loop())
-            try:
-                m = h.mark()
-                h.set_greeting("Reloaded")
-                await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
-                deadline = time.monotonic() + 10
-                while not results or results[-1][1] != "Reloaded, loop":
-                    assert time.monotonic() < deadline
-                    await asyncio.sleep(0.01)
-                    if failures:
-                        break
-            finally:
-                done.set()
-                await asyncio.wait_for(task, 15)
-            assert failures == []
-            answers = [r for _, r in results]
-            assert answers[0] == "Hello, loop" and answers[-1] == "Reloaded, loop"
-            switch = answers.index("Reloaded, loop")
-            assert set(answers[switch:]) == {"Reloaded, loop"}        # never back to the old one
-            gap = max(b - a for (a, _), (b, _) in zip(results, results[1:]))
-            print(f"{order}: {len(results)} calls, longest gap {gap * 1000:.1f} ms")
-    run(main())
+        async def loop():
+            while not done.is_set():
+                try:
+                    results.append((time.monotonic(), await h.greet("loop", timeout=10)))
+                except CommandError as e:
+                    failures.append(f"{e.code}: {e.reason}")
+        task = asyncio.create_task(loop())
+        try:
+            m = h.mark()
+            h.set_greeting("Reloaded")
+            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
+            deadline = time.monotonic() + 10
+            while not results or results[-1][1] != "Reloaded, loop":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+                if failures:
+                    break
+        finally:
+            done.set()
+            await asyncio.wait_for(task, 15)
+        assert failures == []
+        answers = [r for _, r in results]
+        assert answers[0] == "Hello, loop" and answers[-1] == "Reloaded, loop"
+        switch = answers.index("Reloaded, loop")
+        assert set(answers[switch:]) == {"Reloaded, loop"}        # never back to the old one
+        gap = max(b - a for (a, _), (b, _) in zip(results, results[1:]))
+        print(f"{order}: {len(results)} calls, longest gap {gap * 1000:.1f} ms")
 
 
-def test_no_pkg_dir_is_idle(tmp_path, monkeypatch):
+async def test_no_pkg_dir_is_idle(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNIVIEW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OMNI_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "p" / "ui").mkdir(parents=True)
-
-    async def main():
-        sink = NullSink()
-        ctx = PluginContext(protocol.PluginSpec(id="uionly", path=str(tmp_path / "p")), sink)
-        gp = GoPath(ctx)
-        await gp.start()
-        assert ctx.state.goStatus == "idle" and not gp.enabled
-        assert not await gp.rebuild()
-        with pytest.raises(CommandError) as ei:
-            await gp.invoke(GREET, b"")
-        assert ei.value.code == ErrorCode.NOT_RUNNING
-        await gp.stop()
-        assert ctx.state.goStatus == "idle"
-        assert [t for t, _ in sink.events if t in (protocol.ERROR, protocol.RELOAD_ERROR)] == []
-        assert descendants() == []
-    run(main())
+    sink = NullSink()
+    ctx = PluginContext(protocol.PluginSpec(id="uionly", path=str(tmp_path / "p")), sink)
+    gp = GoPath(ctx)
+    await gp.start()
+    assert ctx.state.goStatus == "idle" and not gp.enabled
+    assert not await gp.rebuild()
+    with pytest.raises(CommandError) as ei:
+        await gp.invoke(GREET, b"")
+    assert ei.value.code == ErrorCode.NOT_RUNNING
+    await gp.stop()
+    assert ctx.state.goStatus == "idle"
+    assert [t for t, _ in sink.events if t in (protocol.ERROR, protocol.RELOAD_ERROR)] == []
+    assert descendants() == []
 
 
-def test_start_builds_when_nothing_installed_and_rebuild(harness):
+async def test_start_builds_when_nothing_installed_and_rebuild(harness):
     h = harness(go={"build_on_start": "always"})
     (h.home / "bin" / "plugin").unlink()
-
-    async def main():
-        m = h.mark()
-        async with started(h):
-            assert h.logs(m, "$ go build")
-            assert (h.home / "bin" / "plugin").is_file()
-            assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
-            pid = h.ctx.state.pluginPid
-            m2 = h.mark()
-            assert await h.gp.rebuild() is True
-            assert h.since(m2, protocol.RELOAD_COMPLETE) and h.ctx.state.pluginPid != pid
-    run(main())
+    m = h.mark()
+    async with started(h):
+        assert h.logs(m, "$ go build")
+        assert (h.home / "bin" / "plugin").is_file()
+        assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
+        pid = h.ctx.state.pluginPid
+        m2 = h.mark()
+        assert await h.gp.rebuild() is True
+        assert h.since(m2, protocol.RELOAD_COMPLETE) and h.ctx.state.pluginPid != pid
 
 
 # --- the go-plugin host on its own ------------------------------------------------------------------------------------
@@ -474,84 +409,76 @@ def host_ctx(tmp_path, monkeypatch):
     return make
 
 
-def test_host_tcp_levels_reattach_and_stop(host_ctx):
+async def test_host_tcp_levels_reattach_and_stop(host_ctx):
     import sys
 
     from omniworker.goplugin import PluginHost
     ctx, sink, script = host_ctx()
-
-    async def main():
-        host = PluginHost(ctx)
-        await host.start(sys.executable, args=[script, "grpc"], timeout=20)
-        try:
-            assert host.network == "tcp" and host.addr.startswith("127.0.0.1:")
-            assert await host.invoke("/test.Echo/Echo", b"abc", 5) == b"cba"
-            assert await host.health()
-            levels = {(e["level"], e["message"]) for t, p in sink.events if t == protocol.LOG for e in p
-                      if e["source"] == "plugin"}
-            assert ("warn", "fake warning k=1") in levels and ("error", "fake: bad thing") in levels
-            # external mode: a second host attaches to the same process and leaves it alone when closing
-            other = PluginHost(ctx)
-            assert await other.reattach(host.addr, "tcp")
-            assert await other.invoke("/test.Echo/Echo", b"xy", 5) == b"yx"
-            await other.close()
-            assert not await other.health()
-            assert host.running and await host.health()
-        finally:
-            rc = await host.stop(grace=2)
-        assert rc is not None and not host.running             # no Shutdown service here: TERM did it
-        assert host.exited.done()
-    run(main())
+    host = PluginHost(ctx)
+    await host.start(sys.executable, args=[script, "grpc"], timeout=20)
+    try:
+        assert host.network == "tcp" and host.addr.startswith("127.0.0.1:")
+        assert await host.invoke("/test.Echo/Echo", b"abc", 5) == b"cba"
+        assert await host.health()
+        levels = {(e["level"], e["message"]) for t, p in sink.events if t == protocol.LOG for e in p
+                  if e["source"] == "plugin"}
+        assert ("warn", "fake warning k=1") in levels and ("error", "fake: bad thing") in levels
+        # external mode: a second host attaches to the same process and leaves it alone when closing
+        other = PluginHost(ctx)
+        assert await other.reattach(host.addr, "tcp")
+        assert await other.invoke("/test.Echo/Echo", b"xy", 5) == b"yx"
+        await other.close()
+        assert not await other.health()
+        assert host.running and await host.health()
+    finally:
+        rc = await host.stop(grace=2)
+    assert rc is not None and not host.running             # no Shutdown service here: TERM did it
+    assert host.exited.done()
 
 
-def test_host_explains_failures(host_ctx, built):
+async def test_host_explains_failures(host_ctx, built):
     import sys
 
     from omniworker.goplugin import PluginError, PluginHost
     _, binary = built
-
-    async def main():
-        ctx, _, script = host_ctx()
-        with pytest.raises(PluginError, match="serves 'netrpc'; omni hosts gRPC plugins only"):
-            await PluginHost(ctx).start(sys.executable, args=[script, "netrpc"], timeout=20)
-        ctx, _, script = host_ctx(protocol_versions="7", cookie_value="hello")
-        host = PluginHost(ctx)
-        with pytest.raises(PluginError, match="plugin protocol version mismatch"):
-            await host.start(str(binary), timeout=20)                # the real plugin speaks 1
-        assert host.network == "unix" and not os.path.exists(host.addr) and not host.running
-        ctx, _, _ = host_ctx(cookie_value="wrong")
-        with pytest.raises(PluginError) as ei:
-            await PluginHost(ctx).start(str(binary), timeout=20)
-        assert "magic cookie env was missing or wrong" in str(ei.value) and "OMNIVIEW=wrong" in str(ei.value)
-        assert "This binary is a plugin" in ei.value.stderr and ei.value.returncode == 1
-        ctx, _, _ = host_ctx(timeout=1)
-        with pytest.raises(PluginError, match=r"no go-plugin handshake within 1 s"):
-            await PluginHost(ctx).start("/bin/sleep", args=["30"])
-        assert descendants() == []
-    run(main())
+    ctx, _, script = host_ctx()
+    with pytest.raises(PluginError, match="serves 'netrpc'; omni hosts gRPC plugins only"):
+        await PluginHost(ctx).start(sys.executable, args=[script, "netrpc"], timeout=20)
+    ctx, _, script = host_ctx(protocol_versions="7", cookie_value="hello")
+    host = PluginHost(ctx)
+    with pytest.raises(PluginError, match="plugin protocol version mismatch"):
+        await host.start(str(binary), timeout=20)                # the real plugin speaks 1
+    assert host.network == "unix" and not os.path.exists(host.addr) and not host.running
+    ctx, _, _ = host_ctx(cookie_value="wrong")
+    with pytest.raises(PluginError) as ei:
+        await PluginHost(ctx).start(str(binary), timeout=20)
+    assert "magic cookie env was missing or wrong" in str(ei.value) and "OMNIVIEW=wrong" in str(ei.value)
+    assert "This binary is a plugin" in ei.value.stderr and ei.value.returncode == 1
+    ctx, _, _ = host_ctx(timeout=1)
+    with pytest.raises(PluginError, match=r"no go-plugin handshake within 1 s"):
+        await PluginHost(ctx).start("/bin/sleep", args=["30"])
+    assert descendants() == []
 
 
-def test_start_with_broken_sources_runs_installed_binary(harness):
+async def test_start_with_broken_sources_runs_installed_binary(harness):
     h = harness(go={"build_on_start": "always"})
     h.greeting.write_text(h.original_greeting + "\nfunc Broken() int { return \"x\" }\n")
-
-    async def main():
-        async with started(h):
-            st = h.ctx.state
-            assert st.goStatus == "error" and st.grpcConnected and "pkg/greeting.go" in st.lastError
-            errs = [p for t, p in h.sink.events if t == protocol.ERROR]
-            assert errs and errs[0]["errors"][0]["file"] == "pkg/greeting.go"
-            assert await h.greet() == "Hello, omni"                 # the installed binary serves meanwhile
-            m = h.mark()
-            h.greeting.write_text(h.original_greeting)
-            await h.wait_status(30, m, goStatus="ready", lastError="")
-            assert await h.greet() == "Hello, omni"
-    run(main())
+    async with started(h):
+        st = h.ctx.state
+        assert st.goStatus == "error" and st.grpcConnected and "pkg/greeting.go" in st.lastError
+        errs = [p for t, p in h.sink.events if t == protocol.ERROR]
+        assert errs and errs[0]["errors"][0]["file"] == "pkg/greeting.go"
+        assert await h.greet() == "Hello, omni"                 # the installed binary serves meanwhile
+        m = h.mark()
+        h.greeting.write_text(h.original_greeting)
+        await h.wait_status(30, m, goStatus="ready", lastError="")
+        assert await h.greet() == "Hello, omni"
 
 
 # --- build_on_start = "changed": the build stamp ----------------------------------------------------------------------
 
-def test_restart_with_unchanged_sources_skips_the_build(harness):
+@pytest.mark.async_timeout(150)
+async def test_restart_with_unchanged_sources_skips_the_build(harness):
     """start (builds: no stamp yet) -> stop -> start: no `go build`, the same binary serves; an edit after that start
     still builds; an edit made while stopped builds at the next start; "always" builds despite a matching stamp."""
     h = harness(go={"build_on_start": "changed"})
@@ -560,70 +487,64 @@ def test_restart_with_unchanged_sources_skips_the_build(harness):
 
     def exe(pid: int) -> str:
         return os.readlink(f"/proc/{pid}/exe")
+    m = h.mark()
+    async with started(h):                              # a binary is installed, but no stamp: build
+        assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "building at start: no build stamp")
+        assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
+        assert stamp.is_file()
+        built_time = h.ctx.state.lastBuildTime
+        ino = installed.stat().st_ino
+        assert exe(h.ctx.state.pluginPid) == str(installed)
+    first_pid = h.ctx.state.pluginPid
+    h.ctx.set(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
 
-    async def main():
-        m = h.mark()
-        async with started(h):                              # a binary is installed, but no stamp: build
-            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "building at start: no build stamp")
-            assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
-            assert stamp.is_file()
-            built_time = h.ctx.state.lastBuildTime
-            ino = installed.stat().st_ino
-            assert exe(h.ctx.state.pluginPid) == str(installed)
-        first_pid = h.ctx.state.pluginPid
-        h.ctx.set(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
+    m = h.mark()
+    async with started(h):                              # nothing changed: no build at all
+        assert h.logs(m, "$ go build") == [] and h.since(m, protocol.RELOAD_START) == []
+        [line] = h.logs(m, "sources unchanged since the installed build")
+        assert "starting it without a build" in line and "omnictl rebuild hello" in line
+        st = h.ctx.state
+        assert st.goStatus == "ready" and st.grpcConnected and st.lastBuildTime == built_time
+        assert st.lastBuildDuration > 0
+        assert st.pluginPid != first_pid and exe(st.pluginPid) == str(installed)
+        assert installed.stat().st_ino == ino                   # the same installed binary
+        assert await h.greet() == "Hello, omni"
+        # the watcher runs: an edit after such a start builds and reloads as usual
+        m2 = h.mark()
+        h.set_greeting("Watched")
+        await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m2)
+        assert len(h.logs(m2, "$ go build")) == 1 and await h.greet() == "Watched, omni"
 
-        m = h.mark()
-        async with started(h):                              # nothing changed: no build at all
-            assert h.logs(m, "$ go build") == [] and h.since(m, protocol.RELOAD_START) == []
-            [line] = h.logs(m, "sources unchanged since the installed build")
-            assert "starting it without a build" in line and "omnictl rebuild hello" in line
-            st = h.ctx.state
-            assert st.goStatus == "ready" and st.grpcConnected and st.lastBuildTime == built_time
-            assert st.lastBuildDuration > 0
-            assert st.pluginPid != first_pid and exe(st.pluginPid) == str(installed)
-            assert installed.stat().st_ino == ino                   # the same installed binary
-            assert await h.greet() == "Hello, omni"
-            # the watcher runs: an edit after such a start builds and reloads as usual
-            m2 = h.mark()
-            h.set_greeting("Watched")
-            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m2)
-            assert len(h.logs(m2, "$ go build")) == 1 and await h.greet() == "Watched, omni"
+    h.set_greeting("Offline")                           # edited while stopped
+    m = h.mark()
+    async with started(h):
+        assert h.logs(m, "sources unchanged") == [] and len(h.logs(m, "$ go build")) == 1
+        assert h.logs(m, "building at start: the sources")
+        assert h.ctx.state.goStatus == "ready" and await h.greet() == "Offline, omni"
 
-        h.set_greeting("Offline")                           # edited while stopped
-        m = h.mark()
-        async with started(h):
-            assert h.logs(m, "sources unchanged") == [] and len(h.logs(m, "$ go build")) == 1
-            assert h.logs(m, "building at start: the sources")
-            assert h.ctx.state.goStatus == "ready" and await h.greet() == "Offline, omni"
-
-        h.ctx.settings["go"]["build_on_start"] = "always"   # read at each start
-        m = h.mark()
-        async with started(h):
-            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "sources unchanged") == []
-            assert await h.greet() == "Offline, omni"
-    run(main(), timeout=150)
+    h.ctx.settings["go"]["build_on_start"] = "always"   # read at each start
+    m = h.mark()
+    async with started(h):
+        assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "sources unchanged") == []
+        assert await h.greet() == "Offline, omni"
 
 
-def test_stamped_binary_that_fails_to_start_is_rebuilt(harness):
+async def test_stamped_binary_that_fails_to_start_is_rebuilt(harness):
     """The stamp matches but the binary does not run (damaged in place: same inode, size and mtime): a build follows,
     not a rollback to the older plugin.prev."""
     h = harness(go={"build_on_start": "changed"})
     installed = h.home / "bin" / "plugin"
-
-    async def main():
-        async with started(h):
-            assert await h.greet() == "Hello, omni"
-        st = installed.stat()
-        with open(installed, "r+b") as f:
-            f.write(b"\0\0\0\0")                            # no ELF magic any more
-        os.utime(installed, ns=(st.st_atime_ns, st.st_mtime_ns))
-        m = h.mark()
-        async with started(h):
-            assert h.logs(m, "sources unchanged since the installed build")
-            assert h.logs(m, "the installed plugin binary failed to start")
-            assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "rolled back") == []
-            assert h.ctx.state.goStatus == "ready" and h.ctx.state.lastError == ""
-            assert await h.greet() == "Hello, omni"
-            assert (h.home / "bin" / "plugin.stamp").is_file()          # stamped again by that build
-    run(main())
+    async with started(h):
+        assert await h.greet() == "Hello, omni"
+    st = installed.stat()
+    with open(installed, "r+b") as f:
+        f.write(b"\0\0\0\0")                            # no ELF magic any more
+    os.utime(installed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    m = h.mark()
+    async with started(h):
+        assert h.logs(m, "sources unchanged since the installed build")
+        assert h.logs(m, "the installed plugin binary failed to start")
+        assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "rolled back") == []
+        assert h.ctx.state.goStatus == "ready" and h.ctx.state.lastError == ""
+        assert await h.greet() == "Hello, omni"
+        assert (h.home / "bin" / "plugin.stamp").is_file()          # stamped again by that build

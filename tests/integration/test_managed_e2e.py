@@ -3,33 +3,25 @@
 One service for the module (a cold start costs a Go build and a Vite start); tests run in file order and each leaves
 the plugin managed and ready.
 """
-import base64
 import os
 import re
 import signal
-import sys
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 
-from service import GO_ENV, Service, copy_example, descendants
+from support.config import plugin_toml
+from support.example import GREET, copy_example, greet_reply, greet_request
+from support.service import Service, descendants
 
 from omnibroker import protocol
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "hello-plugin"))
-import greeter_pb  # noqa: E402
-
-GREET = "/hello.Greeter/Greet"
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     plugin = copy_example(tmp_path_factory.mktemp("plugin") / "hello")
-    env = ", ".join(f'{k} = "{v}"' for k, v in GO_ENV.items())
-    service = Service(f'[plugins.hello]\npath = "{plugin}"\nautostart = true\n'
-                      f'[plugins.hello.build]\nenv = {{ {env} }}\n')
+    service = Service(plugin_toml("hello", plugin, cookie=None))
     service.plugin_dir = plugin
     service.start()
     yield service
@@ -37,9 +29,9 @@ def svc(tmp_path_factory):
 
 
 def greet(svc, name="e2e", timeout=10.0) -> str:
-    req = base64.b64encode(greeter_pb.encode_greet_request(name)).decode()
-    result = svc.call("invoke", wait=timeout + 5, plugin="hello", method=GREET, request=req, timeout=timeout)
-    return greeter_pb.decode_greet_reply(base64.b64decode(result["response"]))
+    result = svc.call("invoke", wait=timeout + 5, plugin="hello", method=GREET, request=greet_request(name),
+                      timeout=timeout)
+    return greet_reply(result)
 
 
 def ready(s):

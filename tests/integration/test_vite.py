@@ -20,16 +20,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from support.example import EXAMPLE_UI, REPO, copy_ui
+from support.waits import wait_event
 
-from omnibroker import protocol  # noqa: E402
-from omnibroker.ports import PortAllocator  # noqa: E402
-from omniworker.context import NullSink, PluginContext  # noqa: E402
-from omniworker.vite import ViteServer, parse_vite_errors  # noqa: E402
-from service import link_node_modules  # noqa: E402
+from omnibroker import protocol
+from omnibroker.ports import PortAllocator
+from omniworker.context import NullSink, PluginContext
+from omniworker.vite import ViteServer, parse_vite_errors
 
-EXAMPLE_UI = REPO / "examples" / "hello-plugin" / "ui"
 TEST_PORTS = (15600, 15700)        # away from the default range, so a running omni is not disturbed
 
 pytestmark = pytest.mark.slow
@@ -54,12 +52,10 @@ def example_ui() -> Path:
 
 
 def make_plugin(example_ui: Path, dest: Path, ui: bool = True, node_modules: bool = True) -> Path:
+    """A plugin dir with a private copy of the example UI (example_ui: the fixture that made sure it is there)."""
     dest.mkdir(parents=True, exist_ok=True)
     if ui:
-        shutil.copytree(example_ui, dest / "ui",
-                        ignore=shutil.ignore_patterns("node_modules", "dist", ".vite"))
-        if node_modules:
-            link_node_modules(example_ui, dest / "ui")
+        copy_ui(dest, node_modules)
     return dest
 
 
@@ -82,25 +78,6 @@ def new_vite(path: Path, plugin: str = "p", **settings) -> tuple[ViteServer, Nul
 
 def statuses(sink: NullSink) -> list[dict]:
     return [p for t, p in sink.events if t == protocol.STATUS]
-
-
-async def wait_event(sink: NullSink, pred, timeout: float, after: int = 0) -> int:
-    """Index of the first event at or after `after` matching pred(topic, payload)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        for i in range(after, len(sink.events)):
-            if pred(*sink.events[i]):
-                return i
-        after = max(after, len(sink.events))
-        sink.changed.clear()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise AssertionError(f"timed out; events: {sink.events[-8:]}")
-        try:
-            await asyncio.wait_for(sink.changed.wait(), remaining)
-        except asyncio.TimeoutError:
-            pass
 
 
 def is_status(value: str):
@@ -158,26 +135,14 @@ def processes_under(path: Path) -> list[int]:
     return out
 
 
-def run(coro, *vites: ViteServer, timeout: float = 90.0):
-    """Run a test body; then stop the given ViteServers in the same loop, whatever happened."""
-    async def main():
-        try:
-            return await asyncio.wait_for(coro, timeout)
-        finally:
-            for v in vites:
-                await v.stop()
-    return asyncio.run(main())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Vite for real
 
-def test_start_running_serves_transformed_entry_and_logs(example_ui, tmp_path, ports):
+async def test_start_running_serves_transformed_entry_and_logs(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "hello")
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("start-test")
-
-    async def body():
+    try:
         await vite.start(port)
         assert ctx.state.viteStatus == "starting" and ctx.state.vitePort == port and ctx.state.viteURL == ""
         await wait_event(sink, is_status("ready"), 30)
@@ -202,22 +167,19 @@ def test_start_running_serves_transformed_entry_and_logs(example_ui, tmp_path, p
         assert vite.ready_time is not None and vite.ready_time < 30
         await vite.stop()
         assert ctx.state.viteStatus == "stopped" and ctx.state.vitePort == 0 and ctx.state.viteURL == ""
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("start-test")
 
 
-def test_two_plugins_two_ports(example_ui, tmp_path, ports):
+async def test_two_plugins_two_ports(example_ui, tmp_path, ports):
     a_dir = make_plugin(example_ui, tmp_path / "a")
     b_dir = make_plugin(example_ui, tmp_path / "b")
     a, sink_a, ctx_a = new_vite(a_dir, "a")
     b, sink_b, ctx_b = new_vite(b_dir, "b")
     pa, pb = ports.allocate("two-a"), ports.allocate("two-b")
     assert pa != pb
-
-    async def body():
+    try:
         await a.start(pa)
         await b.start(pb)
         await asyncio.gather(wait_event(sink_a, is_status("ready"), 30), wait_event(sink_b, is_status("ready"), 30))
@@ -226,50 +188,45 @@ def test_two_plugins_two_ports(example_ui, tmp_path, ports):
             assert str(d / "ui" / "src" / "App.tsx") in body.decode()      # each serves its own copy
         assert a.pid != b.pid
         await asyncio.gather(a.stop(), b.stop())
-
-    try:
-        run(body(), a, b)
     finally:
+        await a.stop()
+        await b.stop()
         ports.release("two-a")
         ports.release("two-b")
 
 
-def test_kill9_vite_restarts_on_same_port(example_ui, tmp_path, ports):
+async def test_kill9_vite_restarts_on_same_port(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "crash")
     vite, sink, ctx = new_vite(plugin)
     vite.BACKOFF_START = 0.2          # keep the test short; the policy itself is tested below
     port = ports.allocate("crash")
-
-    async def body():
+    try:
         await vite.start(port)
         assert await vite.wait_running(30)
         first = vite.pid
         mark = len(sink.events)
         os.kill(first, signal.SIGKILL)
-        i = await wait_event(sink, is_status("error"), 10, after=mark)
+        i = await wait_event(sink, is_status("error"), 10, since=mark)
         assert sink.events[i][1]["vitePort"] == port
         assert "exited unexpectedly" in sink.events[i][1]["lastError"]
-        e = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10, after=mark)
+        e = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10, since=mark)
         assert "SIGKILL" in sink.events[e][1]["errors"][0]["message"]
-        j = await wait_event(sink, is_status("ready"), 30, after=i)
+        j = await wait_event(sink, is_status("ready"), 30, since=i)
         assert sink.events[j][1]["vitePort"] == port and sink.events[j][1]["viteURL"].endswith(f":{port}")
         assert vite.pid and vite.pid != first and vite.restart_count == 1
         status, _, _ = await aget(f"http://127.0.0.1:{port}/src/entry.tsx")
         assert status == 200
         await wait_gone([first], 5)
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("crash")
 
 
-def test_stop_leaves_no_node_or_esbuild_process(example_ui, tmp_path, ports):
+async def test_stop_leaves_no_node_or_esbuild_process(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "stop")
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("stop")
-
-    async def body():
+    try:
         await vite.start(port)
         assert await vite.wait_running(30)
         await aget(f"http://127.0.0.1:{port}/src/entry.tsx")       # make it do some work first
@@ -281,10 +238,8 @@ def test_stop_leaves_no_node_or_esbuild_process(example_ui, tmp_path, ports):
         assert group_members(pgid) == []
         assert processes_under(plugin) == []
         assert vite.pid is None and ctx.state.viteStatus == "stopped"
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("stop")
 
 
@@ -307,13 +262,12 @@ WORKER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_worker_killed_with_sigkill_leaves_no_orphaned_vite(example_ui, tmp_path, ports):
+async def test_worker_killed_with_sigkill_leaves_no_orphaned_vite(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "orphan")
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
     port = ports.allocate("orphan")
-
-    async def body():
+    try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(script), str(REPO), str(plugin), str(port),
             stdout=asyncio.subprocess.PIPE, env=dict(os.environ))
@@ -330,22 +284,18 @@ def test_worker_killed_with_sigkill_leaves_no_orphaned_vite(example_ui, tmp_path
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-
-    try:
-        run(body())
     finally:
         ports.release("orphan")
 
 
-def test_hmr_update_reaches_a_websocket_client(example_ui, tmp_path, ports):
+async def test_hmr_update_reaches_a_websocket_client(example_ui, tmp_path, ports):
     websockets = pytest.importorskip("websockets")
     plugin = make_plugin(example_ui, tmp_path / "hmr")
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("hmr")
     app = plugin / "ui" / "src" / "App.tsx"
     origin = "http://127.0.0.1:15170"       # a host page on another origin, like Omniview's
-
-    async def body():
+    try:
         await vite.start(port)
         assert await vite.wait_running(30)
         base = f"http://127.0.0.1:{port}"
@@ -375,21 +325,18 @@ def test_hmr_update_reaches_a_websocket_client(example_ui, tmp_path, ports):
         # HMR stays between Vite and its client: no error or status events from the edit
         assert ctx.state.viteStatus == "ready"
         assert not [e for e in sink.events if e[0] == protocol.ERROR]
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("hmr")
 
 
-def test_broken_vite_config_gives_error_event_with_position(example_ui, tmp_path, ports):
+async def test_broken_vite_config_gives_error_event_with_position(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "badcfg")
     cfg = plugin / "ui" / "vite.config.ts"
     cfg.write_text('import { defineConfig } from "vite";\nexport default defineConfig({\n  plugins: [ ,, oops ]]\n});\n')
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("badcfg")
-
-    async def body():
+    try:
         await vite.start(port)
         assert not await vite.wait_running(30)
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10)
@@ -402,27 +349,24 @@ def test_broken_vite_config_gives_error_event_with_position(example_ui, tmp_path
         assert any(e.level == "error" for e in ctx.logs.tail(100, source="vite"))
         await vite.stop()               # cancels the pending restart
         assert vite._task is None and vite.pid is None and ctx.state.viteStatus == "stopped"
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("badcfg")
 
 
-def test_config_broken_while_running_gives_error_event_and_keeps_serving(example_ui, tmp_path, ports):
+async def test_config_broken_while_running_gives_error_event_and_keeps_serving(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "livecfg")
     cfg = plugin / "ui" / "vite.config.ts"
     good = cfg.read_text()
     assert "plugins: [react()]," in good
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("livecfg")
-
-    async def body():
+    try:
         await vite.start(port)
         assert await vite.wait_running(30)
         mark = len(sink.events)
         cfg.write_text(good.replace("plugins: [react()],", "plugins: [react(),, ]],"))
-        i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 15, after=mark)
+        i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 15, since=mark)
         err = sink.events[i][1]["errors"][0]
         line = 1 + good.splitlines().index(next(x for x in good.splitlines() if "plugins: [react()]," in x))
         assert err["file"] == str(cfg) and err["line"] == line and err["column"] > 0
@@ -433,37 +377,32 @@ def test_config_broken_while_running_gives_error_event_and_keeps_serving(example
         mark = len(sink.events)
         cfg.write_text(good)
         await wait_event(sink, lambda t, p: t == protocol.LOG and "server restarted" in p[0]["message"], 15,
-                         after=mark)
+                         since=mark)
         assert ctx.state.viteStatus == "ready"
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("livecfg")
 
 
-def test_config_that_throws_names_the_config_file(example_ui, tmp_path, ports):
+async def test_config_that_throws_names_the_config_file(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "throwcfg")
     (plugin / "ui" / "vite.config.ts").unlink()
     cfg = plugin / "ui" / "vite.config.js"
     cfg.write_text('throw new Error("boom in config");\nexport default {};\n')
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("throwcfg")
-
-    async def body():
+    try:
         await vite.start(port)
         assert not await vite.wait_running(30)
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10)
         err = sink.events[i][1]["errors"][0]
         assert err["file"] == str(cfg) and "boom in config" in err["message"]
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("throwcfg")
 
 
-def test_failed_dependency_prebundle_gives_error_event_with_position(example_ui, tmp_path, ports):
+async def test_failed_dependency_prebundle_gives_error_event_with_position(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "baddep")
     dep = plugin / "ui" / "node_modules" / "brokendep"
     dep.mkdir()
@@ -473,21 +412,18 @@ def test_failed_dependency_prebundle_gives_error_event_with_position(example_ui,
         'import { defineConfig } from "vite";\nexport default defineConfig({ optimizeDeps: { include: ["brokendep"] } });\n')
     vite, sink, ctx = new_vite(plugin)
     port = ports.allocate("baddep")
-
-    async def body():
+    try:
         await vite.start(port)
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR and any(
             e["file"].endswith("brokendep/index.js") for e in p["errors"]), 30)
         err = next(e for e in sink.events[i][1]["errors"] if e["file"].endswith("brokendep/index.js"))
         assert err["line"] == 2 and err["column"] > 0 and err["message"]
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("baddep")
 
 
-def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_path, ports):
+async def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_path, ports):
     """Another program answers HTTP on our port: Vite (--strictPort) refuses, and our readiness probe is not fooled
     by the foreign answer; once the port is free again, the next attempt runs on the same port."""
     import http.server
@@ -507,8 +443,7 @@ def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_p
     foreign = http.server.ThreadingHTTPServer(("127.0.0.1", port), Quiet)
     thread = threading.Thread(target=foreign.serve_forever, daemon=True)
     thread.start()
-
-    async def body():
+    try:
         await vite.start(port)
         assert not await vite.wait_running(30)
         i = await wait_event(sink, lambda t, p: t == protocol.ERROR, 10)
@@ -518,17 +453,15 @@ def test_port_held_by_foreign_http_server_is_an_error_and_kept(example_ui, tmp_p
         mark = len(sink.events)
         await asyncio.to_thread(foreign.shutdown)
         foreign.server_close()                           # the port frees up: the next attempt gets it
-        await wait_event(sink, is_status("ready"), 30, after=mark)
+        await wait_event(sink, is_status("ready"), 30, since=mark)
         assert ctx.state.vitePort == port
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         foreign.server_close()
         ports.release("busy")
 
 
-def test_install_option_runs_npm_ci(example_ui, tmp_path, ports, monkeypatch):
+async def test_install_option_runs_npm_ci(example_ui, tmp_path, ports, monkeypatch):
     """With install = true and no node_modules, `npm ci` runs first (a stand-in npm that links the example's)."""
     plugin = make_plugin(example_ui, tmp_path / "inst", node_modules=False)
     bindir = tmp_path / "bin"
@@ -546,27 +479,23 @@ def test_install_option_runs_npm_ci(example_ui, tmp_path, ports, monkeypatch):
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     vite, sink, ctx = new_vite(plugin, vite={"install": True})
     port = ports.allocate("inst")
-
-    async def body():
+    try:
         await vite.start(port)
         assert await vite.wait_running(30), ctx.state.lastError
         msgs = [e.message for e in ctx.logs.tail(200, source="vite")]
         assert "fake npm ci --no-audit --no-fund" in msgs and "added 42 packages" in msgs
-
-    try:
-        run(body(), vite)
     finally:
+        await vite.stop()
         ports.release("inst")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # no Vite needed
 
-def test_missing_node_modules_tells_what_to_run(example_ui, tmp_path):
+async def test_missing_node_modules_tells_what_to_run(example_ui, tmp_path):
     plugin = make_plugin(example_ui, tmp_path / "nonm", node_modules=False)
     vite, sink, ctx = new_vite(plugin)
-
-    async def body():
+    try:
         await vite.start(15699)
         assert not await vite.wait_running(10)
         assert ctx.state.viteStatus == "error"
@@ -575,26 +504,25 @@ def test_missing_node_modules_tells_what_to_run(example_ui, tmp_path):
         assert "npm ci" in sink.events[i][1]["errors"][0]["message"]
         assert vite.pid is None
         await vite.stop()
+    finally:
+        await vite.stop()
 
-    run(body(), vite)
 
-
-def test_plugin_without_ui_stays_idle(tmp_path):
+async def test_plugin_without_ui_stays_idle(tmp_path):
     (tmp_path / "goonly" / "pkg").mkdir(parents=True)
     vite, sink, ctx = new_vite(tmp_path / "goonly")
-
-    async def body():
+    try:
         await vite.start(15698)
         assert ctx.state.viteStatus == "idle" and ctx.state.vitePort == 0
         assert not await vite.wait_running(1)
         await vite.stop()
         assert ctx.state.viteStatus == "idle"
         assert not [e for e in sink.events if e[0] in (protocol.ERROR, protocol.STATUS)]
+    finally:
+        await vite.stop()
 
-    run(body(), vite)
 
-
-def test_start_timeout_reports_last_stderr_lines(tmp_path):
+async def test_start_timeout_reports_last_stderr_lines(tmp_path):
     """A 'Vite' that never answers HTTP: error after start_timeout with its stderr in lastError; stderr -> error."""
     ui = tmp_path / "slow" / "ui"
     (ui / "node_modules").mkdir(parents=True)
@@ -603,8 +531,7 @@ def test_start_timeout_reports_last_stderr_lines(tmp_path):
            "print('line two of trouble', file=sys.stderr, flush=True)\ntime.sleep(120)"]
     vite, sink, ctx = new_vite(tmp_path / "slow", vite={"command": cmd, "args": [], "start_timeout": 1.0,
                                                         "stop_grace": 1.0})
-
-    async def body():
+    try:
         await vite.start(15697)
         assert not await vite.wait_running(10)
         assert ctx.state.viteStatus == "error"
@@ -616,11 +543,11 @@ def test_start_timeout_reports_last_stderr_lines(tmp_path):
         assert levels["hello out"] == "info" and levels["line one of trouble"] == "error"
         await vite.stop()
         assert ctx.state.lastError == ""         # our own stale error is cleared on stop
+    finally:
+        await vite.stop()
 
-    run(body(), vite)
 
-
-def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
+async def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
     ui = tmp_path / "flaky" / "ui"
     (ui / "node_modules").mkdir(parents=True)
     cmd = [sys.executable, "-c", "import sys; print('dying', file=sys.stderr); sys.exit(3)"]
@@ -629,8 +556,7 @@ def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
 
     def restarts():
         return [e.message for e in ctx.logs.tail(200, source="manager") if "restarting in" in e.message]
-
-    async def body():
+    try:
         await vite.start(15696)
         await wait_event(sink, lambda t, p: len(restarts()) >= 5, 20)
         delays = [float(re.search(r"restarting in ([\d.]+) s", m).group(1)) for m in restarts()[:5]]
@@ -641,11 +567,11 @@ def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
         assert vite._task is None and ctx.state.viteStatus == "stopped"
         # no restart after stop: the task is gone, so nothing can spawn again
         assert vite.restart_count == n and vite.pid is None
+    finally:
+        await vite.stop()
 
-    run(body(), vite)
 
-
-def test_backoff_resets_after_a_healthy_run(tmp_path):
+async def test_backoff_resets_after_a_healthy_run(tmp_path):
     """A crash after >= HEALTHY_RESET seconds of running restarts after BACKOFF_START again."""
     ui = tmp_path / "healthy" / "ui"
     (ui / "node_modules").mkdir(parents=True)
@@ -672,16 +598,15 @@ def test_backoff_resets_after_a_healthy_run(tmp_path):
     def restarts():
         return [float(re.search(r"restarting in ([\d.]+) s", e.message).group(1))
                 for e in ctx.logs.tail(200, source="manager") if "restarting in" in e.message]
-
-    async def body():
+    try:
         await vite.start(port)
         for n in range(1, 4):            # quick crashes: 0.05, 0.1, 0.2
             mark = len(sink.events)
-            await wait_event(sink, is_status("ready"), 10, after=mark if n > 1 else 0)
+            await wait_event(sink, is_status("ready"), 10, since=mark if n > 1 else 0)
             await aget(f"http://127.0.0.1:{port}/exit")
             await wait_event(sink, lambda t, p: len(restarts()) >= n, 10)
         assert restarts() == [0.05, 0.1, 0.2]
-        await wait_event(sink, is_status("ready"), 10, after=len(sink.events) - 1)
+        await wait_event(sink, is_status("ready"), 10, since=len(sink.events) - 1)
         started = time.monotonic()
         # stay healthy past HEALTHY_RESET (wait on our own clock via Vite's readiness, not a fixed sleep)
         while time.monotonic() - started < vite.HEALTHY_RESET + 0.05:
@@ -690,8 +615,8 @@ def test_backoff_resets_after_a_healthy_run(tmp_path):
         await wait_event(sink, lambda t, p: len(restarts()) >= 4, 10)
         assert restarts()[3] == 0.05
         await vite.stop()
-
-    run(body(), vite)
+    finally:
+        await vite.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -766,21 +691,17 @@ failed to load config from /p/ui/vite.config.ts
 5:30:25 PM [vite] server restart failed"""
 
 
-def test_module_errors_stay_logs_but_config_errors_start_an_error_block(tmp_path):
+async def test_module_errors_stay_logs_but_config_errors_start_an_error_block(tmp_path):
     """Which output lines open an error block (-> error event) while Vite runs: not module transform errors."""
     (tmp_path / "ui").mkdir()
     vite, sink, ctx = new_vite(tmp_path)
-
-    async def body():
-        for line in MODULE_ERROR_OUTPUT.splitlines():
-            vite._on_line("stderr", line)
-        assert vite._block == [] and vite._block_timer is None
-        assert len(ctx.logs.tail(100, source="vite")) == len(MODULE_ERROR_OUTPUT.splitlines())
-        for line in LIVE_CONFIG_OUTPUT.splitlines():
-            vite._on_line("stderr" if "[vite]" not in line else "stdout", line)
-        assert vite._block and vite._block[0].startswith("failed to load config")
-        errs = parse_vite_errors(vite._block, str(tmp_path / "ui"))
-        assert [(e.file, e.line, e.column) for e in errs] == [(str(tmp_path / "ui" / "vite.config.ts"), 9, 24)]
-        vite._cancel_block()
-
-    run(body())
+    for line in MODULE_ERROR_OUTPUT.splitlines():
+        vite._on_line("stderr", line)
+    assert vite._block == [] and vite._block_timer is None
+    assert len(ctx.logs.tail(100, source="vite")) == len(MODULE_ERROR_OUTPUT.splitlines())
+    for line in LIVE_CONFIG_OUTPUT.splitlines():
+        vite._on_line("stderr" if "[vite]" not in line else "stdout", line)
+    assert vite._block and vite._block[0].startswith("failed to load config")
+    errs = parse_vite_errors(vite._block, str(tmp_path / "ui"))
+    assert [(e.file, e.line, e.column) for e in errs] == [(str(tmp_path / "ui" / "vite.config.ts"), 9, 24)]
+    vite._cancel_block()

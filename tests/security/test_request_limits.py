@@ -4,31 +4,20 @@ briefly cost 233 MB for 100 MB before). A request of exactly MAX_REQUEST_BYTES i
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chaos"))
-from limits_kit import peak_mb, reset_peak, rss_mb  # noqa: E402
-from service import Service  # noqa: E402
+from support.memory import peak_mb, reset_peak, rss_mb
+from support.service import Service
 
-from omnibroker import protocol  # noqa: E402
+from omnibroker import protocol
 
 
 @pytest.fixture(scope="module")
 def svc():
-    s = Service()
-    try:
-        s.start()
-    except BaseException:
-        s.cleanup()
-        raise
-    yield s
-    s.cleanup()
+    with Service() as s:
+        yield s
 
 
 def padded_ping(size: int) -> bytes:

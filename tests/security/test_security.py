@@ -1,4 +1,4 @@
-"""Security of the local service, tested against a real one (tests/service.py):
+"""Security of the local service, tested against a real one (tests/support/service.py):
 
 - the runtime dir is 0700 and its sockets 0600: another local user (`nobody`, when we run as root) can neither connect
   to any socket nor read the bridge token — even with the dir opened up, the socket files alone refuse;
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service import REPO, Service  # noqa: E402
+from support.example import REPO
+from support.service import Service
 
-from omnibroker import protocol  # noqa: E402
+from omnibroker import protocol
 
 NOBODY = 65534
 ROOT = os.geteuid() == 0
@@ -37,14 +37,8 @@ ROOT = os.geteuid() == 0
 
 @pytest.fixture(scope="module")
 def svc():
-    s = Service()
-    try:
-        s.start()
-    except BaseException:
-        s.cleanup()
-        raise
-    yield s
-    s.cleanup()
+    with Service() as s:
+        yield s
 
 
 # --- runtime dir and sockets -----------------------------------------------------------------------------------------

@@ -1,15 +1,13 @@
 """plugin.yaml (omnibroker.pluginmeta) and the legacy reload payloads a worker builds from it (PluginContext)."""
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service import EXAMPLE  # noqa: E402
+from support.example import EXAMPLE
 
-from omnibroker import pluginmeta, protocol  # noqa: E402
-from omnibroker.pluginmeta import PluginMetaError, PluginMetaMissing  # noqa: E402
-from omniworker.context import NullSink, PluginContext  # noqa: E402
+from omnibroker import pluginmeta, protocol
+from omnibroker.pluginmeta import PluginMetaError, PluginMetaMissing
+from omniworker.context import NullSink, PluginContext
 
 GOOD = "id: demo\nname: Demo\nversion: 0.1.0\n"
 

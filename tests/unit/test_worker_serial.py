@@ -27,46 +27,42 @@ def make_worker(tmp_path, monkeypatch):
         w.link.zctx.destroy(linger=0)
 
 
-def test_overrunning_command_is_abandoned_within_its_budget(make_worker):
-    async def body():
-        w = make_worker()
-        cancelled = asyncio.Event()
+async def test_overrunning_command_is_abandoned_within_its_budget(make_worker):
+    w = make_worker()
+    cancelled = asyncio.Event()
 
-        async def hangs():
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-        t0 = time.monotonic()
-        with pytest.raises(CommandError) as err:
-            await w.serially("stop", hangs)
-        took = time.monotonic() - t0
-        assert err.value.code == ErrorCode.TIMEOUT and "stop did not finish within 0.3s" in err.value.reason
-        assert "abandoned" in err.value.reason
-        assert took < 1.0, took
-        assert not w.serial.locked()
-        assert w.stop_event.is_set()                # run() then kills the children and exits ABANDONED_EXIT
-        await asyncio.wait_for(cancelled.wait(), 1)
-        with pytest.raises(CommandError) as err:    # nothing else runs on parts in an unknown state
-            await w.serially("start", lambda: asyncio.sleep(0))
-        assert err.value.code == ErrorCode.WORKER_UNAVAILABLE
-    asyncio.run(body())
+    async def hangs():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+    t0 = time.monotonic()
+    with pytest.raises(CommandError) as err:
+        await w.serially("stop", hangs)
+    took = time.monotonic() - t0
+    assert err.value.code == ErrorCode.TIMEOUT and "stop did not finish within 0.3s" in err.value.reason
+    assert "abandoned" in err.value.reason
+    assert took < 1.0, took
+    assert not w.serial.locked()
+    assert w.stop_event.is_set()                # run() then kills the children and exits ABANDONED_EXIT
+    await asyncio.wait_for(cancelled.wait(), 1)
+    with pytest.raises(CommandError) as err:    # nothing else runs on parts in an unknown state
+        await w.serially("start", lambda: asyncio.sleep(0))
+    assert err.value.code == ErrorCode.WORKER_UNAVAILABLE
 
 
-def test_waiting_for_the_lock_is_bounded_and_the_command_not_run(make_worker):
-    async def body():
-        w = make_worker()
-        ran = []
-        await w.serial.acquire()
-        w.holder = "restart"
+async def test_waiting_for_the_lock_is_bounded_and_the_command_not_run(make_worker):
+    w = make_worker()
+    ran = []
+    await w.serial.acquire()
+    w.holder = "restart"
 
-        async def cmd():
-            ran.append(1)
-        with pytest.raises(CommandError) as err:
-            await w.serially("start", cmd)
-        assert err.value.code == ErrorCode.TIMEOUT and "still running restart" in err.value.reason
-        assert not ran and not w.abandoned
-        w.serial.release()
-        assert await w.serially("start", cmd) is None and ran == [1]
-    asyncio.run(body())
+    async def cmd():
+        ran.append(1)
+    with pytest.raises(CommandError) as err:
+        await w.serially("start", cmd)
+    assert err.value.code == ErrorCode.TIMEOUT and "still running restart" in err.value.reason
+    assert not ran and not w.abandoned
+    w.serial.release()
+    assert await w.serially("start", cmd) is None and ran == [1]

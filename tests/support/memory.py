@@ -1,4 +1,5 @@
-"""Memory measurements for the limits tests (tests/chaos/test_limits.py, tests/security/test_request_limits.py).
+"""Memory measurements of a process: the broker's, in tests/chaos/test_limits.py and
+tests/security/test_request_limits.py.
 
 The broker's peak RSS over a stretch of time is its VmHWM after `5` was written to /proc/<pid>/clear_refs (which
 resets the peak to the current RSS; needs the process's owner or root). `Guard` also polls the current RSS, so that a

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import xmlrpc.client
@@ -19,48 +17,16 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-EXAMPLE = REPO / "examples" / "hello-plugin"
-GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
+from omnibroker import protocol
+from omnibroker.client import Client, parse_event, subscribe_socket
 
-sys.path.insert(0, str(REPO))
-from omnibroker import protocol  # noqa: E402
-from omnibroker.client import Client, parse_event, subscribe_socket  # noqa: E402
-
-
-def copy_example(dest: Path, ui: bool = True, go: bool = True, plugin_id: str | None = None) -> Path:
-    """A private copy of the example plugin (sources only; node_modules linked, not copied). Its plugin.yaml names
-    `plugin_id` (default: the directory's name), the id the copy is registered under."""
-    dest.mkdir(parents=True, exist_ok=True)
-    write_plugin_yaml(dest, plugin_id or dest.name)
-    if go:
-        shutil.copytree(EXAMPLE / "pkg", dest / "pkg")
-    if ui:
-        shutil.copytree(EXAMPLE / "ui", dest / "ui", ignore=shutil.ignore_patterns("node_modules", "dist", ".vite"))
-        if (EXAMPLE / "ui" / "node_modules").exists():
-            link_node_modules(EXAMPLE / "ui", dest / "ui")
-    return dest
-
-
-def write_plugin_yaml(dest: Path, plugin_id: str) -> Path:
-    """The example's plugin.yaml with its `id` line naming `plugin_id`."""
-    text = re.sub(r"(?m)^id: .*$", f"id: {plugin_id}", (EXAMPLE / "plugin.yaml").read_text(), count=1)
-    (dest / "plugin.yaml").write_text(text)
-    return dest / "plugin.yaml"
-
-
-def link_node_modules(src_ui: Path, dest_ui: Path) -> None:
-    """A real node_modules dir whose entries link to the example's: Vite's caches (.vite, .vite-temp) then live in
-    the copy, not in the shared example."""
-    nm = dest_ui / "node_modules"
-    nm.mkdir()
-    for entry in os.listdir(src_ui / "node_modules"):
-        if entry not in (".vite", ".vite-temp"):
-            (nm / entry).symlink_to(src_ui / "node_modules" / entry)
+from .example import REPO, VENV_BIN
 
 
 class Service:
+    """`with Service(config) as svc:` starts it and cleans it up (processes and temp dir) on the way out, also when
+    it fails to start; or start() and cleanup() by hand."""
+
     def __init__(self, config_text: str = "", extra_env: dict[str, str] | None = None):
         self.tmp = Path(tempfile.mkdtemp(prefix="omni-test-"))
         self.runtime = self.tmp / "run"
@@ -78,6 +44,17 @@ class Service:
         self.proc: subprocess.Popen | None = None
         self.ctx = zmq.Context()
         self.client = Client(self.endpoint("control"), timeout=5.0, retries=1, context=self.ctx)
+
+    def __enter__(self) -> "Service":
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.runtime}/{name}.sock"
