@@ -16,6 +16,7 @@ import msgspec
 
 from omnibroker import pluginmeta, protocol
 from omnibroker.protocol import BuildError, DevServerState, LogEntry
+from omnibroker.settings import PluginSettings, check_plugin
 
 from .children import ChildRegistry
 
@@ -51,25 +52,20 @@ class LogBook:
 
 
 class PluginContext:
+    """`settings` is the plugin's table decoded once into the typed schema (omnibroker/settings.py, which holds every
+    default and unit); a table the schema refuses raises settings.SettingsError naming the key."""
+
     def __init__(self, spec: protocol.PluginSpec, sink: EventSink):
         self.id = spec.id
         self.dir = os.path.abspath(spec.path)
-        self.settings: dict[str, Any] = dict(spec.settings)
+        self.settings: PluginSettings = check_plugin(dict(spec.settings))[0]
         self.home = protocol.plugin_home(spec.id)
         self.sink = sink
         self.state = DevServerState(pluginID=spec.id, devPath=self.dir, workerPid=os.getpid(), workerStatus="up")
-        self.logs = LogBook(per_source=int(self.settings.get("log_lines_per_source", 2000)),
-                            total=int(self.settings.get("log_lines", 5000)))
+        self.logs = LogBook(per_source=self.settings.log_lines_per_source, total=self.settings.log_lines)
         self.children = ChildRegistry(spec.id)
         self._meta: dict[str, Any] | None = None
         self._meta_key: tuple | None = None
-
-    def setting(self, section: str, key: str, default: Any = None) -> Any:
-        """`[plugins.<id>.<section>] key = ...` from omni.toml (or `add` properties), else the default."""
-        sec = self.settings.get(section)
-        if isinstance(sec, dict) and key in sec:
-            return sec[key]
-        return default
 
     # --- state -------------------------------------------------------------------------------------------------
     def set(self, **fields: Any) -> None:

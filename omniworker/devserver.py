@@ -1,4 +1,4 @@
-"""DevServer: one plugin's dev server (the seed's DevServerInstance) in one of three modes.
+"""DevServer: one plugin's dev server in one of three modes.
 
 - idle:     nothing runs
 - managed:  ViteServer (ui/) + GoPath (pkg/: watch, build, install, reload)         -- Mode A

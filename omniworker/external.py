@@ -1,6 +1,5 @@
 """External mode (Mode B): follow `<home>/plugins/<id>/.devinfo` and reattach to a plugin process we do not own.
 
-The seed polled the pid every 5 s and never made the gRPC reattach. Here:
 - the plugin's directory is watched (watchdog/inotify): creation, modification, chmod, atomic rename onto `.devinfo`,
   deletion, and a file that is already there when `attach()` is called;
 - every `.devinfo` is validated strictly before anything touches the network (`validate_devinfo`); each failure is a
@@ -37,15 +36,13 @@ from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
 from . import procsock
 from .context import PluginContext
+from .runtime import Background
 from .vite import http_answers
 
 DEVINFO_NAME = ".devinfo"
 MAX_DEVINFO_BYTES = 64 * 1024
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({1})
 DEFAULT_PID_START_SLACK = 1.0           # seconds a pid's start time may exceed the file's mtime (clock granularity)
-DEFAULT_HEALTH_INTERVAL = 5.0
-DEFAULT_DEBOUNCE = 0.05                 # after a create/modify event (an in-place write may still be going on)
-DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_PID = 2**31 - 1
 
 
@@ -436,10 +433,10 @@ class External:
         self.ctx = ctx
         self.path = os.path.join(ctx.home, DEVINFO_NAME)
         self._host_factory = host_factory or _default_host_factory
-        self.health_interval = float(ctx.setting("external", "health_interval", DEFAULT_HEALTH_INTERVAL))
-        self.debounce = float(ctx.setting("external", "debounce", DEFAULT_DEBOUNCE))
-        self.connect_timeout = float(ctx.setting("external", "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-        self.pid_start_slack = float(ctx.setting("external", "pid_start_slack", DEFAULT_PID_START_SLACK))
+        self.health_interval = ctx.settings.external.health_interval
+        self.debounce = ctx.settings.external.debounce
+        self.connect_timeout = ctx.settings.external.connect_timeout
+        self.pid_start_slack = ctx.settings.external.pid_start_slack
         self.attached = False
         self.connect_attempts = 0           # PluginHost.connect calls made (tests: "no connection attempted")
         self._valid: ValidDevInfo | None = None
@@ -457,7 +454,7 @@ class External:
         self._reported: tuple | None = None     # (code, file key) of the last error reported, to report it once
         self._seen_key: tuple | None = None     # identity of the file as last read (None: none)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._bg: set[asyncio.Task] = set()
+        self._background = Background()
 
     # --- public API ----------------------------------------------------------------------------------------------
     async def attach(self) -> None:
@@ -497,8 +494,7 @@ class External:
         if observer is not None:
             await asyncio.to_thread(self._stop_observer, observer)
         await self._disconnect()
-        for task in list(self._bg):
-            task.cancel()
+        self._background.cancel()
         self._valid = None
         self._seen_key = None
         fields: dict[str, Any] = dict(grpcConnected=False, pluginPid=0, vitePort=0, viteURL="", viteStatus="idle",
@@ -835,7 +831,7 @@ class External:
         self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", lastError=message,
                      **self._vite_fields(None))
         self.ctx.log("manager", "warn", message)
-        self._spawn(self._after_exit(conn))
+        self._background.spawn(self._after_exit(conn))
 
     async def _after_exit(self, conn: _Conn) -> None:
         for task in conn.tasks:
@@ -934,8 +930,3 @@ class External:
         if answers:
             return dict(vitePort=port, viteURL=f"http://127.0.0.1:{port}", viteStatus="ready")
         return dict(vitePort=port, viteURL="", viteStatus="stopped")
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)

@@ -17,8 +17,8 @@
   anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
   keeps serving, switches invokes to the new one, then drains and stops the old one: invokes never wait, and a new
-  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` is the seed's
-  order (stop old, start new); invokes wait for the new one meanwhile; on failure the previous binary is restarted.
+  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` stops the
+  old one, then starts the new one; invokes wait for the new one meanwhile; on failure the previous binary is restarted.
   Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
 - A change seen during a build cancels that build at once (its process group is killed) and a new build starts
   after the debounce. Install and the switch are never cancelled by changes (they take milliseconds).
@@ -45,23 +45,25 @@ import grpc  # noqa: E402
 from omnibroker import protocol  # noqa: E402
 from omnibroker.protocol import BuildError, CommandError, ErrorCode  # noqa: E402
 
+from omnibroker.settings import GoSettings  # noqa: E402
+
 from . import buildstamp  # noqa: E402
 from .context import PluginContext  # noqa: E402
 from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
+from .runtime import Background, Backoff
 
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
-BUILD_ON_START = ("changed", "always", "missing")
 
 
 class GoPath:
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
         has_pkg = os.path.isdir(os.path.join(ctx.dir, "pkg"))
-        explicit = ctx.setting("build", "command", None) is not None and ctx.setting("go", "watch", None) is not None
-        self.enabled: bool = bool(ctx.setting("go", "enabled", has_pkg or explicit))
+        explicit = ctx.settings.build.command is not None and self.settings.watch is not None
+        self.enabled: bool = self.settings.enabled if self.settings.enabled is not None else (has_pkg or explicit)
         self.builder = Builder(ctx)
         self.bin_dir = os.path.join(ctx.home, "bin")
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
@@ -76,7 +78,7 @@ class GoPath:
         self._runner: asyncio.Task | None = None
         self._cycle_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
+        self._background = Background()
         self._changed = asyncio.Event()                 # replaced (after being set) each time self.plugin changes
         self._phase = "idle"                            # idle | building | installing | switching
         self._waiters: list[asyncio.Future] = []        # rebuild(wait=True) callers for the next cycle
@@ -84,13 +86,14 @@ class GoPath:
         self._stopping = False
         self._started = False
         self._generation = 0                            # bumped by start() and stop()
-        self._crash_streak = 0
+        self._backoff = Backoff(self.settings.restart_backoff, self.settings.restart_backoff_max,
+                                self.settings.restart_reset)
         self._burst_first: float | None = None
         self._reload_open = False                       # a dev_reload_start awaits its complete/error
 
-    # --- settings ------------------------------------------------------------------------------------------------
-    def _s(self, key: str, default: Any) -> Any:
-        return self.ctx.setting("go", key, default)
+    @property
+    def settings(self) -> GoSettings:
+        return self.ctx.settings.go_settings
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self, *, force_build: bool = False) -> None:
@@ -108,7 +111,7 @@ class GoPath:
         generation = self._generation
         ctx.set(goStatus="starting", lastError="")
         output_rel = os.path.relpath(os.path.dirname(self.builder.output), ctx.dir)
-        ignore = list(self._s("ignore", []) or [])
+        ignore = list(self.settings.ignore)
         if not output_rel.startswith(os.pardir):
             ignore.append(output_rel.replace(os.sep, "/") + "/**")
         self.watcher = GoWatcher(ctx, self._on_change, on_event=self._on_event, on_error=self._on_watch_error,
@@ -122,11 +125,8 @@ class GoPath:
             ctx.errors([BuildError(message=str(e))])
             self.watcher = None
         self._runner = asyncio.create_task(self._run())
-        policy = str(self._s("build_on_start", "changed"))
-        if policy not in BUILD_ON_START:
-            ctx.log("manager", "warn", f"[plugins.{ctx.id}.go] build_on_start = {policy!r} is not one of "
-                                       f"{', '.join(BUILD_ON_START)}: building (as \"always\")")
-        if force_build or policy not in ("missing", "changed"):
+        policy = self.settings.build_on_start
+        if force_build or policy == "always":
             skip = False
         elif policy == "missing":
             skip = os.path.isfile(self.installed)
@@ -164,7 +164,7 @@ class GoPath:
             self._set_plugin(None)
         stops = [self._stop_host(host)] if host is not None else []
         if self._background:
-            stops.append(asyncio.gather(*list(self._background), return_exceptions=True))
+            stops.append(self._background.wait())
         if stops:
             await asyncio.gather(*stops, return_exceptions=True)
         for fut in self._waiters + self._cycle_waiters:
@@ -253,14 +253,8 @@ class GoPath:
         return PluginHost(self.ctx, on_exit=self._on_plugin_exit)
 
     async def _stop_host(self, host: PluginHost) -> None:
-        grace = float(self._s("stop_grace", 2.0))
-        await host.drain(float(self._s("drain_timeout", 2.0)))
-        await host.stop(grace)
-
-    def _bg(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await host.drain(self.settings.drain_timeout)
+        await host.stop(self.settings.stop_grace)
 
     # --- internals: watcher callbacks -------------------------------------------------------------------------------
     def _on_event(self, rel: str) -> None:
@@ -440,7 +434,7 @@ class GoPath:
         """Start the installed binary and make it the serving plugin (see module doc for the order)."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
-        order = str(self._s("reload_order", "start-first"))
+        order = self.settings.reload_order
         async with self._lock:
             if self._stopping:
                 return False
@@ -475,7 +469,7 @@ class GoPath:
                 self._reload_open = False
                 ctx.reload_complete()
         if old is not None:
-            self._bg(self._stop_host(old))
+            self._background.spawn(self._stop_host(old))
         return not keep_error
 
     async def _start_failed(self, e: PluginError, reason: str, keep_error: bool) -> bool:
@@ -517,9 +511,7 @@ class GoPath:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         self._set_plugin(None)
-        uptime = loop.time() - (host.timings.get("healthy") or loop.time())
-        if uptime > float(self._s("restart_reset", 10.0)):
-            self._crash_streak = 0
+        self._backoff.ran(loop.time() - (host.timings.get("healthy") or loop.time()))
         tail = host.stderr_tail
         msg = f"the plugin (pid {host.pid}) exited unexpectedly with code {rc}" + (
             f"; its last output:\n{tail}" if tail else "")
@@ -530,13 +522,10 @@ class GoPath:
 
     async def _restart(self) -> None:
         ctx = self.ctx
-        base = float(self._s("restart_backoff", 0.25))
-        cap = float(self._s("restart_backoff_max", 10.0))
         while not self._stopping:
-            delay = min(cap, base * (2 ** self._crash_streak))
-            self._crash_streak += 1
+            delay = self._backoff.next()
             ctx.set(goStatus="starting")
-            ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._crash_streak})")
+            ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._backoff.attempts})")
             await asyncio.sleep(delay)      # backoff, not synchronisation
             async with self._lock:
                 if self._stopping or self.plugin is not None:

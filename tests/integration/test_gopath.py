@@ -597,7 +597,7 @@ def test_restart_with_unchanged_sources_skips_the_build(harness):
             assert h.logs(m, "building at start: the sources")
             assert h.ctx.state.goStatus == "ready" and await h.greet() == "Offline, omni"
 
-        h.ctx.settings["go"]["build_on_start"] = "always"   # read at each start
+        h.ctx.settings.go_settings.build_on_start = "always"   # read at each start
         m = h.mark()
         async with started(h):
             assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "sources unchanged") == []
