@@ -37,6 +37,7 @@ from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 from . import procsock
 from .context import PluginContext
 from .runtime import Background
+from .state import ExternalStatus as S
 from .vite import http_answers
 
 DEVINFO_NAME = ".devinfo"
@@ -427,10 +428,16 @@ class _Conn:
 
 
 class External:
-    """Mode B for one plugin. Lifecycle: `await attach()` … `await detach()`; `await invoke(...)`; `info()`."""
+    """Mode B for one plugin. Lifecycle: `await attach()` … `await detach()`; `await invoke(...)`; `info()`.
+
+    Its state is `ctx.external` (state.ExternalStatus): IDLE (attached, nothing valid seen yet; detached) ->
+    CONNECTED (a valid file, a connection, a health answer) -> UNHEALTHY (alive, no health answer) -> CONNECTED; a file
+    naming another process: CONNECTED -> CONNECTING -> CONNECTED; a wrong file or a refused connection: INVALID; the
+    process exited or its file was removed: GONE."""
 
     def __init__(self, ctx: PluginContext, host_factory: Callable[[PluginContext], Any] | None = None):
         self.ctx = ctx
+        self.part = ctx.external
         self.path = os.path.join(ctx.home, DEVINFO_NAME)
         self._host_factory = host_factory or _default_host_factory
         self.health_interval = ctx.settings.external.health_interval
@@ -469,7 +476,7 @@ class External:
         if self._host_factory is _default_host_factory:
             # grpc's import costs a few hundred ms: pay it now, off the loop, not when the plugin shows up
             await asyncio.to_thread(importlib.import_module, "omniworker.goplugin")
-        self.ctx.set(mode="external", grpcConnected=False, pluginPid=0)
+        self.part.change_state(S.IDLE, pluginPid=0)
         self.ctx.log("manager", "info", f"external mode: following {self.path}")
         await asyncio.to_thread(self._start_observer)
         await self._sync_file()
@@ -497,11 +504,7 @@ class External:
         self._background.cancel()
         self._valid = None
         self._seen_key = None
-        fields: dict[str, Any] = dict(grpcConnected=False, pluginPid=0, vitePort=0, viteURL="", viteStatus="idle",
-                                      goStatus="idle")
-        if self.ctx.state.mode == "external":
-            fields["mode"] = "idle"
-        self.ctx.set(**fields)
+        self.part.change_state(S.IDLE, pluginPid=0, **self._vite_fields(None))
         self.ctx.log("manager", "info", "external mode: detached (the plugin process was left running)")
 
     async def invoke(self, method: str, request: bytes, timeout: float = 10.0) -> bytes:
@@ -676,7 +679,7 @@ class External:
             if self._conn is not None:
                 self.ctx.log("manager", "info", f"{self.path} was removed: disconnecting from pid {self._conn.pid}")
                 await self._disconnect()
-                self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", **self._vite_fields(None))
+                self.part.change_state(S.GONE, pluginPid=0, **self._vite_fields(None))
             return
         except DevInfoError as e:
             conn = self._conn
@@ -695,8 +698,8 @@ class External:
             # not connected, and why is in lastError: goStatus agrees, never "running" (Omniview ignores such a file
             # and keeps showing the old connection; omni follows the file): "stopped" when the file names a process
             # that is gone (a plugin that just exited), "error" when the file itself is wrong
-            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped" if e.code == Code.PID_DEAD else "error",
-                         **self._vite_fields(None))
+            self.part.change_state(S.GONE if e.code == Code.PID_DEAD else S.INVALID, pluginPid=0,
+                                   **self._vite_fields(None))
             return
         self._seen_key = valid.key
         self._valid = valid
@@ -705,7 +708,7 @@ class External:
             conn.valid = valid
             vite = await self._vite_probe(valid.info.vitePort)
             if conn is self._conn and conn.healthy:
-                self.ctx.set(**vite)
+                self.part.update(**vite)
             return
         restart = conn is not None
         if restart:
@@ -713,7 +716,7 @@ class External:
                          f"following the restart (was pid {conn.pid})")
             self.ctx.reload_start()
             await self._disconnect()
-            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="starting")
+            self.part.change_state(S.CONNECTING, pluginPid=0)
         await self._connect(valid)
 
     def _explain_missing(self) -> None:
@@ -728,7 +731,7 @@ class External:
                    f"{os.environ.get('OMNIVIEW_HOME', '')!r}: run the plugin with `omnictl run-external "
                    f"{self.ctx.id} -- CMD`, which writes the file omni follows")
         self.ctx.log("manager", "warn", message)
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
 
     def _current_key(self) -> tuple | None:
         try:
@@ -745,7 +748,7 @@ class External:
         message = str(err)
         self.ctx.errors([BuildError(file=self.path, message=message)])
         self.ctx.log("manager", "error", message)
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
 
     # --- connection ---------------------------------------------------------------------------------------------
     async def _connect(self, valid: ValidDevInfo) -> bool:
@@ -776,7 +779,7 @@ class External:
             await self._close_host(host)
             if err:
                 self._report(DevInfoError(Code.CONNECT, f"pid {info.pid}: {err}"), valid.key)
-                self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="error", **vite)
+                self.part.change_state(S.INVALID, pluginPid=0, **vite)
                 if self._ever_connected:
                     self.ctx.reload_error(err)
             return False
@@ -789,8 +792,7 @@ class External:
             conn.tasks.append(asyncio.create_task(self._watch_channel(conn, channel)))
         self._reported = None
         self._connected.set()
-        self.ctx.set(mode="external", grpcConnected=True, pluginPid=info.pid, goStatus="running", lastError="",
-                     **vite)
+        self.part.change_state(S.CONNECTED, pluginPid=info.pid, lastError="", **vite)
         self.ctx.log("manager", "info", f"attached to pid {info.pid} ({valid.network}:{valid.address}, watch: "
                      f"{conn.watch.method})")
         if self._ever_connected:
@@ -828,8 +830,7 @@ class External:
         self._set_conn(None)
         pid = conn.pid
         message = f"external plugin process {pid} exited"
-        self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", lastError=message,
-                     **self._vite_fields(None))
+        self.part.change_state(S.GONE, pluginPid=0, lastError=message, **self._vite_fields(None))
         self.ctx.log("manager", "warn", message)
         self._background.spawn(self._after_exit(conn))
 
@@ -906,16 +907,16 @@ class External:
             self._reported = None
             self._connected.set()
             self.ctx.log("manager", "info", f"pid {conn.pid} answers health checks again")
-            self.ctx.set(grpcConnected=True, lastError="")
+            self.part.change_state(S.CONNECTED, lastError="")        # UNHEALTHY -> CONNECTED
         elif not ok and conn.healthy:
             conn.healthy = False
             self._connected.clear()
             self._report(DevInfoError(Code.UNHEALTHY, f"pid {conn.pid} is running but not serving: {why} "
                                       "(hung?)"), conn.valid.key)
-            self.ctx.set(grpcConnected=False)
+            self.part.change_state(S.UNHEALTHY)                      # CONNECTED -> UNHEALTHY
         vite = await self._vite_probe(conn.valid.info.vitePort)
         if conn is self._conn:
-            self.ctx.set(**vite)
+            self.part.update(**vite)
 
     # --- Vite (not ours either: just probed) --------------------------------------------------------------------
     async def _vite_probe(self, port: int) -> dict[str, Any]:
@@ -926,7 +927,5 @@ class External:
     @staticmethod
     def _vite_fields(port: int | None, answers: bool = False) -> dict[str, Any]:
         if not port:
-            return dict(vitePort=0, viteURL="", viteStatus="idle")
-        if answers:
-            return dict(vitePort=port, viteURL=f"http://127.0.0.1:{port}", viteStatus="ready")
-        return dict(vitePort=port, viteURL="", viteStatus="stopped")
+            return dict(vitePort=0, viteStatus="idle")
+        return dict(vitePort=port, viteStatus="ready" if answers else "stopped")

@@ -53,6 +53,7 @@ from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, r
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
 from .runtime import Background, Backoff
+from .state import GoStatus as S
 
 _RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
@@ -61,6 +62,7 @@ _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles
 class GoPath:
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
+        self.part = ctx.go
         has_pkg = os.path.isdir(os.path.join(ctx.dir, "pkg"))
         explicit = ctx.settings.build.command is not None and self.settings.watch is not None
         self.enabled: bool = self.settings.enabled if self.settings.enabled is not None else (has_pkg or explicit)
@@ -101,7 +103,7 @@ class GoPath:
         ready or the first attempt failed (the failure is reported as events and status, never raised). Idempotent."""
         ctx = self.ctx
         if not self.enabled:
-            ctx.set(goStatus="idle")
+            self.part.change_state(S.IDLE)
             return
         if self._started:
             return
@@ -109,7 +111,7 @@ class GoPath:
         self._stopping = False
         self._generation += 1
         generation = self._generation
-        ctx.set(goStatus="starting", lastError="")
+        self.part.change_state(S.STARTING, lastError="")        # IDLE/STOPPED -> STARTING
         output_rel = os.path.relpath(os.path.dirname(self.builder.output), ctx.dir)
         ignore = list(self.settings.ignore)
         if not output_rel.startswith(os.pardir):
@@ -174,7 +176,7 @@ class GoPath:
         self._phase = "idle"
         self._started = False
         self._reload_open = False
-        ctx.set(goStatus="stopped", grpcConnected=False, pluginPid=0, buildQueued=False)
+        self.part.change_state(S.STOPPED, pluginPid=0, buildQueued=False)
 
     async def rebuild(self, wait: bool = True) -> bool:
         """Force a build + reload now (no debounce; a running build is cancelled; never skipped by the build stamp).
@@ -184,7 +186,7 @@ class GoPath:
             return False
         if not self._started:
             await self.start(force_build=True)
-            return self.plugin is not None and self.ctx.state.goStatus == "ready"
+            return self.plugin is not None and self.part.state is S.READY
         self._cancel_build("rebuild requested")
         if wait:
             return await self._request_and_wait("rebuild")
@@ -266,7 +268,7 @@ class GoPath:
         self._request("change")
 
     def _on_watch_error(self, message: str) -> None:
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
         self.ctx.errors([BuildError(message=message)])
 
     def _cancel_build(self, why: str) -> None:
@@ -310,7 +312,8 @@ class GoPath:
             ctx.log("go-build", "info", f"building at start: {why}")
             return False
         # what the status said when that binary was built (Omniview shows these)
-        ctx.set(lastBuildTime=str(stamp.get("built") or protocol.ZERO_TIME), lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
+        self.part.update(lastBuildTime=str(stamp.get("built") or protocol.ZERO_TIME),
+                         lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
         ctx.log("go-build", "info",
                 f"sources unchanged since the installed build (stamp {stamp['inputs'][:12]}, built "
                 f"{stamp.get('built', '?')}): starting it without a build; `omnictl rebuild {ctx.id}` forces one")
@@ -367,7 +370,7 @@ class GoPath:
             ok = bool(task.result()) if task.exception() is None else False
             if task.exception() is not None:
                 self.ctx.log("manager", "error", f"internal error in the Go reload cycle: {task.exception()!r}")
-                self.ctx.set(goStatus="error", lastError=f"internal error: {task.exception()!r}")
+                self.part.change_state(S.ERROR, lastError=f"internal error: {task.exception()!r}")
                 self._reload_open = False
             self.cycles += 1
             for fut in waiters:
@@ -388,13 +391,13 @@ class GoPath:
             self._reload_open = True
             ctx.reload_start()
         self._phase = "building"
-        ctx.set(goStatus="building")
+        self.part.change_state(S.BUILDING)
         inputs = await self._snapshot_inputs()          # BEFORE the build: a later edit is never stamped as built
         result: BuildResult = await self.builder.build()
         t["build_start"], t["build_end"], t["queued"] = result.started, result.finished, result.queued
         if result.cancelled:
             raise asyncio.CancelledError()
-        ctx.set(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
+        self.part.update(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
         if not result.ok:
             msg = result.summary()
             ctx.log("go-build", "error", msg)
@@ -425,7 +428,7 @@ class GoPath:
     def _fail(self, message: str, errors: list[BuildError], *, reload: bool = True) -> None:
         ctx = self.ctx
         ctx.errors(errors or [BuildError(message=message)])
-        ctx.set(goStatus="error", lastError=message)
+        self.part.change_state(S.ERROR, lastError=message)
         if reload:
             self._reload_open = False
             ctx.reload_error(message)
@@ -441,11 +444,11 @@ class GoPath:
             old = self.plugin
             if old is not None and order == "stop-first":
                 self._set_plugin(None)
-                ctx.set(grpcConnected=False, pluginPid=0)
+                self.part.update(pluginPid=0)
                 await self._stop_host(old)
                 old = None
             if not keep_error:
-                ctx.set(goStatus="starting")
+                self.part.change_state(S.STARTING)               # BUILDING -> STARTING
             new = self._new_host()
             if t is not None:
                 t["plugin_start"] = loop.time()
@@ -460,9 +463,9 @@ class GoPath:
                 t.update({f"plugin_{k}": v for k, v in new.timings.items()})
             self._set_plugin(new)
             if keep_error:
-                ctx.set(grpcConnected=True, pluginPid=new.pid)
+                self.part.update(pluginPid=new.pid)
             else:
-                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=new.pid, lastError="")
+                self.part.change_state(S.READY, pluginPid=new.pid, lastError="")      # STARTING -> READY
             if t is not None:
                 t["ready"] = loop.time()
             if reason not in _NOT_RELOADS:
@@ -496,12 +499,12 @@ class GoPath:
                 await prev.start(self.installed)
             except PluginError as e2:
                 ctx.log("manager", "error", f"the previous plugin binary failed to start too: {e2}")
-                ctx.set(grpcConnected=False, pluginPid=0)
+                self.part.update(pluginPid=0)
                 return False
             self._set_plugin(prev)
-            ctx.set(grpcConnected=True, pluginPid=prev.pid)
+            self.part.update(pluginPid=prev.pid)
         elif self.plugin is None:
-            ctx.set(grpcConnected=False, pluginPid=0)
+            self.part.update(pluginPid=0)
         return False
 
     # --- internals: crashes -------------------------------------------------------------------------------------------
@@ -516,7 +519,7 @@ class GoPath:
         msg = f"the plugin (pid {host.pid}) exited unexpectedly with code {rc}" + (
             f"; its last output:\n{tail}" if tail else "")
         ctx.log("manager", "error", msg)
-        ctx.set(grpcConnected=False, pluginPid=0, lastError=msg)
+        self.part.update(pluginPid=0, lastError=msg)
         if self._restart_task is None or self._restart_task.done():
             self._restart_task = asyncio.create_task(self._restart())
 
@@ -524,7 +527,7 @@ class GoPath:
         ctx = self.ctx
         while not self._stopping:
             delay = self._backoff.next()
-            ctx.set(goStatus="starting")
+            self.part.change_state(S.STARTING)                  # READY/ERROR (crashed) -> STARTING
             ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._backoff.attempts})")
             await asyncio.sleep(delay)      # backoff, not synchronisation
             async with self._lock:
@@ -536,12 +539,13 @@ class GoPath:
                 try:
                     await host.start(self.installed)
                 except PluginError as e:
-                    ctx.set(goStatus="error", lastError=f"restart failed: {e}")
+                    self.part.change_state(S.ERROR, lastError=f"restart failed: {e}")
                     ctx.log("manager", "error", f"restart failed: {e}")
                     continue
                 self._set_plugin(host)
-                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=host.pid, lastError="",
-                        restarts=ctx.state.restarts + 1)
+                with ctx.batch():
+                    self.part.change_state(S.READY, pluginPid=host.pid, lastError="")   # STARTING -> READY
+                    self.part.count_restart()
                 return
         if not self._stopping:
             self._request("restart")            # no installed binary: build one

@@ -48,6 +48,7 @@ from omnibroker.settings import ViteSettings
 from .children import Child
 from .context import PluginContext, strip_ansi
 from .runtime import Backoff
+from .state import ViteStatus as S
 
 HOST = "127.0.0.1"
 DEFAULT_ARGS = ["--host", HOST, "--port", "{port}", "--strictPort", "--cors", "--clearScreen", "false"]
@@ -154,6 +155,7 @@ class ViteServer:
 
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
+        self.part = ctx.vite
         self.ui_dir = os.path.join(ctx.dir, "ui")
         self.port = 0
         self.child: Child | None = None
@@ -167,7 +169,6 @@ class ViteServer:
         self._block: list[str] = []
         self._block_timer: asyncio.TimerHandle | None = None
         self._last_errors: list[BuildError] | None = None
-        self._my_last_error = ""
         self._settled_event = asyncio.Event()  # the current start attempt is over: running, or failed
 
     @property
@@ -184,7 +185,7 @@ class ViteServer:
 
     @property
     def status(self) -> str:
-        return self.ctx.state.viteStatus
+        return self.part.state.value
 
     @property
     def url(self) -> str:
@@ -220,11 +221,11 @@ class ViteServer:
         self._settled_event.clear()
         if not self.has_ui:
             self.port = 0
-            self.ctx.set(viteStatus="idle", vitePort=0, viteURL="")
+            self.part.change_state(S.IDLE, vitePort=0)
             self._settled_event.set()
             return
         self.port = port
-        self.ctx.set(viteStatus="starting", vitePort=port, viteURL="")
+        self.part.change_state(S.STARTING, vitePort=port)
         self._task = asyncio.create_task(self._supervise(port), name=f"vite-{self.ctx.id}")
 
     async def stop(self) -> None:
@@ -240,17 +241,14 @@ class ViteServer:
             await asyncio.gather(task, return_exceptions=True)
         await self._stop_child()
         self._cancel_block()
-        was_active = self.ctx.state.viteStatus != "idle" or self.port
+        was_active = self.part.state is not S.IDLE or self.port
         self.port = 0
         self._settled_event.set()
-        fields: dict[str, Any] = {}
-        if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
-            fields["lastError"] = ""          # a crash report of a Vite we no longer run is stale
-        self._my_last_error = ""
+        # a crash report of a Vite we no longer run is stale
         if was_active:
-            fields.update(viteStatus="stopped", viteURL="", vitePort=0)
-        if fields:
-            self.ctx.set(**fields)
+            self.part.change_state(S.STOPPED, vitePort=0, lastError="")
+        elif self.part.error:
+            self.part.set_error("")
 
     async def restart(self) -> None:
         port = self.port
@@ -260,13 +258,13 @@ class ViteServer:
 
     async def wait_running(self, timeout: float | None = None) -> bool:
         """Wait until Vite answers HTTP (True), or until this start attempt failed / timed out (False)."""
-        if self.ctx.state.viteStatus == "ready":
+        if self.part.state is S.READY:
             return True
         try:
             await asyncio.wait_for(self._settled_event.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        return self.ctx.state.viteStatus == "ready"
+        return self.part.state is S.READY
 
     # --- supervision -------------------------------------------------------------------------------------------
     async def _supervise(self, port: int) -> None:
@@ -277,7 +275,7 @@ class ViteServer:
         moves = 0
         while not self._stopping:
             self._settled_event.clear()
-            self._set(viteStatus="starting", vitePort=port, viteURL="")
+            self._change(S.STARTING, vitePort=port)         # ERROR (after the backoff) -> STARTING
             outcome, detail, ran = await self._run_once(port)
             if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
@@ -304,7 +302,7 @@ class ViteServer:
             backoff.ran(ran)
             delay = backoff.next()
             self.restart_count += 1
-            self.ctx.set(restarts=self.ctx.state.restarts + 1)
+            self.part.count_restart()
             self.ctx.log("manager", "warn", f"vite: restarting in {delay:g} s ({detail})")
             await asyncio.sleep(delay)          # stop() cancels us here: no restart
 
@@ -338,11 +336,7 @@ class ViteServer:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
             self._last_errors = None
-            fields: dict[str, Any] = dict(viteStatus="ready", vitePort=port, viteURL=f"http://{HOST}:{port}")
-            if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
-                fields["lastError"] = ""     # lastError is shared with the Go parts: clear it only if ours
-            self._my_last_error = ""
-            self._set(**fields)
+            self._change(S.READY, vitePort=port, lastError="")     # STARTING -> READY
             self._settled_event.set()
             rc = await child.wait()
             if self._stopping:
@@ -510,9 +504,8 @@ class ViteServer:
         self._fail(summary, errors or [BuildError(message=summary)], force=True)
 
     def _fail(self, message: str, errors: list[BuildError], force: bool = False) -> None:
-        self._my_last_error = message
         self.ctx.log("manager", "error", f"vite: {message}")
-        self._set(viteStatus="error", viteURL="", lastError=message)
+        self._change(S.ERROR, lastError=message)
         self._emit_errors(errors, force=force)
 
     def _emit_errors(self, errors: list[BuildError], force: bool = False) -> None:
@@ -521,9 +514,10 @@ class ViteServer:
         self._last_errors = errors
         self.ctx.errors(errors)
 
-    def _set(self, **fields: Any) -> None:
+    def _change(self, state: S, **fields: Any) -> None:
+        """The supervision's changes; none once stop() began (stop() has the last word: STOPPED)."""
         if not self._stopping:
-            self.ctx.set(**fields)
+            self.part.change_state(state, **fields)
 
 
 async def http_answers(port: int, timeout: float = 1.0) -> bool:

@@ -227,17 +227,17 @@ class Worker:
             ctx.publish_status()
             if refused:
                 ctx.log("manager", "error", refused)
-                ctx.set(lastError=refused)
+                ctx.mode.set_error(refused)
         self.background.spawn(self._apply(welcome))
 
     async def _apply(self, welcome: protocol.Welcome) -> None:
         try:
             await self.serially("apply", lambda: self.devserver.apply(welcome.desired, welcome.vitePort))
         except CommandError as e:
-            self.devserver.ctx.set(lastError=e.reason)
+            self.devserver.ctx.mode.set_error(e.reason)
         except Exception as e:      # noqa: BLE001 - report, keep serving
             log.exception("applying the desired state failed")
-            self.devserver.ctx.set(lastError=f"{type(e).__name__}: {e}")
+            self.devserver.ctx.mode.set_error(f"{type(e).__name__}: {e}")
 
     async def serially(self, name: str, run) -> Any:
         """Run `run()` holding the worker's lock for at most SERIAL_BUDGET s, after waiting for it at most as long."""

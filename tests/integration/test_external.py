@@ -26,6 +26,7 @@ from omnibroker import protocol
 from omnibroker.protocol import CommandError
 from omniworker.context import NullSink, PluginContext
 from omniworker.external import Code, External
+from omniworker.state import Mode
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "hello-plugin"
@@ -67,11 +68,23 @@ def devinfo_path(home: Path) -> Path:
     return home / "plugins" / PLUGIN / ".devinfo"
 
 
+class Followed(External):
+    """External as DevServer runs it: the mode is external while it is attached (DevServer owns the mode)."""
+
+    async def attach(self) -> None:
+        self.ctx.mode.change_state(Mode.EXTERNAL)
+        await super().attach()
+
+    async def detach(self) -> None:
+        await super().detach()
+        self.ctx.mode.change_state(Mode.IDLE)
+
+
 def make_ext(settings=None) -> tuple[External, NullSink, PluginContext]:
     sink = NullSink()
     spec = protocol.PluginSpec(id=PLUGIN, path=str(EXAMPLE), settings=settings or FAST)
     ctx = PluginContext(spec, sink)
-    return External(ctx), sink, ctx
+    return Followed(ctx), sink, ctx
 
 
 def run(coro, timeout: float = 90):

@@ -571,7 +571,7 @@ def test_restart_with_unchanged_sources_skips_the_build(harness):
             ino = installed.stat().st_ino
             assert exe(h.ctx.state.pluginPid) == str(installed)
         first_pid = h.ctx.state.pluginPid
-        h.ctx.set(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
+        h.ctx.go.update(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
 
         m = h.mark()
         async with started(h):                              # nothing changed: no build at all

@@ -22,6 +22,7 @@ from omnibroker.settings import SettingsError
 from omniworker.context import NullSink, PluginContext
 from omniworker.devserver import DevServer
 from omniworker.gobuild import Builder
+from omniworker.state import Mode
 
 
 def sent_reply(reply: protocol.Reply) -> dict:
@@ -73,7 +74,7 @@ def test_long_log_lines_and_last_errors_are_clipped_and_say_so():
     message = sink.events[-1][1][0]["message"]
     assert message.startswith("a" * protocol.MAX_LOG_MESSAGE) and "5904 more characters cut" in message
     assert ctx.logs.tail(1)[0].message == message
-    ctx.set(lastError="b" * 10_000)
+    ctx.mode.set_error("b" * 10_000)
     assert ctx.state.lastError.startswith("b" * protocol.MAX_LOG_MESSAGE) and "cut" in ctx.state.lastError
 
 
@@ -100,7 +101,7 @@ def test_logs_count_out_of_range_is_refused(count):
 def test_an_invoke_response_over_the_limit_is_too_large():
     ctx, _ = context()
     ds = DevServer(ctx)
-    ctx.state.mode = "managed"
+    ctx.mode.change_state(Mode.MANAGED)
 
     class Plugin:
         def __init__(self, size: int):
