@@ -36,7 +36,8 @@ from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
 from . import procsock
 from .context import PluginContext
-from .runtime import Background
+from .filewatch import FileWatch
+from .runtime import Background, PluginSlot, unless_closed
 from .state import ExternalStatus as S
 from .vite import http_answers
 
@@ -394,21 +395,6 @@ def _pid_running(pid: int) -> bool:
         return False
 
 
-class ChannelClosed(Exception):
-    """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,
-    which surfaces as CancelledError in the caller even though the caller's task was not cancelled)."""
-
-
-async def _call(coro) -> Any:
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise                       # a real cancellation of our task
-        raise ChannelClosed("the gRPC channel was closed during the call") from None
-
-
 def _default_host_factory(ctx: PluginContext) -> Any:
     from .goplugin import PluginHost
     return PluginHost(ctx, name="external")
@@ -426,6 +412,9 @@ class _Conn:
     def pid(self) -> int:
         return self.valid.info.pid
 
+    def invoke(self, method: str, request: bytes, timeout: float):
+        return self.host.invoke(method, request, timeout)
+
 
 class External:
     """Mode B for one plugin. Lifecycle: `await attach()` … `await detach()`; `await invoke(...)`; `info()`.
@@ -441,26 +430,23 @@ class External:
         self.path = os.path.join(ctx.home, DEVINFO_NAME)
         self._host_factory = host_factory or _default_host_factory
         self.health_interval = ctx.settings.external.health_interval
-        self.debounce = ctx.settings.external.debounce
         self.connect_timeout = ctx.settings.external.connect_timeout
         self.pid_start_slack = ctx.settings.external.pid_start_slack
         self.attached = False
         self.connect_attempts = 0           # PluginHost.connect calls made (tests: "no connection attempted")
         self._valid: ValidDevInfo | None = None
-        self._conn: _Conn | None = None
-        self._connected = asyncio.Event()
-        self._conn_changed = asyncio.Event()      # replaced (and the old one set) whenever _conn changes
+        self.slot = PluginSlot(f"external plugin {ctx.id}", coming=self._coming, usable=lambda conn: conn.healthy,
+                               why=lambda last: self.ctx.state.lastError or last or f"no valid {self.path}",
+                               none_came=ErrorCode.NOT_RUNNING)
         self._ever_connected = False
-        self._observer: Any = None
-        self._dir_key: tuple | None = None
+        self._watch = FileWatch(self.path, ctx.settings.external.debounce, self._mark_dirty,
+                                lambda level, message: self.ctx.log("manager", level, message))
         self._main_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._file_dirty = False
         self._health_due = False
-        self._debounce_handle: asyncio.TimerHandle | None = None
         self._reported: tuple | None = None     # (code, file key) of the last error reported, to report it once
         self._seen_key: tuple | None = None     # identity of the file as last read (None: none)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._background = Background()
 
     # --- public API ----------------------------------------------------------------------------------------------
@@ -468,7 +454,6 @@ class External:
         """Start following `.devinfo` (idempotent). Returns once an existing file has been handled."""
         if self.attached:
             return
-        self._loop = asyncio.get_running_loop()
         self.attached = True
         self._ever_connected = False
         self._reported = None
@@ -478,7 +463,7 @@ class External:
             await asyncio.to_thread(importlib.import_module, "omniworker.goplugin")
         self.part.change_state(S.IDLE, pluginPid=0)
         self.ctx.log("manager", "info", f"external mode: following {self.path}")
-        await asyncio.to_thread(self._start_observer)
+        await self._watch.start()
         await self._sync_file()
         if self._valid is None and self._reported is None:
             self._explain_missing()
@@ -489,17 +474,12 @@ class External:
         if not self.attached:
             return
         self.attached = False
-        if self._debounce_handle is not None:
-            self._debounce_handle.cancel()
-            self._debounce_handle = None
         if self._main_task is not None:
             self._main_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main_task
             self._main_task = None
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            await asyncio.to_thread(self._stop_observer, observer)
+        await self._watch.stop()
         await self._disconnect()
         self._background.cancel()
         self._valid = None
@@ -510,58 +490,17 @@ class External:
     async def invoke(self, method: str, request: bytes, timeout: float = 10.0) -> bytes:
         """A unary call (raw bytes) on the attached plugin. Waits, within `timeout`, for a connection when the plugin
         is being restarted; CommandError not_running / timeout / rpc_error otherwise."""
-        import grpc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last = ""
-        while True:
-            if not self.attached:
-                raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
-            remaining = deadline - loop.time()
-            conn = self._conn
-            if conn is None or not conn.healthy:
-                if not self._ever_connected and self._valid is None:
-                    why = self.ctx.state.lastError or f"no {self.path} yet"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
-                                       f"({why})")
-                try:
-                    await asyncio.wait_for(self._connected.wait(), max(0.0, min(remaining, 0.5)))
-                except asyncio.TimeoutError:
-                    if deadline - loop.time() > 0:
-                        continue
-                    why = self.ctx.state.lastError or last or f"no valid {self.path}"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
-                                       f"({why})") from None
-                continue
-            if remaining <= 0:
-                raise CommandError(ErrorCode.TIMEOUT, f"{method}: no answer within {timeout:g} s")
-            changed = self._conn_changed
-            try:
-                return await _call(conn.host.invoke(method, request, remaining))
-            except ChannelClosed as e:      # our connection was closed under the call: death or restart
-                last = str(e)
-                continue
-            except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
-                        and deadline - loop.time() > 0:
-                    # the plugin went away (or is going): wait for the death/restart to be seen, then try again
-                    last = f"{e.code().name}: {e.details()}"
-                    if conn is self._conn:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
-                        if conn is self._conn and conn.healthy:
-                            raise CommandError(ErrorCode.RPC, f"{method}: {last}") from None
-                    continue
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
-                        from None
-                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
-            except CommandError:
-                raise
-            except Exception as e:          # PluginError: the channel was closed between our check and the call
-                last = str(e)
-                if conn is self._conn:
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id}: {e}") from None
+        if not self.attached:
+            raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
+        return await self.slot.call(method, request, timeout)
+
+    def _coming(self) -> bool:
+        """A connection may come: attached, and a process was connected or a valid file names one."""
+        return self.attached and (self._ever_connected or self._valid is not None)
+
+    @property
+    def _conn(self) -> _Conn | None:
+        return self.slot.host
 
     def info(self) -> DevInfo | None:
         """The validated `.devinfo` being followed, or None."""
@@ -571,71 +510,8 @@ class External:
     def connected(self) -> bool:
         return self._conn is not None and self._conn.healthy
 
-    # --- file watching -------------------------------------------------------------------------------------------
-    def _start_observer(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        ext = self
-        target = os.path.abspath(self.path)
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):          # runs in watchdog's thread
-                kind = event.event_type
-                if kind in ("opened", "closed_no_write") or event.is_directory:
-                    return                          # our own reads open the file too
-                paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-                if target not in (os.fsdecode(p) for p in paths if p):
-                    return
-                loop = ext._loop
-                if loop is not None and not loop.is_closed():
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(ext._on_fs_event, kind)
-
-        os.makedirs(self.ctx.home, mode=0o700, exist_ok=True)
-        st = os.stat(self.ctx.home)
-        observer = Observer()
-        observer.schedule(Handler(), self.ctx.home, recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-        self._dir_key = (st.st_dev, st.st_ino)
-
-    async def _check_watch(self) -> None:
-        """The plugin's directory removed or replaced: watch the new one (inotify follows inodes, not names)."""
-        try:
-            st = os.stat(self.ctx.home)
-            key = (st.st_dev, st.st_ino)
-        except OSError:
-            key = None
-        if key == self._dir_key and self._observer is not None and self._observer.is_alive():
-            return
-        self.ctx.log("manager", "warn", f"{self.ctx.home} was removed or replaced: watching it again")
-        old, self._observer = self._observer, None
-        if old is not None:
-            await asyncio.to_thread(self._stop_observer, old)
-        if self.attached:
-            try:
-                await asyncio.to_thread(self._start_observer)
-            except OSError as e:
-                self.ctx.log("manager", "error", f"cannot watch {self.ctx.home}: {e}")
-
-    @staticmethod
-    def _stop_observer(observer: Any) -> None:
-        observer.stop()
-        observer.join(timeout=5)
-
-    def _on_fs_event(self, kind: str) -> None:
-        if not self.attached:
-            return
-        # An atomic rename or a closed write is complete now; a create/modify may be followed by more writes.
-        delay = 0.0 if kind in ("moved", "closed", "deleted") else self.debounce
-        if self._debounce_handle is not None:
-            self._debounce_handle.cancel()
-        self._debounce_handle = self._loop.call_later(delay, self._mark_dirty)
-
+    # --- file changes (filewatch.FileWatch calls this, debounced) ------------------------------------------------
     def _mark_dirty(self) -> None:
-        self._debounce_handle = None
         self._file_dirty = True
         self._wake.set()
 
@@ -758,8 +634,8 @@ class External:
         self.ctx.log("manager", "info", f"attaching to pid {info.pid} at {valid.network}:{valid.address}")
 
         async def dial() -> bool:
-            await _call(host.connect(valid.network, valid.address, timeout=self.connect_timeout))
-            return bool(await _call(host.health(timeout=self.connect_timeout)))
+            await unless_closed(host.connect(valid.network, valid.address, timeout=self.connect_timeout))
+            return bool(await unless_closed(host.health(timeout=self.connect_timeout)))
 
         dial_task = asyncio.ensure_future(asyncio.wait_for(dial(), 2 * self.connect_timeout + 1))
         vite_task = asyncio.ensure_future(self._vite_probe(info.vitePort))
@@ -784,14 +660,13 @@ class External:
                     self.ctx.reload_error(err)
             return False
         conn = _Conn(valid=valid, host=host)
-        self._set_conn(conn)
+        self.slot.set(conn)
         conn.watch = PidWatch(info.pid, valid.create_time, lambda: self._on_exit(conn))
         conn.watch.start()
         channel = getattr(host, "channel", None)
         if channel is not None and hasattr(channel, "wait_for_state_change"):
             conn.tasks.append(asyncio.create_task(self._watch_channel(conn, channel)))
         self._reported = None
-        self._connected.set()
         self.part.change_state(S.CONNECTED, pluginPid=info.pid, lastError="", **vite)
         self.ctx.log("manager", "info", f"attached to pid {info.pid} ({valid.network}:{valid.address}, watch: "
                      f"{conn.watch.method})")
@@ -800,16 +675,9 @@ class External:
         self._ever_connected = True
         return True
 
-    def _set_conn(self, conn: _Conn | None) -> None:
-        self._conn = conn
-        ev, self._conn_changed = self._conn_changed, asyncio.Event()
-        ev.set()
-        if conn is None:
-            self._connected.clear()
-
     async def _disconnect(self) -> None:
         conn = self._conn
-        self._set_conn(None)
+        self.slot.set(None)
         if conn is None:
             return
         if conn.watch is not None:
@@ -827,7 +695,7 @@ class External:
         """The pidfd fired: publish at once, clean up afterwards."""
         if conn is not self._conn:
             return
-        self._set_conn(None)
+        self.slot.set(None)
         pid = conn.pid
         message = f"external plugin process {pid} exited"
         self.part.change_state(S.GONE, pluginPid=0, lastError=message, **self._vite_fields(None))
@@ -884,7 +752,7 @@ class External:
 
     async def _health(self) -> None:
         """Periodic: health of a connected plugin, Vite, the directory watch, and a missed file change."""
-        await self._check_watch()
+        await self._watch.check()
         if self._current_key() != self._seen_key:
             await self._sync_file()
         conn = self._conn
@@ -894,7 +762,7 @@ class External:
             return
         timeout = max(0.5, min(self.health_interval, 3.0))
         try:
-            ok = bool(await asyncio.wait_for(_call(conn.host.health(timeout=timeout)), timeout + 1.0))
+            ok = bool(await asyncio.wait_for(unless_closed(conn.host.health(timeout=timeout)), timeout + 1.0))
             why = "the health check \"plugin\" failed"
         except asyncio.TimeoutError:
             ok, why = False, f"no health answer within {timeout:g}s"
@@ -905,12 +773,12 @@ class External:
         if ok and not conn.healthy:
             conn.healthy = True
             self._reported = None
-            self._connected.set()
+            self.slot.notify()
             self.ctx.log("manager", "info", f"pid {conn.pid} answers health checks again")
             self.part.change_state(S.CONNECTED, lastError="")        # UNHEALTHY -> CONNECTED
         elif not ok and conn.healthy:
             conn.healthy = False
-            self._connected.clear()
+            self.slot.notify()
             self._report(DevInfoError(Code.UNHEALTHY, f"pid {conn.pid} is running but not serving: {why} "
                                       "(hung?)"), conn.valid.key)
             self.part.change_state(S.UNHEALTHY)                      # CONNECTED -> UNHEALTHY

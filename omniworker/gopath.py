@@ -24,7 +24,8 @@
   after the debounce. Install and the switch are never cancelled by changes (they take milliseconds).
 - `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
   after a crash) the call waits for it, bounded by `timeout` overall; a call that hit a plugin being replaced is
-  retried on the new one. Errors are `protocol.CommandError` (codes not_running, timeout, rpc_error).
+  retried on the new one (runtime.PluginSlot, as in external mode). Errors are `protocol.CommandError` (codes
+  not_running, timeout, rpc_error).
 - A plugin killed from outside is noticed at once (the child watcher), grpcConnected goes false, and it is restarted
   from the installed binary with exponential backoff (`restart_backoff` 0.25 s doubling up to `restart_backoff_max`
   10 s; the streak resets after the plugin ran `restart_reset` 10 s).
@@ -33,29 +34,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
-# before grpc's first import (see goplugin.py): no fork handlers, we fork+exec children while grpc runs
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+from omnibroker import protocol
+from omnibroker.protocol import BuildError, CommandError, ErrorCode
+from omnibroker.settings import GoSettings
 
-import grpc  # noqa: E402
-
-from omnibroker import protocol  # noqa: E402
-from omnibroker.protocol import BuildError, CommandError, ErrorCode  # noqa: E402
-
-from omnibroker.settings import GoSettings  # noqa: E402
-
-from . import buildstamp  # noqa: E402
-from .context import PluginContext  # noqa: E402
+from . import buildstamp
+from .context import PluginContext
 from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
-from .runtime import Background, Backoff
+from .runtime import Background, Backoff, PluginSlot
 from .state import GoStatus as S
 
-_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
 
 
@@ -69,7 +62,8 @@ class GoPath:
         self.builder = Builder(ctx)
         self.bin_dir = os.path.join(ctx.home, "bin")
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
-        self.plugin: PluginHost | None = None
+        self.slot = PluginSlot("the Go plugin", coming=self._coming, usable=lambda host: host.connected,
+                               why=lambda last: self.ctx.state.lastError or last or "no plugin process")
         self.watcher: GoWatcher | None = None
         self._sources: GoWatcher | None = None          # the watcher's file filter (kept if watching failed)
         self.last_cycle: dict[str, Any] = {}          # timings (loop.time()) of the last build/reload cycle
@@ -81,7 +75,6 @@ class GoPath:
         self._cycle_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
         self._background = Background()
-        self._changed = asyncio.Event()                 # replaced (after being set) each time self.plugin changes
         self._phase = "idle"                            # idle | building | installing | switching
         self._waiters: list[asyncio.Future] = []        # rebuild(wait=True) callers for the next cycle
         self._cycle_waiters: list[asyncio.Future] = []
@@ -205,51 +198,16 @@ class GoPath:
         """Forward a raw unary gRPC call to the plugin; waits (within `timeout`) across reloads and restarts."""
         if not self.enabled:
             raise CommandError(ErrorCode.NOT_RUNNING, "this plugin has no Go backend (no pkg/ dir)")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last_error = ""
-        while True:
-            host = self.plugin
-            remaining = deadline - loop.time()
-            if host is None or not host.connected:
-                if not self._coming():
-                    why = self.ctx.state.lastError or last_error or "the Go plugin is not running"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {why}")
-                if remaining <= 0:
-                    raise CommandError(ErrorCode.TIMEOUT, f"no Go plugin became ready within {timeout:g} s")
-                changed = self._changed
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, 0.5))
-                continue
-            if remaining <= 0:
-                raise CommandError(ErrorCode.TIMEOUT, f"the call did not complete within {timeout:g} s")
-            try:
-                return await host.invoke(method, request, remaining)
-            except PluginError as e:         # it went away between our check and the call
-                last_error = str(e)
-                if host is self.plugin and not self._coming():
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {e}") from None
-                continue
-            except grpc.aio.AioRpcError as e:
-                replaced = host is not self.plugin or not host.connected
-                if e.code() in _RETRY_CODES and (replaced or self._coming()) and deadline - loop.time() > 0:
-                    last_error = f"{e.code().name}: {e.details()}"
-                    if not replaced:
-                        # the plugin we called is still current: let it die or be replaced before retrying
-                        changed = self._changed
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
-                    continue
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
-                        from None
-                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
+        return await self.slot.call(method, request, timeout)
 
     # --- internals: plugin bookkeeping ---------------------------------------------------------------------------------
+    @property
+    def plugin(self) -> PluginHost | None:
+        """The plugin process serving calls now."""
+        return self.slot.host
+
     def _set_plugin(self, host: PluginHost | None) -> None:
-        self.plugin = host
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
+        self.slot.set(host)
 
     def _new_host(self) -> PluginHost:
         return PluginHost(self.ctx, on_exit=self._on_plugin_exit)

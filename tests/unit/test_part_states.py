@@ -224,3 +224,67 @@ def test_devserver_without_a_vite_port_reports_it_and_takes_one_later(fake_vite)
 
     run(body())
     assert ctx.state.mode == "idle" and ctx.state.viteStatus == "stopped"
+
+
+# --- the plugin slot -------------------------------------------------------------------------------------------------
+class Host:
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def invoke(self, method, request, timeout):
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def unavailable():
+    import grpc
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone")
+
+
+def test_slot_waits_for_a_coming_host_and_moves_to_the_next_one_when_its_host_goes():
+    from omniworker.runtime import PluginSlot
+    coming = {"on": True}
+
+    async def body():
+        slot = PluginSlot("the plugin", coming=lambda: coming["on"], why=lambda last: last or "none")
+        first, second = Host([unavailable()]), Host([b"second"])
+        call = asyncio.ensure_future(slot.call("/a.B/C", b"", 5.0))
+        await asyncio.sleep(0)
+        slot.set(first)                                 # wakes the waiting call at once
+        while first.calls == 0:
+            await slot.changed(0.01)
+        slot.set(second)                                # the process it called was replaced: retried there
+        assert await call == b"second"
+
+    run(body())
+
+
+def test_slot_errors_say_nothing_runs_the_time_ran_out_or_the_plugin_answered_so():
+    from omnibroker.protocol import CommandError
+    from omniworker.runtime import PluginSlot
+    coming = {"on": False}
+
+    async def body():
+        slot = PluginSlot("the plugin", coming=lambda: coming["on"], why=lambda last: "it was stopped")
+        with pytest.raises(CommandError) as e:
+            await slot.call("/a.B/C", b"", 1.0)
+        assert e.value.code == "not_running" and "it was stopped" in e.value.reason
+        coming["on"] = True
+        with pytest.raises(CommandError) as e:
+            await slot.call("/a.B/C", b"", 0.05)
+        assert e.value.code == "timeout"
+        maybe = PluginSlot("the plugin", coming=lambda: True, why=lambda last: "it died", none_came="not_running")
+        with pytest.raises(CommandError) as e:
+            await maybe.call("/a.B/C", b"", 0.05)       # one only might come (a developer's process that died)
+        assert e.value.code == "not_running" and "it died" in e.value.reason
+        coming["on"] = False
+        slot.set(Host([unavailable()]))                 # a live process answering UNAVAILABLE itself
+        with pytest.raises(CommandError) as e:
+            await slot.call("/a.B/C", b"", 2.0)
+        assert e.value.code == "rpc_error" and "UNAVAILABLE" in e.value.reason
+
+    run(body())
