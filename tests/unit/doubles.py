@@ -127,3 +127,37 @@ class FakeWatcher:
 
     def snapshot(self) -> list:
         return []
+
+
+class FakeRemote:
+    """goplugin.PluginHost as external mode uses it (connect to a process it does not own); `healthy` is what the
+    health check answers."""
+
+    def __init__(self, ctx: PluginContext):
+        self.healthy = True
+
+    async def connect(self, network: str, address: str, timeout: float) -> None:
+        pass
+
+    async def health(self, timeout: float) -> bool:
+        return self.healthy
+
+    async def close(self) -> None:
+        pass
+
+    async def invoke(self, method: str, request: bytes, timeout: float) -> bytes:
+        return b"ok"
+
+
+class FakePidWatch:
+    """external.PidWatch without a pidfd: the test calls the exit callback itself."""
+    method = "fake"
+
+    def __init__(self, pid: int, create_time: float, on_exit):
+        self.on_exit = on_exit
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

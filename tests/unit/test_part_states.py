@@ -19,6 +19,11 @@ def run(coro, timeout: float = 10.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+@pytest.fixture(autouse=True)
+def home(monkeypatch, tmp_path):
+    monkeypatch.setenv("OMNIVIEW_HOME", str(tmp_path / "home"))
+
+
 # --- the tables ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("enum", [Mode, ViteStatus, GoStatus, ExternalStatus])
 def test_every_state_has_its_row_and_every_target_is_a_state(enum):
@@ -286,5 +291,61 @@ def test_slot_errors_say_nothing_runs_the_time_ran_out_or_the_plugin_answered_so
         with pytest.raises(CommandError) as e:
             await slot.call("/a.B/C", b"", 2.0)
         assert e.value.code == "rpc_error" and "UNAVAILABLE" in e.value.reason
+
+    run(body())
+
+
+# --- the external follower -------------------------------------------------------------------------------------------
+def test_external_idle_connected_unhealthy_gone_invalid(monkeypatch):
+    from doubles import FakePidWatch, FakeRemote
+
+    from omnibroker.protocol import DevInfo
+    from omniworker import external
+
+    files: dict = {"now": None}                         # what validate_devinfo finds: None (no file), a ValidDevInfo
+
+    def validate(path, plugin_id, slack=1.0):           # or a DevInfoError
+        found = files["now"]
+        if found is None:
+            raise external.DevInfoMissing(path)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    async def no_vite(port, timeout=1.0):
+        return False
+
+    monkeypatch.setattr(external, "validate_devinfo", validate)
+    monkeypatch.setattr(external, "PidWatch", FakePidWatch)
+    monkeypatch.setattr(external, "http_answers", no_vite)
+    ctx, sink = context(external={"health_interval": 3600})
+    hosts: list[FakeRemote] = []
+    follower = external.External(ctx, host_factory=lambda c: hosts.append(FakeRemote(c)) or hosts[-1])
+    valid = external.ValidDevInfo(info=DevInfo(pid=4242, protocol="grpc", protocolVersion=1, addr="127.0.0.1:1"),
+                                  network="tcp", address="127.0.0.1:1", create_time=1.0, key=(1, 2, 3, 4))
+
+    async def body():
+        ctx.mode.change_state(Mode.EXTERNAL)             # as DevServer.attach does
+        await follower.attach()
+        assert ctx.external.state is ExternalStatus.IDLE
+        files["now"] = valid
+        follower._mark_dirty()                          # what the debounced file watch calls: IDLE -> CONNECTED
+        await sink.wait_for(status(lambda p: p["grpcConnected"]), 5)
+        assert ctx.external.state is ExternalStatus.CONNECTED and ctx.external.fields["pluginPid"] == 4242
+        hosts[-1].healthy = False
+        await follower._health()                        # CONNECTED -> UNHEALTHY
+        assert ctx.external.state is ExternalStatus.UNHEALTHY and "not serving" in ctx.external.error
+        hosts[-1].healthy = True
+        await follower._health()                        # UNHEALTHY -> CONNECTED
+        assert ctx.external.state is ExternalStatus.CONNECTED and ctx.external.error == ""
+        files["now"] = None
+        follower._on_exit(follower._conn)               # the process exited: CONNECTED -> GONE
+        assert ctx.external.state is ExternalStatus.GONE and "exited" in ctx.external.error
+        files["now"] = external.DevInfoError(external.Code.JSON, "not JSON")
+        follower._mark_dirty()                          # a wrong file: GONE -> INVALID
+        await sink.wait_for(status(lambda p: p["goStatus"] == "error"), 5)
+        assert ctx.external.state is ExternalStatus.INVALID
+        await follower.detach()                         # INVALID -> IDLE
+        assert ctx.external.state is ExternalStatus.IDLE and ctx.external.fields["pluginPid"] == 0
 
     run(body())
