@@ -405,7 +405,6 @@ class _Conn:
     valid: ValidDevInfo
     host: Any
     watch: PidWatch | None = None
-    healthy: bool = True
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -435,7 +434,7 @@ class External:
         self.attached = False
         self.connect_attempts = 0           # PluginHost.connect calls made (tests: "no connection attempted")
         self._valid: ValidDevInfo | None = None
-        self.slot = PluginSlot(f"external plugin {ctx.id}", coming=self._coming, usable=lambda conn: conn.healthy,
+        self.slot = PluginSlot(f"external plugin {ctx.id}", coming=self._coming, usable=self._serving,
                                why=lambda last: self.ctx.state.lastError or last or f"no valid {self.path}",
                                none_came=ErrorCode.NOT_RUNNING)
         self._ever_connected = False
@@ -508,7 +507,11 @@ class External:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.healthy
+        return self._conn is not None and self.part.state is S.CONNECTED
+
+    def _serving(self, conn: _Conn) -> bool:
+        """`conn` is the current connection and answers health checks."""
+        return conn is self._conn and self.part.state is S.CONNECTED
 
     # --- file changes (filewatch.FileWatch calls this, debounced) ------------------------------------------------
     def _mark_dirty(self) -> None:
@@ -583,7 +586,7 @@ class External:
         if conn is not None and conn.valid.same_process(valid):
             conn.valid = valid
             vite = await self._vite_probe(valid.info.vitePort)
-            if conn is self._conn and conn.healthy:
+            if self._serving(conn):
                 self.part.update(**vite)
             return
         restart = conn is not None
@@ -770,18 +773,16 @@ class External:
             ok, why = False, f"health check error: {type(e).__name__}: {e}"
         if conn is not self._conn:
             return
-        if ok and not conn.healthy:
-            conn.healthy = True
+        if ok and self.part.state is S.UNHEALTHY:
             self._reported = None
-            self.slot.notify()
             self.ctx.log("manager", "info", f"pid {conn.pid} answers health checks again")
             self.part.change_state(S.CONNECTED, lastError="")        # UNHEALTHY -> CONNECTED
-        elif not ok and conn.healthy:
-            conn.healthy = False
             self.slot.notify()
+        elif not ok and self.part.state is S.CONNECTED:
             self._report(DevInfoError(Code.UNHEALTHY, f"pid {conn.pid} is running but not serving: {why} "
                                       "(hung?)"), conn.valid.key)
             self.part.change_state(S.UNHEALTHY)                      # CONNECTED -> UNHEALTHY
+            self.slot.notify()
         vite = await self._vite_probe(conn.valid.info.vitePort)
         if conn is self._conn:
             self.part.update(**vite)
