@@ -140,6 +140,8 @@ class PluginSlot:
                 return await unless_closed(host.invoke(method, request, remaining))
             except ChannelClosed as e:          # closed under the call: the process died or is being replaced
                 last = str(e)
+                if host is self.host:           # its death or replacement is not seen yet: wait for it, not spin
+                    await self.changed(min(self.WAIT_STEP, deadline - loop.time()))
             except grpc.aio.AioRpcError as e:
                 code = e.code()
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and deadline - loop.time() > 0:
@@ -158,5 +160,7 @@ class PluginSlot:
                 raise
             except Exception as e:              # PluginError: the channel closed between our look and the call
                 last = str(e)
-                if host is self.host and not self._coming():
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"{self.what} is not running: {e}") from None
+                if host is self.host:
+                    if not self._coming():
+                        raise CommandError(ErrorCode.NOT_RUNNING, f"{self.what} is not running: {e}") from None
+                    await self.changed(min(self.WAIT_STEP, deadline - loop.time()))

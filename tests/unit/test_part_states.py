@@ -240,7 +240,7 @@ class Host:
     async def invoke(self, method, request, timeout):
         self.calls += 1
         answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
+        if isinstance(answer, BaseException):
             raise answer
         return answer
 
@@ -347,5 +347,32 @@ def test_external_idle_connected_unhealthy_gone_invalid(monkeypatch):
         assert ctx.external.state is ExternalStatus.INVALID
         await follower.detach()                         # INVALID -> IDLE
         assert ctx.external.state is ExternalStatus.IDLE and ctx.external.fields["pluginPid"] == 0
+
+    run(body())
+
+
+def test_slot_waits_instead_of_spinning_on_a_closed_channel():
+    """A host whose calls are cut short (grpc.aio cancels the calls of a closing channel) is not called in a busy
+    loop: the call waits for the host to change, so the event loop (heartbeat, the exit watcher) keeps running."""
+    from omnibroker.protocol import CommandError
+    from omniworker.runtime import PluginSlot
+
+    async def body():
+        slot = PluginSlot("the plugin", coming=lambda: True, why=lambda last: last)
+        host = Host([asyncio.CancelledError()] * 100)
+        slot.set(host)
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(tick())
+        with pytest.raises(CommandError) as e:
+            await slot.call("/a.B/C", b"", 1.2)
+        ticker.cancel()
+        assert e.value.code in ("timeout", "rpc_error") and host.calls <= 4 and ticks > 10
 
     run(body())
