@@ -70,6 +70,13 @@ class ViteSettings(Section):
     start_timeout: Timeout = 30.0
     install_timeout: Timeout = 600.0
     stop_grace: Seconds = 5.0
+    restart_reset: Seconds = 60.0
+    restart_backoff: Annotated[float, Meta(ge=0, le=3_600)] = 1.0
+    restart_backoff_max: Annotated[float, Meta(ge=0, le=3_600)] = 30.0
+
+    def __post_init__(self) -> None:
+        if self.restart_backoff > self.restart_backoff_max:
+            raise ValueError("restart_backoff must not exceed restart_backoff_max")
 
 
 class HandshakeSettings(Section):
@@ -117,6 +124,16 @@ class PluginSettings(Section):
     def run_go(self) -> bool:
         return self.go is not False
 
+    @property
+    def vite_settings(self) -> ViteSettings:
+        """`[vite]` whether it was written as a table or as a bool."""
+        return self.vite if isinstance(self.vite, ViteSettings) else ViteSettings()
+
+    @property
+    def go_settings(self) -> GoSettings:
+        """`[go]` whether it was written as a table or as a bool."""
+        return self.go if isinstance(self.go, GoSettings) else GoSettings()
+
 
 class ServiceSettings(Section):
     vite_ports: Annotated[list[Annotated[int, Meta(ge=1024, le=65_536)]], Meta(min_length=2, max_length=2)] = \
@@ -143,7 +160,8 @@ ALIASES: dict[str, dict[str, tuple[str, float]]] = {
            "restart_reset_s": ("restart_reset", 1.0), "restart_backoff_s": ("restart_backoff", 1.0),
            "restart_backoff_max_s": ("restart_backoff_max", 1.0)},
     "vite": {"start_timeout_s": ("start_timeout", 1.0), "install_timeout_s": ("install_timeout", 1.0),
-             "stop_grace_s": ("stop_grace", 1.0)},
+             "stop_grace_s": ("stop_grace", 1.0), "restart_reset_s": ("restart_reset", 1.0),
+             "restart_backoff_s": ("restart_backoff", 1.0), "restart_backoff_max_s": ("restart_backoff_max", 1.0)},
     "handshake": {"timeout_s": ("timeout", 1.0)},
 }
 

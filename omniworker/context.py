@@ -1,5 +1,6 @@
 """What every part of a worker (vite, gowatch, gobuild, goplugin, external) gets: the plugin's identity and
-settings, its DevServerState, and the only ways out — status, log, error and legacy events, and build slots.
+settings, its own PartState (state.py) from which DevServerState is composed, and the only ways out — status, log,
+error and legacy events, and build slots.
 
 Parts never talk to the broker directly; the worker's link implements `EventSink`.
 """
@@ -16,8 +17,10 @@ import msgspec
 
 from omnibroker import pluginmeta, protocol
 from omnibroker.protocol import BuildError, DevServerState, LogEntry
+from omnibroker.settings import PluginSettings, check_plugin
 
 from .children import ChildRegistry
+from .state import ExternalStatus, GoStatus, Mode, PartState, ViteStatus, compose
 
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*(\x07|\x1b\\)")
 
@@ -51,38 +54,60 @@ class LogBook:
 
 
 class PluginContext:
+    """`settings` is the plugin's table decoded once into the typed schema (omnibroker/settings.py, which holds every
+    default and unit); a table the schema refuses raises settings.SettingsError naming the key."""
+
     def __init__(self, spec: protocol.PluginSpec, sink: EventSink):
         self.id = spec.id
         self.dir = os.path.abspath(spec.path)
-        self.settings: dict[str, Any] = dict(spec.settings)
+        self.settings: PluginSettings = check_plugin(dict(spec.settings))[0]
         self.home = protocol.plugin_home(spec.id)
         self.sink = sink
         self.state = DevServerState(pluginID=spec.id, devPath=self.dir, workerPid=os.getpid(), workerStatus="up")
-        self.logs = LogBook(per_source=int(self.settings.get("log_lines_per_source", 2000)),
-                            total=int(self.settings.get("log_lines", 5000)))
+        self.logs = LogBook(per_source=self.settings.log_lines_per_source, total=self.settings.log_lines)
         self.children = ChildRegistry(spec.id)
+        self._batch = 0
+        self._dirty = False
+        self.mode = PartState("mode", Mode.IDLE, {}, self._changed)
+        self.vite = PartState("vite", ViteStatus.IDLE, {"vitePort": 0}, self._changed)
+        self.go = PartState("go", GoStatus.IDLE, {"pluginPid": 0, "buildQueued": False,
+                                                  "lastBuildTime": protocol.ZERO_TIME, "lastBuildDuration": 0},
+                            self._changed)
+        self.external = PartState("external", ExternalStatus.IDLE, {"pluginPid": 0, "vitePort": 0,
+                                                                      "viteStatus": "idle"}, self._changed)
         self._meta: dict[str, Any] | None = None
         self._meta_key: tuple | None = None
 
-    def setting(self, section: str, key: str, default: Any = None) -> Any:
-        """`[plugins.<id>.<section>] key = ...` from omni.toml (or `add` properties), else the default."""
-        sec = self.settings.get(section)
-        if isinstance(sec, dict) and key in sec:
-            return sec[key]
-        return default
-
     # --- state -------------------------------------------------------------------------------------------------
-    def set(self, **fields: Any) -> None:
-        """Change DevServerState fields; publish a status event if anything changed."""
+    def _changed(self) -> None:
+        """A part changed: compose DevServerState again; publish a status event if anything changed."""
+        if self._batch:
+            self._dirty = True
+            return
         changed = False
-        if len(fields.get("lastError", "")) > protocol.MAX_LOG_MESSAGE:
-            fields["lastError"] = protocol.clip(fields["lastError"])
-        for name, value in fields.items():
+        for name, value in compose(self.state, self.mode, self.vite, self.go, self.external).items():
             if getattr(self.state, name) != value:
                 setattr(self.state, name, value)
                 changed = True
         if changed:
             self.publish_status()
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Changes of several parts inside make one status event."""
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch and self._dirty:
+                self._dirty = False
+                self._changed()
+
+    def clear_errors(self) -> None:
+        """Forget every part's error (a new mode begins); the next change publishes it."""
+        for part in (self.mode, self.vite, self.go, self.external):
+            part.forget_error()
 
     def publish_status(self) -> None:
         self.sink.publish(protocol.STATUS, self.state)
@@ -133,14 +158,14 @@ class PluginContext:
     @contextlib.asynccontextmanager
     async def build_slot(self) -> AsyncIterator[None]:
         """One of the broker-wide build slots (so ten plugins saved at once do not thrash the machine)."""
-        self.set(buildQueued=True)
+        self.go.update(buildQueued=True)
         try:
             async with self.sink.build_slot():
-                self.set(buildQueued=False)
+                self.go.update(buildQueued=False)
                 yield
         finally:
-            if self.state.buildQueued:
-                self.set(buildQueued=False)
+            if self.go.fields["buildQueued"]:
+                self.go.update(buildQueued=False)
 
 
 class NullSink:

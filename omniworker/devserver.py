@@ -1,10 +1,14 @@
-"""DevServer: one plugin's dev server (the seed's DevServerInstance) in one of three modes.
+"""DevServer: one plugin's dev server in one of three modes.
 
 - idle:     nothing runs
 - managed:  ViteServer (ui/) + GoPath (pkg/: watch, build, install, reload)         -- Mode A
 - external: External (.devinfo reattach; the process is the developer's)            -- Mode B
 
 Parts are imported when first used: a Vite-only plugin never loads grpc, an idle worker stays small.
+
+The mode is the DevServer's own PartState (`ctx.mode`, transitions in state.py): IDLE -> MANAGED (start),
+IDLE -> EXTERNAL (attach), back to IDLE (stop, detach); start from external mode detaches first, attach from managed
+mode stops first.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from omnibroker import protocol
 from omnibroker.protocol import CommandError, ErrorCode
 
 from .context import PluginContext
+from .state import GoStatus, Mode, ViteStatus
 
 NO_PORT = "no Vite port was allocated"
 
@@ -33,7 +38,7 @@ class DevServer:
 
     @property
     def mode(self) -> str:
-        return self.ctx.state.mode
+        return self.ctx.mode.state.value
 
     # --- managed -------------------------------------------------------------------------------------------------
     async def start(self, vite: bool = True, go: bool = True, vite_port: int = 0) -> None:
@@ -45,21 +50,22 @@ class DevServer:
                 from .vite import ViteServer
                 self._halves = (True, self._halves[1])
                 self._vite_port = vite_port
-                if self.ctx.state.lastError.startswith(NO_PORT):
-                    self.ctx.set(lastError="")
+                if self.ctx.vite.error.startswith(NO_PORT):
+                    self.ctx.vite.forget_error()        # ViteServer.start publishes the change
                 self.vite = ViteServer(self.ctx)
                 await self.vite.start(vite_port)
             return
         self._halves = (vite, go)
         self._vite_port = vite_port
-        self.ctx.set(mode="managed", lastError="")
+        self.ctx.clear_errors()
+        self.ctx.mode.change_state(Mode.MANAGED)          # IDLE -> MANAGED
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
         self.ctx.plugin_meta()          # a missing or invalid plugin.yaml is reported now, not at the first reload
         # Both halves start side by side and report progress as events; `start` answers at once.
         if vite and not vite_port:
             msg = (f"{NO_PORT}: the service's Vite port range ([service] vite_ports) is exhausted; "
                    "stop another plugin or widen the range, then `start` again")
-            self.ctx.set(viteStatus="error", lastError=msg)
+            self.ctx.vite.change_state(ViteStatus.ERROR, lastError=msg)
             self.ctx.log("manager", "error", msg)
             self.ctx.errors([protocol.BuildError(message=msg)])
         elif vite:
@@ -83,9 +89,7 @@ class DevServer:
             await go.stop()             # also releases a start still waiting for its first build
         if go_start is not None:
             await asyncio.gather(go_start, return_exceptions=True)
-        self.ctx.set(mode="idle", vitePort=0, viteURL="", grpcConnected=False, pluginPid=0,
-                     viteStatus="stopped" if vite is not None else self.ctx.state.viteStatus,
-                     goStatus="stopped" if go is not None else self.ctx.state.goStatus)
+        self.ctx.mode.change_state(Mode.IDLE)             # MANAGED -> IDLE
 
     async def restart(self, vite_port: int = 0) -> None:
         """Stop and start again in the current mode (idle: nothing to do). `vite_port`: the broker's allocation
@@ -113,7 +117,9 @@ class DevServer:
         if self.mode == "external":
             return
         from .external import External
-        self.ctx.set(mode="external", lastError="")
+        with self.ctx.batch():
+            self.ctx.clear_errors()
+            self.ctx.mode.change_state(Mode.EXTERNAL)     # IDLE -> EXTERNAL
         self.ctx.plugin_meta()
         self.external = External(self.ctx)
         await self.external.attach()
@@ -125,7 +131,11 @@ class DevServer:
         external, self.external = self.external, None
         if external is not None:
             await external.detach()
-        self.ctx.set(mode="idle", grpcConnected=False, pluginPid=0, vitePort=0, viteURL="", viteStatus="idle")
+        with self.ctx.batch():
+            # the managed parts' last run is over too: idle shows nothing running
+            self.ctx.vite.change_state(ViteStatus.IDLE, vitePort=0)
+            self.ctx.go.change_state(GoStatus.IDLE, pluginPid=0)
+            self.ctx.mode.change_state(Mode.IDLE)         # EXTERNAL -> IDLE
 
     def external_info(self) -> Any:
         info = self.external.info() if self.external is not None else None

@@ -1,6 +1,5 @@
 """External mode (Mode B): follow `<home>/plugins/<id>/.devinfo` and reattach to a plugin process we do not own.
 
-The seed polled the pid every 5 s and never made the gRPC reattach. Here:
 - the plugin's directory is watched (watchdog/inotify): creation, modification, chmod, atomic rename onto `.devinfo`,
   deletion, and a file that is already there when `attach()` is called;
 - every `.devinfo` is validated strictly before anything touches the network (`validate_devinfo`); each failure is a
@@ -31,13 +30,12 @@ from omnibroker.process import PidWatch
 from omnibroker.protocol import BuildError, CommandError, DevInfo, ErrorCode
 
 from .context import PluginContext
-from .devinfo import (DEFAULT_PID_START_SLACK, DEVINFO_NAME, Code, DevInfoError, DevInfoMissing, ValidDevInfo,
-                      file_key, remove_if_names, validate_devinfo)
+from .devinfo import (DEVINFO_NAME, Code, DevInfoError, DevInfoMissing, ValidDevInfo, file_key, remove_if_names,
+                      validate_devinfo)
+from .filewatch import FileWatch
+from .runtime import Background, PluginSlot, unless_closed
+from .state import ExternalStatus as S
 from .vite import http_answers
-
-DEFAULT_HEALTH_INTERVAL = 5.0
-DEFAULT_DEBOUNCE = 0.05                 # after a create/modify event (an in-place write may still be going on)
-DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -50,21 +48,6 @@ def _pid_running(pid: int) -> bool:
         return False
 
 
-class ChannelClosed(Exception):
-    """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,
-    which surfaces as CancelledError in the caller even though the caller's task was not cancelled)."""
-
-
-async def _call(coro) -> Any:
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise                       # a real cancellation of our task
-        raise ChannelClosed("the gRPC channel was closed during the call") from None
-
-
 def _default_host_factory(ctx: PluginContext) -> Any:
     from .goplugin import PluginHost
     return PluginHost(ctx, name="external")
@@ -75,50 +58,54 @@ class _Conn:
     valid: ValidDevInfo
     host: Any
     watch: PidWatch | None = None
-    healthy: bool = True
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         return self.valid.info.pid
 
+    def invoke(self, method: str, request: bytes, timeout: float):
+        return self.host.invoke(method, request, timeout)
+
 
 class External:
-    """Mode B for one plugin. Lifecycle: `await attach()` … `await detach()`; `await invoke(...)`; `info()`."""
+    """Mode B for one plugin. Lifecycle: `await attach()` … `await detach()`; `await invoke(...)`; `info()`.
+
+    Its state is `ctx.external` (state.ExternalStatus): IDLE (attached, nothing valid seen yet; detached) ->
+    CONNECTED (a valid file, a connection, a health answer) -> UNHEALTHY (alive, no health answer) -> CONNECTED; a file
+    naming another process: CONNECTED -> CONNECTING -> CONNECTED; a wrong file or a refused connection: INVALID; the
+    process exited or its file was removed: GONE."""
 
     def __init__(self, ctx: PluginContext, host_factory: Callable[[PluginContext], Any] | None = None):
         self.ctx = ctx
+        self.part = ctx.external
         self.path = os.path.join(ctx.home, DEVINFO_NAME)
         self._host_factory = host_factory or _default_host_factory
-        self.health_interval = float(ctx.setting("external", "health_interval", DEFAULT_HEALTH_INTERVAL))
-        self.debounce = float(ctx.setting("external", "debounce", DEFAULT_DEBOUNCE))
-        self.connect_timeout = float(ctx.setting("external", "connect_timeout", DEFAULT_CONNECT_TIMEOUT))
-        self.pid_start_slack = float(ctx.setting("external", "pid_start_slack", DEFAULT_PID_START_SLACK))
+        self.health_interval = ctx.settings.external.health_interval
+        self.connect_timeout = ctx.settings.external.connect_timeout
+        self.pid_start_slack = ctx.settings.external.pid_start_slack
         self.attached = False
         self.connect_attempts = 0           # PluginHost.connect calls made (tests: "no connection attempted")
         self._valid: ValidDevInfo | None = None
-        self._conn: _Conn | None = None
-        self._connected = asyncio.Event()
-        self._conn_changed = asyncio.Event()      # replaced (and the old one set) whenever _conn changes
+        self.slot = PluginSlot(f"external plugin {ctx.id}", coming=self._coming, usable=self._serving,
+                               why=lambda last: self.ctx.state.lastError or last or f"no valid {self.path}",
+                               none_came=ErrorCode.NOT_RUNNING)
         self._ever_connected = False
-        self._observer: Any = None
-        self._dir_key: tuple | None = None
+        self._watch = FileWatch(self.path, ctx.settings.external.debounce, self._mark_dirty,
+                                lambda level, message: self.ctx.log("manager", level, message))
         self._main_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._file_dirty = False
         self._health_due = False
-        self._debounce_handle: asyncio.TimerHandle | None = None
         self._reported: tuple | None = None     # (code, file key) of the last error reported, to report it once
         self._seen_key: tuple | None = None     # identity of the file as last read (None: none)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._bg: set[asyncio.Task] = set()
+        self._background = Background()
 
     # --- public API ----------------------------------------------------------------------------------------------
     async def attach(self) -> None:
         """Start following `.devinfo` (idempotent). Returns once an existing file has been handled."""
         if self.attached:
             return
-        self._loop = asyncio.get_running_loop()
         self.attached = True
         self._ever_connected = False
         self._reported = None
@@ -126,9 +113,9 @@ class External:
         if self._host_factory is _default_host_factory:
             # grpc's import costs a few hundred ms: pay it now, off the loop, not when the plugin shows up
             await asyncio.to_thread(importlib.import_module, "omniworker.goplugin")
-        self.ctx.set(mode="external", grpcConnected=False, pluginPid=0)
+        self.part.change_state(S.IDLE, pluginPid=0)
         self.ctx.log("manager", "info", f"external mode: following {self.path}")
-        await asyncio.to_thread(self._start_observer)
+        await self._watch.start()
         await self._sync_file()
         if self._valid is None and self._reported is None:
             self._explain_missing()
@@ -139,84 +126,33 @@ class External:
         if not self.attached:
             return
         self.attached = False
-        if self._debounce_handle is not None:
-            self._debounce_handle.cancel()
-            self._debounce_handle = None
         if self._main_task is not None:
             self._main_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main_task
             self._main_task = None
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            await asyncio.to_thread(self._stop_observer, observer)
+        await self._watch.stop()
         await self._disconnect()
-        for task in list(self._bg):
-            task.cancel()
+        self._background.cancel()
         self._valid = None
         self._seen_key = None
-        fields: dict[str, Any] = dict(grpcConnected=False, pluginPid=0, vitePort=0, viteURL="", viteStatus="idle",
-                                      goStatus="idle")
-        if self.ctx.state.mode == "external":
-            fields["mode"] = "idle"
-        self.ctx.set(**fields)
+        self.part.change_state(S.IDLE, pluginPid=0, **self._vite_fields(None))
         self.ctx.log("manager", "info", "external mode: detached (the plugin process was left running)")
 
     async def invoke(self, method: str, request: bytes, timeout: float = 10.0) -> bytes:
         """A unary call (raw bytes) on the attached plugin. Waits, within `timeout`, for a connection when the plugin
         is being restarted; CommandError not_running / timeout / rpc_error otherwise."""
-        import grpc
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last = ""
-        while True:
-            if not self.attached:
-                raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
-            remaining = deadline - loop.time()
-            conn = self._conn
-            if conn is None or not conn.healthy:
-                if not self._ever_connected and self._valid is None:
-                    why = self.ctx.state.lastError or f"no {self.path} yet"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
-                                       f"({why})")
-                try:
-                    await asyncio.wait_for(self._connected.wait(), max(0.0, min(remaining, 0.5)))
-                except asyncio.TimeoutError:
-                    if deadline - loop.time() > 0:
-                        continue
-                    why = self.ctx.state.lastError or last or f"no valid {self.path}"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id} is not connected "
-                                       f"({why})") from None
-                continue
-            if remaining <= 0:
-                raise CommandError(ErrorCode.TIMEOUT, f"{method}: no answer within {timeout:g} s")
-            changed = self._conn_changed
-            try:
-                return await _call(conn.host.invoke(method, request, remaining))
-            except ChannelClosed as e:      # our connection was closed under the call: death or restart
-                last = str(e)
-                continue
-            except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) \
-                        and deadline - loop.time() > 0:
-                    # the plugin went away (or is going): wait for the death/restart to be seen, then try again
-                    last = f"{e.code().name}: {e.details()}"
-                    if conn is self._conn:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
-                        if conn is self._conn and conn.healthy:
-                            raise CommandError(ErrorCode.RPC, f"{method}: {last}") from None
-                    continue
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
-                        from None
-                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
-            except CommandError:
-                raise
-            except Exception as e:          # PluginError: the channel was closed between our check and the call
-                last = str(e)
-                if conn is self._conn:
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"external plugin {self.ctx.id}: {e}") from None
+        if not self.attached:
+            raise CommandError(ErrorCode.NOT_RUNNING, f"plugin {self.ctx.id} is not attached in external mode")
+        return await self.slot.call(method, request, timeout)
+
+    def _coming(self) -> bool:
+        """A connection may come: attached, and a process was connected or a valid file names one."""
+        return self.attached and (self._ever_connected or self._valid is not None)
+
+    @property
+    def _conn(self) -> _Conn | None:
+        return self.slot.host
 
     def info(self) -> DevInfo | None:
         """The validated `.devinfo` being followed, or None."""
@@ -224,73 +160,14 @@ class External:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.healthy
+        return self._conn is not None and self.part.state is S.CONNECTED
 
-    # --- file watching -------------------------------------------------------------------------------------------
-    def _start_observer(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
+    def _serving(self, conn: _Conn) -> bool:
+        """`conn` is the current connection and answers health checks."""
+        return conn is self._conn and self.part.state is S.CONNECTED
 
-        ext = self
-        target = os.path.abspath(self.path)
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):          # runs in watchdog's thread
-                kind = event.event_type
-                if kind in ("opened", "closed_no_write") or event.is_directory:
-                    return                          # our own reads open the file too
-                paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-                if target not in (os.fsdecode(p) for p in paths if p):
-                    return
-                loop = ext._loop
-                if loop is not None and not loop.is_closed():
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(ext._on_fs_event, kind)
-
-        os.makedirs(self.ctx.home, mode=0o700, exist_ok=True)
-        st = os.stat(self.ctx.home)
-        observer = Observer()
-        observer.schedule(Handler(), self.ctx.home, recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
-        self._dir_key = (st.st_dev, st.st_ino)
-
-    async def _check_watch(self) -> None:
-        """The plugin's directory removed or replaced: watch the new one (inotify follows inodes, not names)."""
-        try:
-            st = os.stat(self.ctx.home)
-            key = (st.st_dev, st.st_ino)
-        except OSError:
-            key = None
-        if key == self._dir_key and self._observer is not None and self._observer.is_alive():
-            return
-        self.ctx.log("manager", "warn", f"{self.ctx.home} was removed or replaced: watching it again")
-        old, self._observer = self._observer, None
-        if old is not None:
-            await asyncio.to_thread(self._stop_observer, old)
-        if self.attached:
-            try:
-                await asyncio.to_thread(self._start_observer)
-            except OSError as e:
-                self.ctx.log("manager", "error", f"cannot watch {self.ctx.home}: {e}")
-
-    @staticmethod
-    def _stop_observer(observer: Any) -> None:
-        observer.stop()
-        observer.join(timeout=5)
-
-    def _on_fs_event(self, kind: str) -> None:
-        if not self.attached:
-            return
-        # An atomic rename or a closed write is complete now; a create/modify may be followed by more writes.
-        delay = 0.0 if kind in ("moved", "closed", "deleted") else self.debounce
-        if self._debounce_handle is not None:
-            self._debounce_handle.cancel()
-        self._debounce_handle = self._loop.call_later(delay, self._mark_dirty)
-
+    # --- file changes (filewatch.FileWatch calls this, debounced) ------------------------------------------------
     def _mark_dirty(self) -> None:
-        self._debounce_handle = None
         self._file_dirty = True
         self._wake.set()
 
@@ -334,7 +211,7 @@ class External:
             if self._conn is not None:
                 self.ctx.log("manager", "info", f"{self.path} was removed: disconnecting from pid {self._conn.pid}")
                 await self._disconnect()
-                self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", **self._vite_fields(None))
+                self.part.change_state(S.GONE, pluginPid=0, **self._vite_fields(None))
             return
         except DevInfoError as e:
             conn = self._conn
@@ -353,8 +230,8 @@ class External:
             # not connected, and why is in lastError: goStatus agrees, never "running" (Omniview ignores such a file
             # and keeps showing the old connection; omni follows the file): "stopped" when the file names a process
             # that is gone (a plugin that just exited), "error" when the file itself is wrong
-            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped" if e.code == Code.PID_DEAD else "error",
-                         **self._vite_fields(None))
+            self.part.change_state(S.GONE if e.code == Code.PID_DEAD else S.INVALID, pluginPid=0,
+                                   **self._vite_fields(None))
             return
         self._seen_key = valid.key
         self._valid = valid
@@ -362,8 +239,8 @@ class External:
         if conn is not None and conn.valid.same_process(valid):
             conn.valid = valid
             vite = await self._vite_probe(valid.info.vitePort)
-            if conn is self._conn and conn.healthy:
-                self.ctx.set(**vite)
+            if self._serving(conn):
+                self.part.update(**vite)
             return
         restart = conn is not None
         if restart:
@@ -371,7 +248,7 @@ class External:
                          f"following the restart (was pid {conn.pid})")
             self.ctx.reload_start()
             await self._disconnect()
-            self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="starting")
+            self.part.change_state(S.CONNECTING, pluginPid=0)
         await self._connect(valid)
 
     def _explain_missing(self) -> None:
@@ -386,7 +263,7 @@ class External:
                    f"{os.environ.get('OMNIVIEW_HOME', '')!r}: run the plugin with `omnictl run-external "
                    f"{self.ctx.id} -- CMD`, which writes the file omni follows")
         self.ctx.log("manager", "warn", message)
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
 
     def _current_key(self) -> tuple | None:
         try:
@@ -403,7 +280,7 @@ class External:
         message = str(err)
         self.ctx.errors([BuildError(file=self.path, message=message)])
         self.ctx.log("manager", "error", message)
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
 
     # --- connection ---------------------------------------------------------------------------------------------
     async def _connect(self, valid: ValidDevInfo) -> bool:
@@ -413,8 +290,8 @@ class External:
         self.ctx.log("manager", "info", f"attaching to pid {info.pid} at {valid.network}:{valid.address}")
 
         async def dial() -> bool:
-            await _call(host.connect(valid.network, valid.address, timeout=self.connect_timeout))
-            return bool(await _call(host.health(timeout=self.connect_timeout)))
+            await unless_closed(host.connect(valid.network, valid.address, timeout=self.connect_timeout))
+            return bool(await unless_closed(host.health(timeout=self.connect_timeout)))
 
         dial_task = asyncio.ensure_future(asyncio.wait_for(dial(), 2 * self.connect_timeout + 1))
         vite_task = asyncio.ensure_future(self._vite_probe(info.vitePort))
@@ -434,21 +311,19 @@ class External:
             await self._close_host(host)
             if err:
                 self._report(DevInfoError(Code.CONNECT, f"pid {info.pid}: {err}"), valid.key)
-                self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="error", **vite)
+                self.part.change_state(S.INVALID, pluginPid=0, **vite)
                 if self._ever_connected:
                     self.ctx.reload_error(err)
             return False
         conn = _Conn(valid=valid, host=host)
-        self._set_conn(conn)
+        self.slot.set(conn)
         conn.watch = PidWatch(info.pid, valid.create_time, lambda: self._on_exit(conn))
         conn.watch.start()
         channel = getattr(host, "channel", None)
         if channel is not None and hasattr(channel, "wait_for_state_change"):
             conn.tasks.append(asyncio.create_task(self._watch_channel(conn, channel)))
         self._reported = None
-        self._connected.set()
-        self.ctx.set(mode="external", grpcConnected=True, pluginPid=info.pid, goStatus="running", lastError="",
-                     **vite)
+        self.part.change_state(S.CONNECTED, pluginPid=info.pid, lastError="", **vite)
         self.ctx.log("manager", "info", f"attached to pid {info.pid} ({valid.network}:{valid.address}, watch: "
                      f"{conn.watch.method})")
         if self._ever_connected:
@@ -456,16 +331,9 @@ class External:
         self._ever_connected = True
         return True
 
-    def _set_conn(self, conn: _Conn | None) -> None:
-        self._conn = conn
-        ev, self._conn_changed = self._conn_changed, asyncio.Event()
-        ev.set()
-        if conn is None:
-            self._connected.clear()
-
     async def _disconnect(self) -> None:
         conn = self._conn
-        self._set_conn(None)
+        self.slot.set(None)
         if conn is None:
             return
         if conn.watch is not None:
@@ -483,13 +351,12 @@ class External:
         """The pidfd fired: publish at once, clean up afterwards."""
         if conn is not self._conn:
             return
-        self._set_conn(None)
+        self.slot.set(None)
         pid = conn.pid
         message = f"external plugin process {pid} exited"
-        self.ctx.set(grpcConnected=False, pluginPid=0, goStatus="stopped", lastError=message,
-                     **self._vite_fields(None))
+        self.part.change_state(S.GONE, pluginPid=0, lastError=message, **self._vite_fields(None))
         self.ctx.log("manager", "warn", message)
-        self._spawn(self._after_exit(conn))
+        self._background.spawn(self._after_exit(conn))
 
     async def _after_exit(self, conn: _Conn) -> None:
         for task in conn.tasks:
@@ -529,7 +396,7 @@ class External:
 
     async def _health(self) -> None:
         """Periodic: health of a connected plugin, Vite, the directory watch, and a missed file change."""
-        await self._check_watch()
+        await self._watch.check()
         if self._current_key() != self._seen_key:
             await self._sync_file()
         conn = self._conn
@@ -539,7 +406,7 @@ class External:
             return
         timeout = max(0.5, min(self.health_interval, 3.0))
         try:
-            ok = bool(await asyncio.wait_for(_call(conn.host.health(timeout=timeout)), timeout + 1.0))
+            ok = bool(await asyncio.wait_for(unless_closed(conn.host.health(timeout=timeout)), timeout + 1.0))
             why = "the health check \"plugin\" failed"
         except asyncio.TimeoutError:
             ok, why = False, f"no health answer within {timeout:g}s"
@@ -547,21 +414,19 @@ class External:
             ok, why = False, f"health check error: {type(e).__name__}: {e}"
         if conn is not self._conn:
             return
-        if ok and not conn.healthy:
-            conn.healthy = True
+        if ok and self.part.state is S.UNHEALTHY:
             self._reported = None
-            self._connected.set()
             self.ctx.log("manager", "info", f"pid {conn.pid} answers health checks again")
-            self.ctx.set(grpcConnected=True, lastError="")
-        elif not ok and conn.healthy:
-            conn.healthy = False
-            self._connected.clear()
+            self.part.change_state(S.CONNECTED, lastError="")        # UNHEALTHY -> CONNECTED
+            self.slot.notify()
+        elif not ok and self.part.state is S.CONNECTED:
             self._report(DevInfoError(Code.UNHEALTHY, f"pid {conn.pid} is running but not serving: {why} "
                                       "(hung?)"), conn.valid.key)
-            self.ctx.set(grpcConnected=False)
+            self.part.change_state(S.UNHEALTHY)                      # CONNECTED -> UNHEALTHY
+            self.slot.notify()
         vite = await self._vite_probe(conn.valid.info.vitePort)
         if conn is self._conn:
-            self.ctx.set(**vite)
+            self.part.update(**vite)
 
     # --- Vite (not ours either: just probed) --------------------------------------------------------------------
     async def _vite_probe(self, port: int) -> dict[str, Any]:
@@ -572,12 +437,5 @@ class External:
     @staticmethod
     def _vite_fields(port: int | None, answers: bool = False) -> dict[str, Any]:
         if not port:
-            return dict(vitePort=0, viteURL="", viteStatus="idle")
-        if answers:
-            return dict(vitePort=port, viteURL=f"http://127.0.0.1:{port}", viteStatus="ready")
-        return dict(vitePort=port, viteURL="", viteStatus="stopped")
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+            return dict(vitePort=0, viteStatus="idle")
+        return dict(vitePort=port, viteStatus="ready" if answers else "stopped")

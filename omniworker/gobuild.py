@@ -39,7 +39,6 @@ from .context import PluginContext, strip_ansi
 
 DEFAULT_BUILD_COMMAND = ["go", "build", "-o", "build/bin/plugin", "./pkg"]
 DEFAULT_OUTPUT = "build/bin/plugin"
-DEFAULT_TIMEOUT_S = 600.0       # `[build] timeout_s`: a build running longer is killed (its whole process group)
 BINARY_NAME = "plugin"
 PREV_SUFFIX = ".prev"
 
@@ -216,39 +215,33 @@ class Builder:
         self._cancelled = False
         self.last: BuildResult | None = None
 
-    # --- configuration (read at each build, so settings changes apply) ------------------------------------------
+    # --- configuration (`[build]`, typed in omnibroker/settings.py) ----------------------------------------------
     @property
     def command(self) -> list[str]:
-        cmd = self.ctx.setting("build", "command", DEFAULT_BUILD_COMMAND)
+        cmd = self.ctx.settings.build.command
+        if cmd is None:
+            return list(DEFAULT_BUILD_COMMAND)
         if isinstance(cmd, str):
             cmd = cmd.split()
         return [str(a) for a in cmd] or list(DEFAULT_BUILD_COMMAND)
 
     @property
     def cwd(self) -> str:
-        sub = self.ctx.setting("build", "dir", "") or ""
-        return os.path.normpath(os.path.join(self.ctx.dir, str(sub)))
+        return os.path.normpath(os.path.join(self.ctx.dir, self.ctx.settings.build.dir))
 
     @property
     def output(self) -> str:
-        out = self.ctx.setting("build", "output", None) or _output_from_command(self.command) or DEFAULT_OUTPUT
-        return os.path.normpath(os.path.join(self.cwd, str(out)))
+        out = self.ctx.settings.build.output or _output_from_command(self.command) or DEFAULT_OUTPUT
+        return os.path.normpath(os.path.join(self.cwd, out))
 
     @property
     def timeout_s(self) -> float:
-        """`[build] timeout_s`; ValueError naming the setting when it is not a positive number of seconds."""
-        value = self.ctx.setting("build", "timeout_s", DEFAULT_TIMEOUT_S)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-            raise ValueError(f"[plugins.{self.ctx.id}.build] timeout_s must be a positive number of seconds, "
-                             f"not {value!r}")
-        return float(value)
+        return self.ctx.settings.build.timeout_s
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        extra = self.ctx.setting("build", "env", {}) or {}
-        if isinstance(extra, dict):
-            for k, v in extra.items():
-                env[str(k)] = os.path.expandvars(str(v))
+        for k, v in self.ctx.settings.build.env.items():
+            env[k] = os.path.expandvars(str(v))
         return env
 
     @property
@@ -279,11 +272,7 @@ class Builder:
         ctx = self.ctx
         argv, cwd, output = self.command, self.cwd, self.output
         env = self.env()
-        try:
-            timeout = self.timeout_s
-        except ValueError as e:
-            ctx.log("go-build", "error", str(e))
-            return BuildResult(ok=False, errors=[BuildError(message=str(e))], binary=output, queued=queued)
+        timeout = self.timeout_s
         lines: list[str] = []
 
         def on_line(stream: str, line: str) -> None:

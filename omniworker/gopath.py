@@ -17,14 +17,15 @@
   anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
   keeps serving, switches invokes to the new one, then drains and stops the old one: invokes never wait, and a new
-  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` is the seed's
-  order (stop old, start new); invokes wait for the new one meanwhile; on failure the previous binary is restarted.
+  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` stops the
+  old one, then starts the new one; invokes wait for the new one meanwhile; on failure the previous binary is restarted.
   Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
 - A change seen during a build cancels that build at once (its process group is killed) and a new build starts
   after the debounce. Install and the switch are never cancelled by changes (they take milliseconds).
 - `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
   after a crash) the call waits for it, bounded by `timeout` overall; a call that hit a plugin being replaced is
-  retried on the new one. Errors are `protocol.CommandError` (codes not_running, timeout, rpc_error).
+  retried on the new one (runtime.PluginSlot, as in external mode). Errors are `protocol.CommandError` (codes
+  not_running, timeout, rpc_error).
 - A plugin killed from outside is noticed at once (the child watcher), grpcConnected goes false, and it is restarted
   from the installed binary with exponential backoff (`restart_backoff` 0.25 s doubling up to `restart_backoff_max`
   10 s; the streak resets after the plugin ran `restart_reset` 10 s).
@@ -33,39 +34,36 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
-# before grpc's first import (see goplugin.py): no fork handlers, we fork+exec children while grpc runs
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+from omnibroker import protocol
+from omnibroker.protocol import BuildError, CommandError, ErrorCode
+from omnibroker.settings import GoSettings
 
-import grpc  # noqa: E402
-
-from omnibroker import protocol  # noqa: E402
-from omnibroker.protocol import BuildError, CommandError, ErrorCode  # noqa: E402
-
-from . import buildstamp  # noqa: E402
-from .context import PluginContext  # noqa: E402
+from . import buildstamp
+from .context import PluginContext
 from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
+from .runtime import Background, Backoff, PluginSlot
+from .state import GoStatus as S
 
-_RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
-BUILD_ON_START = ("changed", "always", "missing")
 
 
 class GoPath:
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
+        self.part = ctx.go
         has_pkg = os.path.isdir(os.path.join(ctx.dir, "pkg"))
-        explicit = ctx.setting("build", "command", None) is not None and ctx.setting("go", "watch", None) is not None
-        self.enabled: bool = bool(ctx.setting("go", "enabled", has_pkg or explicit))
+        explicit = ctx.settings.build.command is not None and self.settings.watch is not None
+        self.enabled: bool = self.settings.enabled if self.settings.enabled is not None else (has_pkg or explicit)
         self.builder = Builder(ctx)
         self.bin_dir = os.path.join(ctx.home, "bin")
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
-        self.plugin: PluginHost | None = None
+        self.slot = PluginSlot("the Go plugin", coming=self._coming, usable=lambda host: host.connected,
+                               why=lambda last: self.ctx.state.lastError or last or "no plugin process")
         self.watcher: GoWatcher | None = None
         self._sources: GoWatcher | None = None          # the watcher's file filter (kept if watching failed)
         self.last_cycle: dict[str, Any] = {}          # timings (loop.time()) of the last build/reload cycle
@@ -76,21 +74,21 @@ class GoPath:
         self._runner: asyncio.Task | None = None
         self._cycle_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
-        self._changed = asyncio.Event()                 # replaced (after being set) each time self.plugin changes
+        self._background = Background()
         self._phase = "idle"                            # idle | building | installing | switching
         self._waiters: list[asyncio.Future] = []        # rebuild(wait=True) callers for the next cycle
         self._cycle_waiters: list[asyncio.Future] = []
         self._stopping = False
         self._started = False
         self._generation = 0                            # bumped by start() and stop()
-        self._crash_streak = 0
+        self._backoff = Backoff(self.settings.restart_backoff, self.settings.restart_backoff_max,
+                                self.settings.restart_reset)
         self._burst_first: float | None = None
         self._reload_open = False                       # a dev_reload_start awaits its complete/error
 
-    # --- settings ------------------------------------------------------------------------------------------------
-    def _s(self, key: str, default: Any) -> Any:
-        return self.ctx.setting("go", key, default)
+    @property
+    def settings(self) -> GoSettings:
+        return self.ctx.settings.go_settings
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self, *, force_build: bool = False) -> None:
@@ -98,7 +96,7 @@ class GoPath:
         ready or the first attempt failed (the failure is reported as events and status, never raised). Idempotent."""
         ctx = self.ctx
         if not self.enabled:
-            ctx.set(goStatus="idle")
+            self.part.change_state(S.IDLE)
             return
         if self._started:
             return
@@ -106,9 +104,9 @@ class GoPath:
         self._stopping = False
         self._generation += 1
         generation = self._generation
-        ctx.set(goStatus="starting", lastError="")
+        self.part.change_state(S.STARTING, lastError="")        # IDLE/STOPPED -> STARTING
         output_rel = os.path.relpath(os.path.dirname(self.builder.output), ctx.dir)
-        ignore = list(self._s("ignore", []) or [])
+        ignore = list(self.settings.ignore)
         if not output_rel.startswith(os.pardir):
             ignore.append(output_rel.replace(os.sep, "/") + "/**")
         self.watcher = GoWatcher(ctx, self._on_change, on_event=self._on_event, on_error=self._on_watch_error,
@@ -122,11 +120,8 @@ class GoPath:
             ctx.errors([BuildError(message=str(e))])
             self.watcher = None
         self._runner = asyncio.create_task(self._run())
-        policy = str(self._s("build_on_start", "changed"))
-        if policy not in BUILD_ON_START:
-            ctx.log("manager", "warn", f"[plugins.{ctx.id}.go] build_on_start = {policy!r} is not one of "
-                                       f"{', '.join(BUILD_ON_START)}: building (as \"always\")")
-        if force_build or policy not in ("missing", "changed"):
+        policy = self.settings.build_on_start
+        if force_build or policy == "always":
             skip = False
         elif policy == "missing":
             skip = os.path.isfile(self.installed)
@@ -164,7 +159,7 @@ class GoPath:
             self._set_plugin(None)
         stops = [self._stop_host(host)] if host is not None else []
         if self._background:
-            stops.append(asyncio.gather(*list(self._background), return_exceptions=True))
+            stops.append(self._background.wait())
         if stops:
             await asyncio.gather(*stops, return_exceptions=True)
         for fut in self._waiters + self._cycle_waiters:
@@ -174,7 +169,7 @@ class GoPath:
         self._phase = "idle"
         self._started = False
         self._reload_open = False
-        ctx.set(goStatus="stopped", grpcConnected=False, pluginPid=0, buildQueued=False)
+        self.part.change_state(S.STOPPED, pluginPid=0, buildQueued=False)
 
     async def rebuild(self, wait: bool = True) -> bool:
         """Force a build + reload now (no debounce; a running build is cancelled; never skipped by the build stamp).
@@ -184,7 +179,7 @@ class GoPath:
             return False
         if not self._started:
             await self.start(force_build=True)
-            return self.plugin is not None and self.ctx.state.goStatus == "ready"
+            return self.plugin is not None and self.part.state is S.READY
         self._cancel_build("rebuild requested")
         if wait:
             return await self._request_and_wait("rebuild")
@@ -203,64 +198,23 @@ class GoPath:
         """Forward a raw unary gRPC call to the plugin; waits (within `timeout`) across reloads and restarts."""
         if not self.enabled:
             raise CommandError(ErrorCode.NOT_RUNNING, "this plugin has no Go backend (no pkg/ dir)")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last_error = ""
-        while True:
-            host = self.plugin
-            remaining = deadline - loop.time()
-            if host is None or not host.connected:
-                if not self._coming():
-                    why = self.ctx.state.lastError or last_error or "the Go plugin is not running"
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {why}")
-                if remaining <= 0:
-                    raise CommandError(ErrorCode.TIMEOUT, f"no Go plugin became ready within {timeout:g} s")
-                changed = self._changed
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), min(remaining, 0.5))
-                continue
-            if remaining <= 0:
-                raise CommandError(ErrorCode.TIMEOUT, f"the call did not complete within {timeout:g} s")
-            try:
-                return await host.invoke(method, request, remaining)
-            except PluginError as e:         # it went away between our check and the call
-                last_error = str(e)
-                if host is self.plugin and not self._coming():
-                    raise CommandError(ErrorCode.NOT_RUNNING, f"the Go plugin is not running: {e}") from None
-                continue
-            except grpc.aio.AioRpcError as e:
-                replaced = host is not self.plugin or not host.connected
-                if e.code() in _RETRY_CODES and (replaced or self._coming()) and deadline - loop.time() > 0:
-                    last_error = f"{e.code().name}: {e.details()}"
-                    if not replaced:
-                        # the plugin we called is still current: let it die or be replaced before retrying
-                        changed = self._changed
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(changed.wait(), min(0.5, max(0.0, deadline - loop.time())))
-                    continue
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise CommandError(ErrorCode.TIMEOUT, f"{method}: deadline exceeded after {timeout:g} s") \
-                        from None
-                raise CommandError(ErrorCode.RPC, f"{method}: {e.code().name}: {e.details()}") from None
+        return await self.slot.call(method, request, timeout)
 
     # --- internals: plugin bookkeeping ---------------------------------------------------------------------------------
+    @property
+    def plugin(self) -> PluginHost | None:
+        """The plugin process serving calls now."""
+        return self.slot.host
+
     def _set_plugin(self, host: PluginHost | None) -> None:
-        self.plugin = host
-        ev, self._changed = self._changed, asyncio.Event()
-        ev.set()
+        self.slot.set(host)
 
     def _new_host(self) -> PluginHost:
         return PluginHost(self.ctx, on_exit=self._on_plugin_exit)
 
     async def _stop_host(self, host: PluginHost) -> None:
-        grace = float(self._s("stop_grace", 2.0))
-        await host.drain(float(self._s("drain_timeout", 2.0)))
-        await host.stop(grace)
-
-    def _bg(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await host.drain(self.settings.drain_timeout)
+        await host.stop(self.settings.stop_grace)
 
     # --- internals: watcher callbacks -------------------------------------------------------------------------------
     def _on_event(self, rel: str) -> None:
@@ -272,7 +226,7 @@ class GoPath:
         self._request("change")
 
     def _on_watch_error(self, message: str) -> None:
-        self.ctx.set(lastError=message)
+        self.part.set_error(message)
         self.ctx.errors([BuildError(message=message)])
 
     def _cancel_build(self, why: str) -> None:
@@ -316,7 +270,8 @@ class GoPath:
             ctx.log("go-build", "info", f"building at start: {why}")
             return False
         # what the status said when that binary was built (Omniview shows these)
-        ctx.set(lastBuildTime=str(stamp.get("built") or protocol.ZERO_TIME), lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
+        self.part.update(lastBuildTime=str(stamp.get("built") or protocol.ZERO_TIME),
+                         lastBuildDuration=int(stamp.get("duration_ns", 0) or 0))
         ctx.log("go-build", "info",
                 f"sources unchanged since the installed build (stamp {stamp['inputs'][:12]}, built "
                 f"{stamp.get('built', '?')}): starting it without a build; `omnictl rebuild {ctx.id}` forces one")
@@ -373,7 +328,7 @@ class GoPath:
             ok = bool(task.result()) if task.exception() is None else False
             if task.exception() is not None:
                 self.ctx.log("manager", "error", f"internal error in the Go reload cycle: {task.exception()!r}")
-                self.ctx.set(goStatus="error", lastError=f"internal error: {task.exception()!r}")
+                self.part.change_state(S.ERROR, lastError=f"internal error: {task.exception()!r}")
                 self._reload_open = False
             self.cycles += 1
             for fut in waiters:
@@ -394,13 +349,13 @@ class GoPath:
             self._reload_open = True
             ctx.reload_start()
         self._phase = "building"
-        ctx.set(goStatus="building")
+        self.part.change_state(S.BUILDING)
         inputs = await self._snapshot_inputs()          # BEFORE the build: a later edit is never stamped as built
         result: BuildResult = await self.builder.build()
         t["build_start"], t["build_end"], t["queued"] = result.started, result.finished, result.queued
         if result.cancelled:
             raise asyncio.CancelledError()
-        ctx.set(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
+        self.part.update(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
         if not result.ok:
             msg = result.summary()
             ctx.log("go-build", "error", msg)
@@ -431,7 +386,7 @@ class GoPath:
     def _fail(self, message: str, errors: list[BuildError], *, reload: bool = True) -> None:
         ctx = self.ctx
         ctx.errors(errors or [BuildError(message=message)])
-        ctx.set(goStatus="error", lastError=message)
+        self.part.change_state(S.ERROR, lastError=message)
         if reload:
             self._reload_open = False
             ctx.reload_error(message)
@@ -440,18 +395,18 @@ class GoPath:
         """Start the installed binary and make it the serving plugin (see module doc for the order)."""
         ctx = self.ctx
         loop = asyncio.get_running_loop()
-        order = str(self._s("reload_order", "start-first"))
+        order = self.settings.reload_order
         async with self._lock:
             if self._stopping:
                 return False
             old = self.plugin
             if old is not None and order == "stop-first":
                 self._set_plugin(None)
-                ctx.set(grpcConnected=False, pluginPid=0)
+                self.part.update(pluginPid=0)
                 await self._stop_host(old)
                 old = None
             if not keep_error:
-                ctx.set(goStatus="starting")
+                self.part.change_state(S.STARTING)               # BUILDING -> STARTING
             new = self._new_host()
             if t is not None:
                 t["plugin_start"] = loop.time()
@@ -466,16 +421,16 @@ class GoPath:
                 t.update({f"plugin_{k}": v for k, v in new.timings.items()})
             self._set_plugin(new)
             if keep_error:
-                ctx.set(grpcConnected=True, pluginPid=new.pid)
+                self.part.update(pluginPid=new.pid)
             else:
-                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=new.pid, lastError="")
+                self.part.change_state(S.READY, pluginPid=new.pid, lastError="")      # STARTING -> READY
             if t is not None:
                 t["ready"] = loop.time()
             if reason not in _NOT_RELOADS:
                 self._reload_open = False
                 ctx.reload_complete()
         if old is not None:
-            self._bg(self._stop_host(old))
+            self._background.spawn(self._stop_host(old))
         return not keep_error
 
     async def _start_failed(self, e: PluginError, reason: str, keep_error: bool) -> bool:
@@ -502,12 +457,12 @@ class GoPath:
                 await prev.start(self.installed)
             except PluginError as e2:
                 ctx.log("manager", "error", f"the previous plugin binary failed to start too: {e2}")
-                ctx.set(grpcConnected=False, pluginPid=0)
+                self.part.update(pluginPid=0)
                 return False
             self._set_plugin(prev)
-            ctx.set(grpcConnected=True, pluginPid=prev.pid)
+            self.part.update(pluginPid=prev.pid)
         elif self.plugin is None:
-            ctx.set(grpcConnected=False, pluginPid=0)
+            self.part.update(pluginPid=0)
         return False
 
     # --- internals: crashes -------------------------------------------------------------------------------------------
@@ -517,26 +472,21 @@ class GoPath:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         self._set_plugin(None)
-        uptime = loop.time() - (host.timings.get("healthy") or loop.time())
-        if uptime > float(self._s("restart_reset", 10.0)):
-            self._crash_streak = 0
+        self._backoff.ran(loop.time() - (host.timings.get("healthy") or loop.time()))
         tail = host.stderr_tail
         msg = f"the plugin (pid {host.pid}) exited unexpectedly with code {rc}" + (
             f"; its last output:\n{tail}" if tail else "")
         ctx.log("manager", "error", msg)
-        ctx.set(grpcConnected=False, pluginPid=0, lastError=msg)
+        self.part.update(pluginPid=0, lastError=msg)
         if self._restart_task is None or self._restart_task.done():
             self._restart_task = asyncio.create_task(self._restart())
 
     async def _restart(self) -> None:
         ctx = self.ctx
-        base = float(self._s("restart_backoff", 0.25))
-        cap = float(self._s("restart_backoff_max", 10.0))
         while not self._stopping:
-            delay = min(cap, base * (2 ** self._crash_streak))
-            self._crash_streak += 1
-            ctx.set(goStatus="starting")
-            ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._crash_streak})")
+            delay = self._backoff.next()
+            self.part.change_state(S.STARTING)                  # READY/ERROR (crashed) -> STARTING
+            ctx.log("manager", "info", f"restarting the plugin in {delay:.2f} s (attempt {self._backoff.attempts})")
             await asyncio.sleep(delay)      # backoff, not synchronisation
             async with self._lock:
                 if self._stopping or self.plugin is not None:
@@ -547,12 +497,13 @@ class GoPath:
                 try:
                     await host.start(self.installed)
                 except PluginError as e:
-                    ctx.set(goStatus="error", lastError=f"restart failed: {e}")
+                    self.part.change_state(S.ERROR, lastError=f"restart failed: {e}")
                     ctx.log("manager", "error", f"restart failed: {e}")
                     continue
                 self._set_plugin(host)
-                ctx.set(goStatus="ready", grpcConnected=True, pluginPid=host.pid, lastError="",
-                        restarts=ctx.state.restarts + 1)
+                with ctx.batch():
+                    self.part.change_state(S.READY, pluginPid=host.pid, lastError="")   # STARTING -> READY
+                    self.part.count_restart()
                 return
         if not self._stopping:
             self._request("restart")            # no installed binary: build one

@@ -1,12 +1,8 @@
 """A HashiCorp go-plugin host on grpcio: spawn the plugin binary, read its handshake, hold its gRPC channel.
 
-Why not `pyvider-rpcplugin` (PyPI, evaluated at 0.5.5): it is built to write Python *plugins*; its client side takes
-the magic cookie from a process-global config, launches the binary through provide-foundation's ManagedProcess
-(no process group, no PDEATHSIG, none of our orphan records), relays stderr by polling pipe reads on executor threads
-with sleeps, retries handshakes on its own timer, and pulls in provide-foundation, cryptography and protobuf>=5 stubs
-— it does not serve as a host cleanly, so this is a small host (~the go-plugin client's `Start`) on grpc.aio instead.
-
-What it does (design/protocol.md "go-plugin host"):
+The host side of go-plugin's `Client.Start`, written on grpc.aio so that the binary is spawned like every other
+child (`Child.spawn`: own process group, PDEATHSIG, pid records for orphan reaping) and its stderr arrives as lines
+on the event loop. What it does (docs/protocol.md "go-plugin host"):
 - spawn via `Child.spawn` with os.environ + magic cookie (`[handshake] cookie_key` = `cookie_value`, default
   OMNIVIEW = the plugin id), PLUGIN_PROTOCOL_VERSIONS (default "1"), PLUGIN_MIN_PORT/PLUGIN_MAX_PORT (10000/25000);
 - read `CORE|APP|NETWORK|ADDR|PROTOCOL[|CERT]` from stdout within `[handshake] timeout` (15 s); failures in words:
@@ -43,7 +39,6 @@ from .context import PluginContext, strip_ansi
 SHUTDOWN_METHOD = "/plugin.GRPCController/Shutdown"
 HEALTH_SERVICE = "plugin"
 CORE_PROTOCOL_VERSION = 1
-DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 NOT_A_PLUGIN_MARKER = "This binary is a plugin"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -194,22 +189,25 @@ class PluginHost:
         ctx = self.ctx
         env = dict(os.environ)
         env.pop("PLUGIN_CLIENT_CERT", None)          # we do not speak AutoMTLS
-        env[str(ctx.setting("handshake", "cookie_key", "OMNIVIEW"))] = str(
-            ctx.setting("handshake", "cookie_value", ctx.id))
-        versions = ctx.setting("handshake", "protocol_versions", "1")
-        if isinstance(versions, (list, tuple)):
+        hs = ctx.settings.handshake
+        env[hs.cookie_key] = self._cookie_value
+        versions = hs.protocol_versions
+        if isinstance(versions, list):
             versions = ",".join(str(v) for v in versions)
         env["PLUGIN_PROTOCOL_VERSIONS"] = str(versions)
-        env["PLUGIN_MIN_PORT"] = str(ctx.setting("handshake", "min_port", 10000))
-        env["PLUGIN_MAX_PORT"] = str(ctx.setting("handshake", "max_port", 25000))
-        extra = ctx.setting("plugin", "env", {}) or {}
-        if isinstance(extra, dict):
-            env.update({str(k): str(v) for k, v in extra.items()})
+        env["PLUGIN_MIN_PORT"] = str(hs.min_port)
+        env["PLUGIN_MAX_PORT"] = str(hs.max_port)
+        env.update({k: str(v) for k, v in ctx.settings.plugin.env.items()})
         return env
 
+    @property
+    def _cookie_value(self) -> str:
+        value = self.ctx.settings.handshake.cookie_value
+        return self.ctx.id if value is None else value
+
     def _accepted_versions(self) -> list[int]:
-        versions = self.ctx.setting("handshake", "protocol_versions", "1")
-        if not isinstance(versions, (list, tuple)):
+        versions = self.ctx.settings.handshake.protocol_versions
+        if not isinstance(versions, list):
             versions = str(versions).split(",")
         out = []
         for v in versions:
@@ -236,7 +234,7 @@ class PluginHost:
         """Spawn, handshake, connect, health-check. On any failure nothing is left running and PluginError says why."""
         loop = asyncio.get_running_loop()
         if timeout is None:
-            timeout = float(self.ctx.setting("handshake", "timeout", DEFAULT_HANDSHAKE_TIMEOUT))
+            timeout = self.ctx.settings.handshake.timeout
         t0 = loop.time()
         deadline = t0 + timeout
         self.binary = binary_path
@@ -297,8 +295,7 @@ class PluginHost:
         if self._exit_task in done or not self.running:
             rc = self.returncode
             if NOT_A_PLUGIN_MARKER in tail:
-                key = self.ctx.setting("handshake", "cookie_key", "OMNIVIEW")
-                val = self.ctx.setting("handshake", "cookie_value", self.ctx.id)
+                key, val = self.ctx.settings.handshake.cookie_key, self._cookie_value
                 raise PluginError(
                     f"the plugin refused to start: its magic cookie env was missing or wrong (go-plugin says 'This "
                     f"binary is a plugin. These are not meant to be executed directly'); omni sets {key}={val} — "

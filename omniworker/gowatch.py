@@ -32,9 +32,9 @@ from watchdog.events import (DirDeletedEvent, DirMovedEvent, FileClosedEvent, Fi
 from watchdog.observers.inotify import InotifyObserver
 
 from .context import PluginContext
+from .runtime import Background
 
 DEFAULT_WATCH = ["pkg/**/*.go", "go.mod", "go.sum"]
-DEFAULT_DEBOUNCE_MS = 500
 IGNORED_DIRS = frozenset({"node_modules", "__pycache__"})   # anywhere (and every dir whose name starts with ".")
 IGNORED_TOP_DIRS = frozenset({"build", "dist", "bin", "ui"})  # build output / frontend, at the plugin dir's top
 _TEMP_SUFFIXES = (".swp", ".swo", ".swn", ".swx", ".swpx", "~", ".tmp", ".temp", ".bak", ".orig", ".rej",
@@ -176,11 +176,11 @@ class GoWatcher:
                  ignore: list[str] | None = None, loop: asyncio.AbstractEventLoop | None = None):
         self.ctx = ctx
         self.root = os.path.abspath(ctx.dir)
-        self.patterns = list(patterns if patterns is not None else ctx.setting("go", "watch", DEFAULT_WATCH))
-        self.debounce = float(debounce_ms if debounce_ms is not None
-                              else ctx.setting("go", "debounce_ms", DEFAULT_DEBOUNCE_MS)) / 1000.0
+        go = ctx.settings.go_settings
+        self.patterns = list(patterns if patterns is not None else go.watch if go.watch is not None else DEFAULT_WATCH)
+        self.debounce = (debounce_ms if debounce_ms is not None else go.debounce_ms) / 1000.0
         self._regexes = [glob_to_regex(p) for p in self.patterns]
-        extra_ignores = list(ignore if ignore is not None else ctx.setting("go", "ignore", []) or [])
+        extra_ignores = list(ignore if ignore is not None else go.ignore)
         self._ignore_regexes = [glob_to_regex(p) for p in extra_ignores]
         self.on_change = on_change
         self.on_event = on_event
@@ -191,7 +191,7 @@ class GoWatcher:
         self._pending: set[str] = set()
         self.first_event: float | None = None      # loop.time() of the first event of the current burst
         self.last_burst: tuple[float, float] | None = None   # (first event, fire) of the last delivered burst
-        self._tasks: set[asyncio.Task] = set()
+        self._background = Background()
         self._running = False
         self.roots: list[tuple[str, bool]] = watch_roots(self.patterns)
         self._watched_abs: set[str] = set()
@@ -369,8 +369,7 @@ class GoWatcher:
             except Exception:
                 pass
             await asyncio.to_thread(obs.join, 5.0)
-        for t in list(self._tasks):
-            t.cancel()
+        self._background.cancel()
 
     # --- events -------------------------------------------------------------------------------------------------
     def _from_thread(self, event: FileSystemEvent) -> None:
@@ -485,6 +484,4 @@ class GoWatcher:
             self.ctx.log("go-watch", "error", f"watch callback failed: {e!r}")
             return
         if inspect.isawaitable(res):
-            task = asyncio.ensure_future(res)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background.spawn(res)

@@ -20,8 +20,8 @@ Lifecycle (explicit): `await vite.start(port)` ... `await vite.stop()`.
   failure (reported, retried on the same port after the backoff).
 - Crashes (Vite exits while we did not ask it to, before or after ready): "error", an error event with its last lines
   (and the file/line/column of any diagnostic Vite printed), then a restart on the same port after an exponential
-  backoff (1 s doubling to 30 s; back to 1 s once Vite had been running for 60 s). `stop()` cancels a pending
-  restart.
+  backoff (`[vite] restart_backoff` 1 s doubling up to `restart_backoff_max` 30 s; back to the first delay once Vite
+  had been running for `restart_reset` 60 s). `stop()` cancels a pending restart.
 - Errors Vite reports while it keeps running (a vite.config.* that fails to reload, a failed dependency pre-bundle)
   become error events with file/line/column when Vite prints them. Module transform/HMR errors stay in the browser
   overlay (they are only logged).
@@ -43,9 +43,12 @@ from typing import Any
 import psutil
 
 from omnibroker.protocol import BuildError, CommandError
+from omnibroker.settings import ViteSettings
 
 from .children import Child
 from .context import PluginContext, strip_ansi
+from .runtime import Backoff
+from .state import ViteStatus as S
 
 HOST = "127.0.0.1"
 DEFAULT_ARGS = ["--host", HOST, "--port", "{port}", "--strictPort", "--cors", "--clearScreen", "false"]
@@ -145,9 +148,6 @@ def parse_vite_errors(lines: list[str], root: str) -> list[BuildError]:
 class ViteServer:
     """One plugin UI's Vite dev server, supervised. Create once per worker; start/stop as often as needed."""
 
-    BACKOFF_START = 1.0
-    BACKOFF_CAP = 30.0
-    HEALTHY_RESET = 60.0           # running this long resets the restart backoff
     POLL_FIRST = 0.02              # readiness probe: first interval, growth, cap (s)
     POLL_GROWTH = 1.5
     POLL_CAP = 0.25
@@ -155,6 +155,7 @@ class ViteServer:
 
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
+        self.part = ctx.vite
         self.ui_dir = os.path.join(ctx.dir, "ui")
         self.port = 0
         self.child: Child | None = None
@@ -168,12 +169,11 @@ class ViteServer:
         self._block: list[str] = []
         self._block_timer: asyncio.TimerHandle | None = None
         self._last_errors: list[BuildError] | None = None
-        self._my_last_error = ""
         self._settled_event = asyncio.Event()  # the current start attempt is over: running, or failed
 
-    # --- settings ----------------------------------------------------------------------------------------------
-    def _setting(self, key: str, default: Any) -> Any:
-        return self.ctx.setting("vite", key, default)
+    @property
+    def settings(self) -> ViteSettings:
+        return self.ctx.settings.vite_settings
 
     @property
     def has_ui(self) -> bool:
@@ -185,7 +185,7 @@ class ViteServer:
 
     @property
     def status(self) -> str:
-        return self.ctx.state.viteStatus
+        return self.part.state.value
 
     @property
     def url(self) -> str:
@@ -193,14 +193,14 @@ class ViteServer:
 
     def command(self, port: int) -> list[str]:
         """The argv Vite is started with (for a port)."""
-        cmd = self._setting("command", None)
+        cmd = self.settings.command
         if cmd is None:
             argv = [os.path.join(self.ui_dir, "node_modules", ".bin", "vite")]
         elif isinstance(cmd, str):
             argv = shlex.split(cmd)
         else:
             argv = [str(a) for a in cmd]
-        args = self._setting("args", None)
+        args = self.settings.args
         args = DEFAULT_ARGS if args is None else (shlex.split(args) if isinstance(args, str) else list(args))
         return [str(a).replace("{port}", str(port)) for a in argv + list(args)]
 
@@ -221,11 +221,11 @@ class ViteServer:
         self._settled_event.clear()
         if not self.has_ui:
             self.port = 0
-            self.ctx.set(viteStatus="idle", vitePort=0, viteURL="")
+            self.part.change_state(S.IDLE, vitePort=0)
             self._settled_event.set()
             return
         self.port = port
-        self.ctx.set(viteStatus="starting", vitePort=port, viteURL="")
+        self.part.change_state(S.STARTING, vitePort=port)
         self._task = asyncio.create_task(self._supervise(port), name=f"vite-{self.ctx.id}")
 
     async def stop(self) -> None:
@@ -241,17 +241,14 @@ class ViteServer:
             await asyncio.gather(task, return_exceptions=True)
         await self._stop_child()
         self._cancel_block()
-        was_active = self.ctx.state.viteStatus != "idle" or self.port
+        was_active = self.part.state is not S.IDLE or self.port
         self.port = 0
         self._settled_event.set()
-        fields: dict[str, Any] = {}
-        if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
-            fields["lastError"] = ""          # a crash report of a Vite we no longer run is stale
-        self._my_last_error = ""
+        # a crash report of a Vite we no longer run is stale
         if was_active:
-            fields.update(viteStatus="stopped", viteURL="", vitePort=0)
-        if fields:
-            self.ctx.set(**fields)
+            self.part.change_state(S.STOPPED, vitePort=0, lastError="")
+        elif self.part.error:
+            self.part.set_error("")
 
     async def restart(self) -> None:
         port = self.port
@@ -261,25 +258,25 @@ class ViteServer:
 
     async def wait_running(self, timeout: float | None = None) -> bool:
         """Wait until Vite answers HTTP (True), or until this start attempt failed / timed out (False)."""
-        if self.ctx.state.viteStatus == "ready":
+        if self.part.state is S.READY:
             return True
         try:
             await asyncio.wait_for(self._settled_event.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        return self.ctx.state.viteStatus == "ready"
+        return self.part.state is S.READY
 
     # --- supervision -------------------------------------------------------------------------------------------
     async def _supervise(self, port: int) -> None:
-        delay = self.BACKOFF_START
+        backoff = Backoff(self.settings.restart_backoff, self.settings.restart_backoff_max, self.settings.restart_reset)
         if not await self._prepare():
             self._settled_event.set()
             return
         moves = 0
         while not self._stopping:
             self._settled_event.clear()
-            self._set(viteStatus="starting", vitePort=port, viteURL="")
-            outcome, detail = await self._run_once(port)
+            self._change(S.STARTING, vitePort=port)         # ERROR (after the backoff) -> STARTING
+            outcome, detail, ran = await self._run_once(port)
             if outcome == "fatal" or self._stopping:
                 self._settled_event.set()
                 return
@@ -302,25 +299,24 @@ class ViteServer:
                 # no other port: an ordinary failure, tried again on this port after the backoff
                 self._report_exit(f"Vite exited before it was ready: {detail}")
                 self._settled_event.set()
-            if outcome == "exited-healthy":
-                delay = self.BACKOFF_START
+            backoff.ran(ran)
+            delay = backoff.next()
             self.restart_count += 1
-            self.ctx.set(restarts=self.ctx.state.restarts + 1)
+            self.part.count_restart()
             self.ctx.log("manager", "warn", f"vite: restarting in {delay:g} s ({detail})")
             await asyncio.sleep(delay)          # stop() cancels us here: no restart
-            delay = min(delay * 2, self.BACKOFF_CAP)
 
-    async def _run_once(self, port: int) -> tuple[str, str]:
-        """One Vite incarnation. Returns (outcome, detail): "fatal" (cannot run: no restart), "failed" (exited before
-        ready or timed out), "port-in-use" (exited before ready saying another program has the port: not reported
-        yet), "exited" (crashed after ready) or "exited-healthy" (crashed after a healthy run)."""
+    async def _run_once(self, port: int) -> tuple[str, str, float]:
+        """One Vite incarnation. Returns (outcome, detail, seconds it served): outcome "fatal" (cannot run: no
+        restart), "failed" (exited before ready or timed out), "port-in-use" (exited before ready saying another
+        program has the port: not reported yet) or "exited" (crashed after ready)."""
         argv = self.command(port)
         self._stderr.clear()
         self._output.clear()
         self._banner.clear()
         self._cancel_block()
         env = dict(os.environ)
-        env.update({str(k): str(v) for k, v in (self._setting("env", {}) or {}).items()})
+        env.update({k: str(v) for k, v in self.settings.env.items()})
         env.setdefault("BROWSER", "none")
         t0 = time.monotonic()
         try:
@@ -328,43 +324,38 @@ class ViteServer:
                                                    registry=self.ctx.children, tail=BLOCK_MAX_LINES)
         except OSError as e:
             self._fail(f"cannot run Vite ({' '.join(argv)}): {e}", [BuildError(message=f"cannot run Vite: {e}")])
-            return "fatal", str(e)
+            return "fatal", str(e), 0.0
         if self._stopping:
-            return "fatal", "stopped"
+            return "fatal", "stopped", 0.0
         self.ctx.log("manager", "info", f"vite: started pid {child.pid} on port {port}: {' '.join(argv)}")
-        timeout = float(self._setting("start_timeout", 30.0))
+        timeout = self.settings.start_timeout
         ready = await self._await_ready(child, port, timeout)
         if self._stopping:
-            return "fatal", "stopped"
+            return "fatal", "stopped", 0.0
         if ready is True:
             self.ready_time = time.monotonic() - t0
             ready_at = time.monotonic()
             self._last_errors = None
-            fields: dict[str, Any] = dict(viteStatus="ready", vitePort=port, viteURL=f"http://{HOST}:{port}")
-            if self._my_last_error and self.ctx.state.lastError == self._my_last_error:
-                fields["lastError"] = ""     # lastError is shared with the Go parts: clear it only if ours
-            self._my_last_error = ""
-            self._set(**fields)
+            self._change(S.READY, vitePort=port, lastError="")     # STARTING -> READY
             self._settled_event.set()
             rc = await child.wait()
             if self._stopping:
-                return "fatal", "stopped"
-            healthy = time.monotonic() - ready_at >= self.HEALTHY_RESET
+                return "fatal", "stopped", 0.0
             self._report_exit(f"Vite exited unexpectedly (code {_rc_text(rc)})")
-            return ("exited-healthy" if healthy else "exited"), f"exit code {_rc_text(rc)}"
+            return "exited", f"exit code {_rc_text(rc)}", time.monotonic() - ready_at
         if ready is False:
             rc = await child.wait()             # also drains its last output
             if self._stopping:
-                return "fatal", "stopped"
+                return "fatal", "stopped", 0.0
             if any(_PORT_IN_USE.search(line) for line in self._output):
-                return "port-in-use", f"port {port} in use"
+                return "port-in-use", f"port {port} in use", 0.0
             self._report_exit(f"Vite exited before it was ready (code {_rc_text(rc)})")
             self._settled_event.set()
-            return "failed", f"exit code {_rc_text(rc)}"
+            return "failed", f"exit code {_rc_text(rc)}", 0.0
         await self._stop_child()
         self._report_exit(f"Vite did not answer on port {port} within {timeout:g} s")
         self._settled_event.set()
-        return "failed", "start timeout"
+        return "failed", "start timeout", 0.0
 
     async def _await_ready(self, child: Child, port: int, timeout: float) -> bool | None:
         """True once an HTTP request to the port is answered while the child runs; False if the child exited;
@@ -405,7 +396,7 @@ class ViteServer:
         """Check (or install) node_modules and the Vite binary. False after reporting a fatal error."""
         nm = os.path.join(self.ui_dir, "node_modules")
         if not os.path.isdir(nm):
-            if not self._setting("install", False):
+            if not self.settings.install:
                 self._fail(f"{nm} is missing: run `npm ci` in {self.ui_dir} (or set "
                            f"[plugins.{self.ctx.id}.vite] install = true to let omni run it)",
                            [BuildError(file=os.path.join(self.ui_dir, "package.json"),
@@ -413,7 +404,7 @@ class ViteServer:
                 return False
             if not await self._npm_ci():
                 return False
-        if self._setting("command", None) is None:
+        if self.settings.command is None:
             vite_bin = os.path.join(nm, ".bin", "vite")
             if not os.path.exists(vite_bin):
                 self._fail(f"{vite_bin} not found: Vite is not installed in {self.ui_dir}; add it to the "
@@ -443,7 +434,7 @@ class ViteServer:
             return False
         self.child = child          # if stop() cancels us meanwhile, it stops npm too
         try:
-            rc = await asyncio.wait_for(child.wait(), float(self._setting("install_timeout", 600.0)))
+            rc = await asyncio.wait_for(child.wait(), self.settings.install_timeout)
         except asyncio.TimeoutError:
             await child.stop(2.0)
             rc = None
@@ -459,7 +450,7 @@ class ViteServer:
     async def _stop_child(self) -> None:
         child, self.child = self.child, None
         if child is not None:
-            await child.stop(float(self._setting("stop_grace", 5.0)))
+            await child.stop(self.settings.stop_grace)
 
     # --- output ------------------------------------------------------------------------------------------------
     def _on_line(self, stream: str, line: str) -> None:
@@ -513,9 +504,8 @@ class ViteServer:
         self._fail(summary, errors or [BuildError(message=summary)], force=True)
 
     def _fail(self, message: str, errors: list[BuildError], force: bool = False) -> None:
-        self._my_last_error = message
         self.ctx.log("manager", "error", f"vite: {message}")
-        self._set(viteStatus="error", viteURL="", lastError=message)
+        self._change(S.ERROR, lastError=message)
         self._emit_errors(errors, force=force)
 
     def _emit_errors(self, errors: list[BuildError], force: bool = False) -> None:
@@ -524,9 +514,10 @@ class ViteServer:
         self._last_errors = errors
         self.ctx.errors(errors)
 
-    def _set(self, **fields: Any) -> None:
+    def _change(self, state: S, **fields: Any) -> None:
+        """The supervision's changes; none once stop() began (stop() has the last word: STOPPED)."""
         if not self._stopping:
-            self.ctx.set(**fields)
+            self.part.change_state(state, **fields)
 
 
 async def http_answers(port: int, timeout: float = 1.0) -> bool:

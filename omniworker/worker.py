@@ -29,10 +29,12 @@ from omnibroker.commands import COMMANDS  # noqa: E402
 from omnibroker.process import set_pdeathsig  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
 from omnibroker.security import secure_client  # noqa: E402
+from omnibroker.settings import SettingsError  # noqa: E402
 
 from .children import ChildRegistry, reap_adopted, set_child_subreaper
 from .context import PluginContext
 from .devserver import DevServer
+from .runtime import Background
 
 log = logging.getLogger("omniworker")
 
@@ -125,7 +127,7 @@ class Worker:
         self.holder = ""                # the command holding `serial`
         self.abandoned = ""             # set when a command overran: the worker is on its way out
         self.stop_event = asyncio.Event()
-        self.tasks: set[asyncio.Task] = set()
+        self.background = Background()           # commands and welcomes being served
 
     @property
     def state(self) -> DevServerState:
@@ -165,7 +167,7 @@ class Worker:
                 if kind == protocol.K_WELCOME:
                     await self.on_welcome(protocol.decode_welcome(body[0]))
                 elif kind == protocol.K_COMMAND:
-                    self._spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
+                    self.background.spawn(self.on_command(msgspec.json.decode(body[0], type=protocol.Request)))
                 elif kind == protocol.K_PORT:
                     answer = protocol.decode_portswap(body[0])
                     fut = self.link.port_swaps.get(answer.id)
@@ -179,27 +181,30 @@ class Worker:
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
                 log.warning("bad message %r from broker: %s", kind, e)
 
-    def _spawn(self, coro) -> None:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     async def on_welcome(self, welcome: protocol.Welcome) -> None:
         self.epoch = welcome.epoch
         if self.devserver is None:
-            ctx = PluginContext(welcome.spec, self.link)
+            try:
+                ctx = PluginContext(welcome.spec, self.link)
+                refused = ""
+            except SettingsError as e:      # the broker validates settings first: a broker of another version
+                ctx = PluginContext(msgspec.structs.replace(welcome.spec, settings={}), self.link)
+                refused = f"[plugins.{self.plugin}] {e}: running with the default settings"
             self.devserver = DevServer(ctx)
             ctx.publish_status()
-        self._spawn(self._apply(welcome))
+            if refused:
+                ctx.log("manager", "error", refused)
+                ctx.mode.set_error(refused)
+        self.background.spawn(self._apply(welcome))
 
     async def _apply(self, welcome: protocol.Welcome) -> None:
         try:
             await self.serially("apply", lambda: self.devserver.apply(welcome.desired, welcome.vitePort))
         except CommandError as e:
-            self.devserver.ctx.set(lastError=e.reason)
+            self.devserver.ctx.mode.set_error(e.reason)
         except Exception as e:      # noqa: BLE001 - report, keep serving
             log.exception("applying the desired state failed")
-            self.devserver.ctx.set(lastError=f"{type(e).__name__}: {e}")
+            self.devserver.ctx.mode.set_error(f"{type(e).__name__}: {e}")
 
     async def serially(self, name: str, run) -> Any:
         """Run `run()` holding the worker's lock for at most SERIAL_BUDGET s, after waiting for it at most as long."""

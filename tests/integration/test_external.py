@@ -30,6 +30,7 @@ from omnibroker.protocol import CommandError
 from omniworker.context import NullSink, PluginContext
 from omniworker.devinfo import Code
 from omniworker.external import External
+from omniworker.state import Mode
 
 PLUGIN = "hello"
 FAST = {"external": {"health_interval": 0.5, "connect_timeout": 3.0}}
@@ -61,11 +62,23 @@ def devinfo_path(home: Path) -> Path:
     return home / "plugins" / PLUGIN / ".devinfo"
 
 
+class Followed(External):
+    """External as DevServer runs it: the mode is external while it is attached (DevServer owns the mode)."""
+
+    async def attach(self) -> None:
+        self.ctx.mode.change_state(Mode.EXTERNAL)
+        await super().attach()
+
+    async def detach(self) -> None:
+        await super().detach()
+        self.ctx.mode.change_state(Mode.IDLE)
+
+
 def make_ext(settings=None) -> tuple[External, NullSink, PluginContext]:
     sink = NullSink()
     spec = protocol.PluginSpec(id=PLUGIN, path=str(EXAMPLE), settings=settings or FAST)
     ctx = PluginContext(spec, sink)
-    return External(ctx), sink, ctx
+    return Followed(ctx), sink, ctx
 
 
 async def assert_no_event(sink: NullSink, pred, duration: float, since: int) -> None:

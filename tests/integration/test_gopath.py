@@ -496,7 +496,7 @@ async def test_restart_with_unchanged_sources_skips_the_build(harness):
         ino = installed.stat().st_ino
         assert exe(h.ctx.state.pluginPid) == str(installed)
     first_pid = h.ctx.state.pluginPid
-    h.ctx.set(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
+    h.ctx.go.update(lastBuildTime="", lastBuildDuration=0)    # as in a fresh worker: the stamp brings them back
 
     m = h.mark()
     async with started(h):                              # nothing changed: no build at all
@@ -522,7 +522,7 @@ async def test_restart_with_unchanged_sources_skips_the_build(harness):
         assert h.logs(m, "building at start: the sources")
         assert h.ctx.state.goStatus == "ready" and await h.greet() == "Offline, omni"
 
-    h.ctx.settings["go"]["build_on_start"] = "always"   # read at each start
+    h.ctx.settings.go_settings.build_on_start = "always"   # read at each start
     m = h.mark()
     async with started(h):
         assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "sources unchanged") == []

@@ -197,8 +197,7 @@ async def test_two_plugins_two_ports(example_ui, tmp_path, ports):
 
 async def test_kill9_vite_restarts_on_same_port(example_ui, tmp_path, ports):
     plugin = make_plugin(example_ui, tmp_path / "crash")
-    vite, sink, ctx = new_vite(plugin)
-    vite.BACKOFF_START = 0.2          # keep the test short; the policy itself is tested below
+    vite, sink, ctx = new_vite(plugin, vite={"restart_backoff": 0.2})   # short; the policy is tested below
     port = ports.allocate("crash")
     try:
         await vite.start(port)
@@ -551,8 +550,8 @@ async def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
     ui = tmp_path / "flaky" / "ui"
     (ui / "node_modules").mkdir(parents=True)
     cmd = [sys.executable, "-c", "import sys; print('dying', file=sys.stderr); sys.exit(3)"]
-    vite, sink, ctx = new_vite(tmp_path / "flaky", vite={"command": cmd, "args": []})
-    vite.BACKOFF_START, vite.BACKOFF_CAP = 0.05, 0.2
+    vite, sink, ctx = new_vite(tmp_path / "flaky", vite={"command": cmd, "args": [], "restart_backoff": 0.05,
+                                                         "restart_backoff_max": 0.2})
 
     def restarts():
         return [e.message for e in ctx.logs.tail(200, source="manager") if "restarting in" in e.message]
@@ -572,7 +571,7 @@ async def test_restart_backoff_doubles_caps_and_stop_cancels_it(tmp_path):
 
 
 async def test_backoff_resets_after_a_healthy_run(tmp_path):
-    """A crash after >= HEALTHY_RESET seconds of running restarts after BACKOFF_START again."""
+    """A crash after more than `restart_reset` seconds of running restarts after `restart_backoff` again."""
     ui = tmp_path / "healthy" / "ui"
     (ui / "node_modules").mkdir(parents=True)
     # an HTTP server that answers, then exits by itself once it was asked for /exit
@@ -591,8 +590,8 @@ async def test_backoff_resets_after_a_healthy_run(tmp_path):
     """)
     (tmp_path / "server.py").write_text(server)
     cmd = [sys.executable, str(tmp_path / "server.py"), "{port}"]
-    vite, sink, ctx = new_vite(tmp_path / "healthy", vite={"command": cmd, "args": []})
-    vite.BACKOFF_START, vite.BACKOFF_CAP, vite.HEALTHY_RESET = 0.05, 0.4, 0.3
+    vite, sink, ctx = new_vite(tmp_path / "healthy", vite={"command": cmd, "args": [], "restart_backoff": 0.05,
+                                                           "restart_backoff_max": 0.4, "restart_reset": 0.3})
     port = 15695
 
     def restarts():
@@ -608,8 +607,8 @@ async def test_backoff_resets_after_a_healthy_run(tmp_path):
         assert restarts() == [0.05, 0.1, 0.2]
         await wait_event(sink, is_status("ready"), 10, since=len(sink.events) - 1)
         started = time.monotonic()
-        # stay healthy past HEALTHY_RESET (wait on our own clock via Vite's readiness, not a fixed sleep)
-        while time.monotonic() - started < vite.HEALTHY_RESET + 0.05:
+        # stay healthy past restart_reset (wait on our own clock via Vite's readiness, not a fixed sleep)
+        while time.monotonic() - started < vite.settings.restart_reset + 0.05:
             await aget(f"http://127.0.0.1:{port}/")
         await aget(f"http://127.0.0.1:{port}/exit")
         await wait_event(sink, lambda t, p: len(restarts()) >= 4, 10)

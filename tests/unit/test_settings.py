@@ -40,13 +40,19 @@ def test_docs_table_is_the_schema():
 
 
 def test_every_key_the_worker_reads_is_in_the_schema():
+    """The worker reads typed fields: `ctx.settings.<section>.<key>`, `<part>.settings.<key>` (a part's own section,
+    `vite_settings` / `go_settings`) and `ctx.settings.<key>`; no accessor with its own default is left."""
+    sections = {"vite_settings": "vite", "go_settings": "go", **{s: s for s in settings.SECTIONS}}
+    own = {"vite.py": "vite", "gopath.py": "go"}
     reads = set()
     for path in (REPO / "omniworker").glob("*.py"):
         text = path.read_text()
-        reads |= {f"{s}.{k}" for s, k in re.findall(r'setting\(\s*"(\w+)",\s*"(\w+)"', text)}
-        reads |= {f"go.{k}" for k in re.findall(r'\b_s\(\s*"(\w+)"', text)}
-        reads |= {f"vite.{k}" for k in re.findall(r'\b_setting\(\s*"(\w+)"', text)}
-        reads |= set(re.findall(r'settings\.get\(\s*"(\w+)"', text))
+        assert not re.search(r"\.setting\(|\b_s\(|\b_setting\(|settings\.get\(", text), path.name
+        for first, second in re.findall(r"\bctx\.settings\.(\w+)(?:\.(\w+))?", text):
+            if first not in sections or second:         # a whole section is read field by field (typed)
+                reads.add(f"{sections[first]}.{second}" if first in sections else first)
+        if path.name in own:
+            reads |= {f"{own[path.name]}.{k}" for k in re.findall(r"\bself\.settings\.(\w+)", text)}
     assert reads, "found no settings reads: the patterns above are out of date"
     assert reads <= set(settings.fields()), reads - set(settings.fields())
 

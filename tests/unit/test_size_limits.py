@@ -18,9 +18,11 @@ from omnibroker.control import Control
 from omnibroker.commands import COMMANDS
 from omnibroker.errors import CommandError
 from omnibroker.events import EventBus
+from omnibroker.settings import SettingsError
 from omniworker.context import NullSink, PluginContext
 from omniworker.devserver import DevServer
 from omniworker.gobuild import Builder
+from omniworker.state import Mode
 
 
 def sent_reply(reply: protocol.Reply) -> dict:
@@ -72,7 +74,7 @@ def test_long_log_lines_and_last_errors_are_clipped_and_say_so():
     message = sink.events[-1][1][0]["message"]
     assert message.startswith("a" * protocol.MAX_LOG_MESSAGE) and "5904 more characters cut" in message
     assert ctx.logs.tail(1)[0].message == message
-    ctx.set(lastError="b" * 10_000)
+    ctx.mode.set_error("b" * 10_000)
     assert ctx.state.lastError.startswith("b" * protocol.MAX_LOG_MESSAGE) and "cut" in ctx.state.lastError
 
 
@@ -99,7 +101,7 @@ def test_logs_count_out_of_range_is_refused(count):
 def test_an_invoke_response_over_the_limit_is_too_large():
     ctx, _ = context()
     ds = DevServer(ctx)
-    ctx.state.mode = "managed"
+    ctx.mode.change_state(Mode.MANAGED)
 
     class Plugin:
         def __init__(self, size: int):
@@ -136,11 +138,11 @@ def _environ(p: psutil.Process) -> dict:
 
 
 @pytest.mark.parametrize("value", [0, -1, "10", True, float("inf")])
-def test_a_bad_timeout_setting_fails_the_build_naming_it(tmp_path, value):
-    ctx = PluginContext(protocol.PluginSpec(id="p", path=str(tmp_path), settings={"build": {"timeout_s": value}}),
-                        NullSink())
-    result = asyncio.run(Builder(ctx).build())
-    assert not result.ok and "[plugins.p.build] timeout_s must be a positive number" in result.errors[0].message
+def test_a_bad_timeout_setting_is_refused_naming_it(tmp_path, value):
+    with pytest.raises(SettingsError) as e:
+        PluginContext(protocol.PluginSpec(id="p", path=str(tmp_path), settings={"build": {"timeout_s": value}}),
+                      NullSink())
+    assert e.value.key == "build.timeout_s"
 
 
 def test_omnictl_logs_says_when_older_entries_were_left_out():

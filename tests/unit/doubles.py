@@ -1,0 +1,163 @@
+"""Test doubles for the worker's parts: a child process, a Go builder, a go-plugin host, a file watcher — no real
+process, no network. Each is the smallest thing that lets a part run its state transitions."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from omnibroker import protocol
+from omniworker.context import NullSink, PluginContext
+from omniworker.gobuild import BuildResult
+
+_pids = itertools.count(90_000)
+
+
+def context(path: str = "/tmp", **settings: Any) -> tuple[PluginContext, NullSink]:
+    sink = NullSink()
+    return PluginContext(protocol.PluginSpec(id="p", path=path, settings=settings), sink), sink
+
+
+def statuses(sink: NullSink, field: str) -> list[Any]:
+    """The values `field` took in the published status events, repeats removed."""
+    out: list[Any] = []
+    for topic, payload in sink.events:
+        if topic == protocol.STATUS and (not out or out[-1] != payload[field]):
+            out.append(payload[field])
+    return out
+
+
+def status(pred):
+    """A NullSink.wait_for predicate: a status event whose payload matches `pred`."""
+    return lambda topic, payload: topic == protocol.STATUS and pred(payload)
+
+
+class FakeChild:
+    """omniworker.children.Child: `exit(rc)` ends it; `stop()` ends it with -15."""
+    spawned: list["FakeChild"] = []
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.pid = next(_pids)
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+
+    @classmethod
+    async def spawn(cls, name: str, argv: list[str], **_: Any) -> "FakeChild":
+        child = cls(argv)
+        cls.spawned.append(child)
+        return child
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+    def exit(self, rc: int) -> None:
+        if self.returncode is None:
+            self.returncode = rc
+            self._exited.set()
+
+    async def wait(self) -> int | None:
+        await self._exited.wait()
+        return self.returncode
+
+    async def stop(self, grace: float = 0.0) -> None:
+        self.exit(-15)
+
+    def tail_text(self, n: int = 20) -> str:
+        return ""
+
+
+class FakeBuilder:
+    """gobuild.Builder: each build succeeds unless `fail` is set."""
+
+    def __init__(self, ctx: PluginContext):
+        self.ctx = ctx
+        self.fail = False
+        self.output = f"{ctx.dir}/build/bin/plugin"
+
+    async def build(self) -> BuildResult:
+        return BuildResult(ok=not self.fail, binary=self.output, duration=0.01,
+                           errors=[protocol.BuildError(message="x.go:1: broken")] if self.fail else [])
+
+
+class FakeHost:
+    """goplugin.PluginHost: starts at once (or raises `start_error`); `crash()` calls on_exit as a dying plugin."""
+    start_error: Exception | None = None
+
+    def __init__(self, ctx: PluginContext, on_exit=None, name: str = "plugin"):
+        self.on_exit = on_exit
+        self.pid = next(_pids)
+        self.connected = False
+        self.timings: dict[str, float] = {}
+        self.stderr_tail = ""
+
+    async def start(self, binary: str) -> None:
+        if FakeHost.start_error is not None:
+            raise FakeHost.start_error
+        self.connected = True
+        self.timings["healthy"] = asyncio.get_running_loop().time()
+
+    async def drain(self, timeout: float) -> None:
+        pass
+
+    async def stop(self, grace: float = 0.0) -> None:
+        self.connected = False
+
+    def crash(self, rc: int = 2) -> None:
+        self.connected = False
+        self.on_exit(self, rc)
+
+    async def invoke(self, method: str, request: bytes, timeout: float) -> bytes:
+        return b"ok"
+
+
+class FakeWatcher:
+    """gowatch.GoWatcher without inotify."""
+
+    def __init__(self, ctx: PluginContext, on_change, **_: Any):
+        self.on_change = on_change
+        self.last_burst = None
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def snapshot(self) -> list:
+        return []
+
+
+class FakeRemote:
+    """goplugin.PluginHost as external mode uses it (connect to a process it does not own); `healthy` is what the
+    health check answers."""
+
+    def __init__(self, ctx: PluginContext):
+        self.healthy = True
+
+    async def connect(self, network: str, address: str, timeout: float) -> None:
+        pass
+
+    async def health(self, timeout: float) -> bool:
+        return self.healthy
+
+    async def close(self) -> None:
+        pass
+
+    async def invoke(self, method: str, request: bytes, timeout: float) -> bytes:
+        return b"ok"
+
+
+class FakePidWatch:
+    """external.PidWatch without a pidfd: the test calls the exit callback itself."""
+    method = "fake"
+
+    def __init__(self, pid: int, create_time: float, on_exit):
+        self.on_exit = on_exit
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
