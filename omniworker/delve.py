@@ -46,6 +46,7 @@ import psutil
 from .children import Child
 from .context import PluginContext
 from .goplugin import looks_like_handshake, parse_log_line
+from .runtime import call_owner
 
 DLV = "dlv"
 DEBIAN_PACKAGE = "delve"
@@ -466,13 +467,7 @@ class DelveTarget:
             self.exited.set_result(rc)
         if self._started and not self._stopping:
             self.ctx.log("manager", "error", f"delve on {self.address} exited with code {rc}")
-            if self.on_exit is not None:
-                try:
-                    res = self.on_exit(self, rc)
-                    if asyncio.iscoroutine(res):
-                        await res
-                except Exception as e:      # the owner's bug must not be lost silently
-                    self.ctx.log("manager", "error", f"delve exit handler failed: {e!r}")
+            await call_owner(self.ctx, "delve exit", self.on_exit, self, rc)
 
     async def _abort(self) -> None:
         self._stopping = True

@@ -140,7 +140,6 @@ class GoPath:
 
     async def stop(self) -> None:
         """Stop watching, cancel any build (killing it), stop the plugin(s). goStatus "stopped"."""
-        ctx = self.ctx
         if not self.enabled:
             return
         self._stopping = True

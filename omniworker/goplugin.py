@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from .children import Child
 from .context import PluginContext, strip_ansi
+from .runtime import call_owner
 
 SHUTDOWN_METHOD = "/plugin.GRPCController/Shutdown"
 HEALTH_SERVICE = "plugin"
@@ -312,13 +313,8 @@ class PluginHost:
         self._remove_socket()
         if not self.exited.done():
             self.exited.set_result(rc)
-        if not self._stopping and self.on_exit is not None:
-            try:
-                res = self.on_exit(self, rc)
-                if asyncio.iscoroutine(res):
-                    await res
-            except Exception as e:       # the owner's bug must not be lost silently
-                self.ctx.log("manager", "error", f"plugin exit handler failed: {e!r}")
+        if not self._stopping:
+            await call_owner(self.ctx, "plugin exit", self.on_exit, self, rc)
 
     def _remove_socket(self) -> None:
         if self.network != "unix" or not self.addr or not self.owned:

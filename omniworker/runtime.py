@@ -65,6 +65,19 @@ class Background:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+async def call_owner(ctx: Any, what: str, handler: Callable[..., Any] | None, *args: Any) -> None:
+    """Tell a part's owner something happened (a process exited): `handler(*args)`, awaited when it is a coroutine.
+    An exception in it is the owner's bug: logged as a manager error, never lost and never raised into the caller."""
+    if handler is None:
+        return
+    try:
+        res = handler(*args)
+        if asyncio.iscoroutine(res):
+            await res
+    except Exception as e:      # noqa: BLE001
+        ctx.log("manager", "error", f"{what} handler failed: {e!r}")
+
+
 class ChannelClosed(Exception):
     """A call was cut short because its gRPC channel was closed (grpc.aio cancels the calls of a closing channel,
     which surfaces as CancelledError in the caller even though the caller's task was not cancelled)."""

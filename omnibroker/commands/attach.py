@@ -1,18 +1,12 @@
 """`attach` control command."""
-from .base import PLUGIN, Command
+from .base import ModeCommand
 
 
-class Attach(Command):
+class Attach(ModeCommand):
     """External mode: follow `<home>/plugins/<id>/.devinfo` and reattach over gRPC to the plugin the developer runs."""
     name = "attach"
-    properties = {"plugin": PLUGIN}
-    forward = True
-    exclusive = True
     starts_worker = True
-    timeout = 30.0
-
-    async def execute(self, broker, props):
-        return await broker.change_mode(self, props, "external")
+    mode = "external"
 
     async def work(self, devserver, props):
         await devserver.attach()

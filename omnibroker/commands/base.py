@@ -84,3 +84,19 @@ class Command:
         """The worker half of a forwarded command, on the plugin's DevServer (omniworker/devserver.py); None means
         "reply with the plugin's state"."""
         raise NotImplementedError
+
+
+class ModeCommand(Command):
+    """A command that changes the plugin's mode (start, stop, restart, attach, detach). Its broker half is the
+    broker's one mode policy, `Broker.change_mode` (desired state, Vite port, persistence, then the worker); its worker
+    half is the DevServer method of the same name. One at a time per plugin, in the broker and in the worker."""
+    properties = {"plugin": PLUGIN}
+    forward = True
+    exclusive = True
+    timeout = 30.0
+    mode: str | None = None             # the desired mode it records; None: the current one (restart)
+    only_from: str | None = None        # it acts only on a plugin in this mode (detach: "external")
+
+    async def execute(self, broker, props):
+        return await broker.change_mode(self, props, self.mode, only_from=self.only_from)
+

@@ -1,16 +1,13 @@
 """`detach` control command."""
-from .base import PLUGIN, Command
+from .base import ModeCommand
 
 
-class Detach(Command):
+class Detach(ModeCommand):
     """Leave external mode; the external plugin process keeps running (a managed plugin stays managed)."""
     name = "detach"
-    properties = {"plugin": PLUGIN}
-    forward = True
-    exclusive = True
-
-    async def execute(self, broker, props):
-        return await broker.change_mode(self, props, "idle", only_from="external")
+    mode = "idle"
+    only_from = "external"
+    timeout = 10.0
 
     async def work(self, devserver, props):
         await devserver.detach()

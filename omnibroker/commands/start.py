@@ -1,21 +1,16 @@
 """`start` control command."""
-from .base import PLUGIN, Command, Prop
+from .base import PLUGIN, ModeCommand, Prop
 
 
-class Start(Command):
+class Start(ModeCommand):
     """Run the plugin's dev server in managed mode (Vite + Go watch/build/reload); idempotent. Returns at once with
     the state; progress arrives as status events (Omniview: StartDevServer, StartDevServerForPath). A plugin whose
     directory does not exist is refused (`no_plugin_dir`), checked at each start."""
     name = "start"
     properties = {"plugin": PLUGIN, "path": Prop(str, "register this source directory first"),
                   "vite": Prop(bool, "run Vite (default true)"), "go": Prop(bool, "watch and build Go (default true)")}
-    forward = True
-    exclusive = True
     starts_worker = True
-    timeout = 30.0
-
-    async def execute(self, broker, props):
-        return await broker.change_mode(self, props, "managed")
+    mode = "managed"
 
     async def work(self, devserver, props):
         await devserver.start(vite=props.vite, go=props.go, vite_port=props.vitePort)

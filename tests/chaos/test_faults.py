@@ -254,6 +254,12 @@ def test_kill_bridge(stack):
     recovered(svc, "bridge", t0, max(t_state, t_back), serving_s=t_back - t0)
 
 
+def first_lost(svc: Service, t0: float) -> float:
+    """When the first status event after `t0` said the worker is lost."""
+    return svc.subw.first(t0, lambda topic, p, s: topic == protocol.STATUS and p == PLUGIN
+                          and s["workerStatus"] == "lost", timeout=6, what="workerStatus lost")
+
+
 def test_sigstop_worker_then_sigcont(stack):
     svc = stack
     before, _ = healthy(svc)
@@ -261,8 +267,7 @@ def test_sigstop_worker_then_sigcont(stack):
     t0 = time.monotonic()
     os.kill(worker, signal.SIGSTOP)
     try:
-        t_lost = svc.subw.first(t0, lambda topic, p, s: topic == protocol.STATUS and p == PLUGIN
-                                and s["workerStatus"] == "lost", timeout=6, what="workerStatus lost")
+        t_lost = first_lost(svc, t0)
     finally:
         os.kill(worker, signal.SIGCONT)
     t_cont = time.monotonic()
@@ -279,8 +284,7 @@ def test_sigstop_worker_is_restarted_and_late_sigcont_is_harmless(stack):
     t0 = time.monotonic()
     os.kill(worker, signal.SIGSTOP)
     try:
-        t_lost = svc.subw.first(t0, lambda topic, p, s: topic == protocol.STATUS and p == PLUGIN
-                                and s["workerStatus"] == "lost", timeout=6, what="workerStatus lost")
+        t_lost = first_lost(svc, t0)
         new = svc.wait_program(WORKER, not_pid=worker, timeout=25)
         t_restart = time.monotonic()
     finally:

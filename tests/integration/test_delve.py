@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -39,6 +38,11 @@ BUILD = ["go", "build", "-o", "build/bin/plugin", "./pkg"]
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None or shutil.which("dlv") is None,
                                 reason="needs the Go toolchain and delve")
+
+
+def plugin_ctx(src: Path) -> PluginContext:
+    """The context a worker would give the plugin at `src`; events collected by a NullSink."""
+    return PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
 
 
 def go_build(src: Path) -> Path:
@@ -130,7 +134,7 @@ def test_session_survives_a_rebuild(src, env):
     port = debug_port()
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         target = DelveTarget(ctx, port)
         hs = await target.start(binary, plugin_env(), timeout=60)
         assert looks_like_handshake(hs)
@@ -198,7 +202,7 @@ def test_killed_delve_is_noticed_and_leaves_nothing(src, env, halted):
     port = debug_port()
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         noticed = asyncio.get_running_loop().create_future()
         target = DelveTarget(ctx, port, on_exit=lambda t, rc: noticed.set_result(rc))
         await target.start(binary, plugin_env(), timeout=60)
@@ -226,7 +230,7 @@ def test_dap_on_the_same_port(src, env):
     port = debug_port()
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         target = DelveTarget(ctx, port)
         await target.start(binary, plugin_env(), timeout=60)
         try:
@@ -255,7 +259,7 @@ def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
     port = debug_port()
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         target = DelveTarget(ctx, port)
         await target.start(binary, plugin_env(), timeout=60)
         try:
@@ -284,7 +288,7 @@ def test_another_user_cannot_connect(src, env):
              "s.settimeout(10); print(repr(s.recv(100)))")
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         target = DelveTarget(ctx, port)
         await target.start(binary, plugin_env(), timeout=60)
         try:
@@ -305,7 +309,7 @@ def test_missing_delve_and_taken_port(src, env):
         find_dlv({"PATH": str(env)})
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         with pytest.raises(DelveError, match="apt-get install delve"):
             await DelveTarget(ctx, debug_port()).start(str(src / "build" / "bin" / "plugin"),
                                                        {**plugin_env(), "PATH": str(env)})
@@ -336,7 +340,7 @@ def test_timings(src, env):
     port = debug_port()
 
     async def main():
-        ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(src)), NullSink())
+        ctx = plugin_ctx(src)
         loop = asyncio.get_running_loop()
         plain, start, restart = [], [], []
         for _ in range(3):

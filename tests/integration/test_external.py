@@ -81,6 +81,13 @@ def make_ext(settings=None) -> tuple[External, NullSink, PluginContext]:
     return Followed(ctx), sink, ctx
 
 
+async def attach_connected(ext: External, sink: NullSink) -> tuple[int, int]:
+    """Attach and wait until the plugin is connected; (its pid, the index of the next event)."""
+    await ext.attach()
+    await wait_event(sink, is_status(grpcConnected=True), 30)
+    return ext.info().pid, len(sink.events)
+
+
 async def assert_no_event(sink: NullSink, pred, duration: float, since: int) -> None:
     """Nothing matching pred for `duration` seconds."""
     try:
@@ -210,10 +217,7 @@ async def test_kill9_plugin_started_by_run_external(plugin_bin, home, tmp_path):
     rx = RunExternal(tmp_path, home, [plugin_bin])
     try:
         ext, sink, ctx = make_ext()
-        await ext.attach()
-        await wait_event(sink, is_status(grpcConnected=True), 30)
-        pid = ext.info().pid
-        mark = len(sink.events)
+        pid, mark = await attach_connected(ext, sink)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         await wait_event(sink, is_status(grpcConnected=False, pluginPid=0), 2.0, since=mark)
@@ -234,10 +238,7 @@ async def test_kill9_run_external_takes_the_plugin_down_and_stale_devinfo_is_rem
     rx = RunExternal(tmp_path, home, [plugin_bin])
     try:
         ext, sink, ctx = make_ext()
-        await ext.attach()
-        await wait_event(sink, is_status(grpcConnected=True), 30)
-        pid = ext.info().pid
-        mark = len(sink.events)
+        pid, mark = await attach_connected(ext, sink)
         t0 = time.monotonic()
         rx.proc.kill()
         await wait_event(sink, is_status(grpcConnected=False), 2.0, since=mark)
@@ -506,10 +507,7 @@ async def test_hung_plugin_is_caught_by_the_health_check(plugin_bin, home, tmp_p
     rx = RunExternal(tmp_path, home, [plugin_bin])
     try:
         ext, sink, ctx = make_ext()          # health_interval 0.5 s
-        await ext.attach()
-        await wait_event(sink, is_status(grpcConnected=True), 30)
-        pid = ext.info().pid
-        mark = len(sink.events)
+        pid, mark = await attach_connected(ext, sink)
         os.kill(pid, signal.SIGSTOP)
         try:
             await wait_event(sink, is_error(Code.UNHEALTHY), 5, since=mark)
