@@ -104,7 +104,7 @@ def test_setsid_grandchild_dies_with_the_plugin(escaping):
     wait_status(svc, PLUGIN, managed_ready, timeout=60, what="managed and ready after restart")
     third = wait_sleeper(duration, not_pid=second.pid)
 
-    worker = svc.program_pid(f"omniworker-{PLUGIN}")
+    worker = svc.wait_program(f"omniworker-{PLUGIN}")
     os.kill(worker, signal.SIGKILL)
     svc.wait_program(f"omniworker-{PLUGIN}", not_pid=worker)
     print(f"worker kill -9: gone after {gone_after(third, time.monotonic(), zombie_ok=True):.3f}s "
@@ -131,7 +131,7 @@ def test_sweep_spares_other_runtime_dirs_and_plugins(escaping, tmp_path):
         others.append(subprocess.Popen(["runuser", "-u", "nobody", "--", "env", f"OMNI_CHILD={svc.runtime}|{PLUGIN}|x",
                                         "sleep", duration], start_new_session=True))
     try:
-        worker = svc.program_pid(f"omniworker-{PLUGIN}")
+        worker = svc.wait_program(f"omniworker-{PLUGIN}")    # RUNNING (supervisord may still say STARTING)
         os.kill(worker, signal.SIGKILL)
         svc.wait_program(f"omniworker-{PLUGIN}", not_pid=worker)
         wait_status(svc, PLUGIN, managed_ready, timeout=60, what="managed and ready under the new worker")
