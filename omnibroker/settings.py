@@ -26,6 +26,7 @@ from .ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START
 
 Seconds = Annotated[float, Meta(ge=0, le=86_400)]
 Timeout = Annotated[float, Meta(gt=0, le=86_400)]
+BackoffSeconds = Annotated[float, Meta(ge=0, le=3_600)]
 Port = Annotated[int, Meta(ge=1, le=65_535)]
 Argv = str | list[str]           # a shell-like string (split with shlex) or an argv list
 EnvMap = dict[str, str | int | float | bool]     # values are passed as str(value)
@@ -43,7 +44,20 @@ class BuildSettings(Section):
     timeout_s: Timeout = 600.0
 
 
-class GoSettings(Section):
+class RestartingSection(Section):
+    """A part that restarts its process after a crash (Go plugin, Vite): `restart_backoff` doubling up to
+    `restart_backoff_max`, the streak forgotten after `restart_reset` seconds of running. Each subclass declares the
+    three with its own defaults."""
+    restart_reset: Seconds = 10.0
+    restart_backoff: BackoffSeconds = 0.25
+    restart_backoff_max: BackoffSeconds = 10.0
+
+    def __post_init__(self) -> None:
+        if self.restart_backoff > self.restart_backoff_max:
+            raise ValueError("restart_backoff must not exceed restart_backoff_max")
+
+
+class GoSettings(RestartingSection):
     enabled: bool | None = None          # None: when the plugin has a pkg/ dir (or an explicit command and watch)
     watch: list[str] | None = None       # None: ["pkg/**/*.go", "go.mod", "go.sum"]
     ignore: list[str] = []
@@ -53,15 +67,11 @@ class GoSettings(Section):
     stop_grace: Seconds = 2.0
     drain_timeout: Seconds = 2.0
     restart_reset: Seconds = 10.0
-    restart_backoff: Annotated[float, Meta(ge=0, le=3_600)] = 0.25
-    restart_backoff_max: Annotated[float, Meta(ge=0, le=3_600)] = 10.0
-
-    def __post_init__(self) -> None:
-        if self.restart_backoff > self.restart_backoff_max:
-            raise ValueError("restart_backoff must not exceed restart_backoff_max")
+    restart_backoff: BackoffSeconds = 0.25
+    restart_backoff_max: BackoffSeconds = 10.0
 
 
-class ViteSettings(Section):
+class ViteSettings(RestartingSection):
     command: Argv | None = None          # None: <plugin>/ui/node_modules/.bin/vite
     args: Argv | None = None             # None: --host 127.0.0.1 --port {port} --strictPort --cors --clearScreen false
     env: EnvMap = {}
@@ -71,12 +81,8 @@ class ViteSettings(Section):
     install_timeout: Timeout = 600.0
     stop_grace: Seconds = 5.0
     restart_reset: Seconds = 60.0
-    restart_backoff: Annotated[float, Meta(ge=0, le=3_600)] = 1.0
-    restart_backoff_max: Annotated[float, Meta(ge=0, le=3_600)] = 30.0
-
-    def __post_init__(self) -> None:
-        if self.restart_backoff > self.restart_backoff_max:
-            raise ValueError("restart_backoff must not exceed restart_backoff_max")
+    restart_backoff: BackoffSeconds = 1.0
+    restart_backoff_max: BackoffSeconds = 30.0
 
 
 class HandshakeSettings(Section):
