@@ -140,6 +140,18 @@ def svc(tmp_path_factory):
     s.cleanup()
 
 
+def assert_flood_bounded(out: dict, name: str, what: str) -> None:
+    """An unread flood's figures (recorded as `limits:<name>`) within the bounds: the broker's peak RSS, the memory
+    given back, and what waited for the client — at most CONTROL_SNDHWM replies (+ the few in the socket buffers);
+    the rest were dropped (a client that does not read loses them)."""
+    print(f"{what}:", out)
+    record(f"limits:{name}", peak_mb=out["peak_mb"], base_mb=out["base_mb"], after_mb=out["after_mb"],
+           ping_max_ms=out["ping_max_ms"])
+    assert not out["tripped"] and out["peak_mb"] < RSS_BOUND_MB, out
+    assert out["after_mb"] < out["base_mb"] + RETURNED_MB, out
+    assert sum(out["left_to_read"].values()) <= protocol.CONTROL_SNDHWM + 4, out
+
+
 def test_unread_invoke_replies_keep_the_broker_bounded(svc):
     name = "x" * 520_000                     # the reply: "Hello, xxx…" base64 in JSON, ~700 KB
     body = base64.b64encode(greeter_pb.encode_greet_request(name)).decode()
@@ -149,14 +161,7 @@ def test_unread_invoke_replies_keep_the_broker_bounded(svc):
     out = unread_flood(svc, lambda: request_frames("invoke", plugin="hello", method=GREET, request=body),
                        total=2000, chunk=32, barrier=lambda: svc.call("invoke", plugin="hello", method=GREET,
                                                                        request=body))
-    print("unread invoke replies:", out)
-    record("limits:invoke", peak_mb=out["peak_mb"], base_mb=out["base_mb"], after_mb=out["after_mb"],
-           ping_max_ms=out["ping_max_ms"])
-    assert not out["tripped"] and out["peak_mb"] < RSS_BOUND_MB, out
-    assert out["after_mb"] < out["base_mb"] + RETURNED_MB, out
-    # what waited for the client was bounded: at most CONTROL_SNDHWM replies (+ the few in the socket buffers); the
-    # rest were dropped (a client that does not read loses them)
-    assert sum(out["left_to_read"].values()) <= protocol.CONTROL_SNDHWM + 4, out
+    assert_flood_bounded(out, "invoke", "unread invoke replies")
     assert out["left_to_read"].get("ok", 0) >= protocol.CONTROL_SNDHWM / 2, out      # the big ones did fill the HWM
     assert svc.call("ping")["epoch"]
 
@@ -172,12 +177,7 @@ def test_logs_reply_holds_the_newest_entries_that_fit(svc):
 def test_unread_logs_flood_keeps_the_broker_bounded(svc):
     out = unread_flood(svc, lambda: request_frames("logs", plugin="chatty"), total=10_000, chunk=100,
                        barrier=lambda: svc.call("logs", plugin="chatty"))
-    print("unread logs replies (200 entries of ~1 KB each):", out)
-    record("limits:logs", peak_mb=out["peak_mb"], base_mb=out["base_mb"], after_mb=out["after_mb"],
-           ping_max_ms=out["ping_max_ms"])
-    assert not out["tripped"] and out["peak_mb"] < RSS_BOUND_MB, out
-    assert out["after_mb"] < out["base_mb"] + RETURNED_MB, out
-    assert sum(out["left_to_read"].values()) <= protocol.CONTROL_SNDHWM + 4, out
+    assert_flood_bounded(out, "logs", "unread logs replies (200 entries of ~1 KB each)")
 
 
 def test_logs_count_over_the_limit_is_refused(svc):
