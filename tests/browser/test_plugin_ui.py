@@ -78,7 +78,9 @@ class Vite:
             time.sleep(0.1)     # polling Vite's log file: nothing to wait on
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+        """The log's tail without colours (Vite colours its output when `CI` is set, as on the CI machine)."""
+        from omniworker.context import strip_ansi
+        return strip_ansi(self.log_path.read_text(errors="replace"))[-3000:]
 
     def close(self) -> None:
         if self.proc.poll() is None:
