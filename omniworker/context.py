@@ -185,19 +185,3 @@ class NullSink:
 
     async def other_vite_port(self, taken: int) -> int:
         raise protocol.CommandError(protocol.ErrorCode.NO_PORT, "no broker to allocate another Vite port")
-
-    async def wait_for(self, pred, timeout: float = 10.0, since: int = 0) -> tuple[str, Any]:
-        """Wait for an event (topic, payload) at index >= `since` matching pred; scans events already seen first."""
-        seen = since
-
-        async def scan():
-            nonlocal seen
-            while True:
-                while seen < len(self.events):
-                    ev = self.events[seen]
-                    seen += 1
-                    if pred(*ev):
-                        return ev
-                self.changed.clear()
-                await self.changed.wait()
-        return await asyncio.wait_for(scan(), timeout)

@@ -35,6 +35,7 @@ import psutil
 from omnibroker import protocol
 from omnibroker.ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START, port_is_free
 from omnibroker.process import killpg, rc_text, set_pdeathsig
+from omnibroker.settings import HandshakeSettings, check_plugin
 
 from .devinfo import DEVINFO_NAME, remove_if_names, write_devinfo
 from .goplugin import Handshake, PluginError, looks_like_handshake, parse_handshake
@@ -158,31 +159,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"invalid plugin id {args.plugin!r}")
     if args.vite_port and not 0 < args.vite_port < 65536:
         parser.error("--vite-port must be a port number")
-    table, note = handshake_settings(args.plugin)
+    handshake, note = handshake_settings(args.plugin)
     if note:
         _say(note)
-    for flag, key, default in (("cookie_key", "cookie_key", "OMNIVIEW"), ("cookie_value", "cookie_value", args.plugin),
-                               ("min_port", "min_port", 10000), ("max_port", "max_port", 25000)):
+    defaults = {"cookie_key": handshake.cookie_key, "cookie_value": handshake.cookie_value or args.plugin,
+                "min_port": handshake.min_port, "max_port": handshake.max_port}
+    for flag, value in defaults.items():
         if getattr(args, flag) is None:
-            value = table.get(key, default)
-            try:
-                setattr(args, flag, type(default)(value))
-            except (TypeError, ValueError):
-                parser.error(f"[plugins.{args.plugin}.handshake] {key} = {value!r} is not a {type(default).__name__}")
+            setattr(args, flag, value)
     return args
 
 
-def handshake_settings(plugin: str) -> tuple[dict, str]:
-    """(the plugin's `[handshake]` settings as the broker's registry has them, a note when they cannot be read).
+def handshake_settings(plugin: str) -> tuple[HandshakeSettings, str]:
+    """(the plugin's typed `[handshake]` settings as the broker's registry has them, a note when they cannot be read).
     Read from the same files the broker reads (omni.toml and the runtime dir's state.json): no broker needed."""
     from omnibroker.registry import Registry
     try:
         registry = Registry(protocol.config_path(), os.path.join(protocol.runtime_dir(), "state.json"))
-    except (Exception, SystemExit) as e:        # load_config exits on a broken omni.toml: say so, use defaults
-        return {}, f"cannot read the plugin settings ({e}): using the default handshake"
-    record = registry.plugins.get(plugin)
-    table = (record.spec.settings if record is not None else {}).get("handshake")    # keys: settings.py
-    return (table if isinstance(table, dict) else {}), ""
+        record = registry.plugins.get(plugin)
+        if record is not None:
+            return check_plugin(dict(record.spec.settings))[0].handshake, ""
+        problem = registry.config_error
+    except (Exception, SystemExit) as e:
+        problem = str(e)
+    return HandshakeSettings(), (f"cannot read the plugin settings ({problem}): using the default handshake"
+                                 if problem else "")
 
 
 class Runner:

@@ -28,7 +28,7 @@ def statuses(sink: NullSink, field: str) -> list[Any]:
 
 
 def status(pred):
-    """A NullSink.wait_for predicate: a status event whose payload matches `pred`."""
+    """A support.waits.wait_event predicate: a status event whose payload matches `pred`."""
     return lambda topic, payload: topic == protocol.STATUS and pred(payload)
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 from doubles import FakeBuilder, FakeChild, FakeHost, FakeWatcher, context, status, statuses
+from support.waits import wait_event
 
 from omniworker import gopath, vite
 from omniworker.devserver import DevServer
@@ -126,7 +127,7 @@ def test_vite_starting_ready_crash_restart_stop(fake_vite):
         assert await server.wait_running(5)
         assert ctx.state.viteURL == "http://127.0.0.1:15190"
         FakeChild.spawned[-1].exit(1)                   # READY -> ERROR -> (backoff) STARTING -> READY
-        await sink.wait_for(status(lambda p: len(FakeChild.spawned) == 2 and p["viteStatus"] == "ready"), 5)
+        await wait_event(sink, status(lambda p: len(FakeChild.spawned) == 2 and p["viteStatus"] == "ready"), 5)
         await server.stop()
 
     run(body())
@@ -141,7 +142,7 @@ def test_vite_stop_clears_its_own_error_only(fake_vite):
         await server.start(15191)
         assert await server.wait_running(5)
         FakeChild.spawned[-1].exit(3)
-        await sink.wait_for(status(lambda p: p["viteStatus"] == "error"), 5)
+        await wait_event(sink, status(lambda p: p["viteStatus"] == "error"), 5)
         ctx.go.set_error("go's own error")
         await server.stop()
 
@@ -173,7 +174,7 @@ def test_go_build_switch_crash_restart_stop(fake_go):
         assert ctx.state.goStatus == "ready" and ctx.state.grpcConnected
         first = ctx.state.pluginPid
         path.plugin.crash()                             # READY -> STARTING -> READY (a new process)
-        await sink.wait_for(status(lambda p: p["goStatus"] == "ready" and p["pluginPid"] not in (0, first)), 5)
+        await wait_event(sink, status(lambda p: p["goStatus"] == "ready" and p["pluginPid"] not in (0, first)), 5)
         await path.stop()
 
     run(body())
@@ -204,7 +205,7 @@ def test_devserver_modes_and_what_idle_shows(fake_vite, fake_go):
     async def body():
         await ds.start(vite_port=15192)
         assert ds.mode == "managed" and await ds.vite.wait_running(5)
-        await sink.wait_for(status(lambda p: p["goStatus"] == "ready"), 5)
+        await wait_event(sink, status(lambda p: p["goStatus"] == "ready"), 5)
         assert ctx.state.grpcConnected and ctx.state.viteStatus == "ready"
         await ds.attach()                               # MANAGED -> IDLE -> EXTERNAL
         assert ds.mode == "external" and ctx.vite.state is ViteStatus.STOPPED
@@ -330,7 +331,7 @@ def test_external_idle_connected_unhealthy_gone_invalid(monkeypatch):
         assert ctx.external.state is ExternalStatus.IDLE
         files["now"] = valid
         follower._mark_dirty()                          # what the debounced file watch calls: IDLE -> CONNECTED
-        await sink.wait_for(status(lambda p: p["grpcConnected"]), 5)
+        await wait_event(sink, status(lambda p: p["grpcConnected"]), 5)
         assert ctx.external.state is ExternalStatus.CONNECTED and ctx.external.fields["pluginPid"] == 4242
         hosts[-1].healthy = False
         await follower._health()                        # CONNECTED -> UNHEALTHY
@@ -343,7 +344,7 @@ def test_external_idle_connected_unhealthy_gone_invalid(monkeypatch):
         assert ctx.external.state is ExternalStatus.GONE and "exited" in ctx.external.error
         files["now"] = external.DevInfoError(external.Code.JSON, "not JSON")
         follower._mark_dirty()                          # a wrong file: GONE -> INVALID
-        await sink.wait_for(status(lambda p: p["goStatus"] == "error"), 5)
+        await wait_event(sink, status(lambda p: p["goStatus"] == "error"), 5)
         assert ctx.external.state is ExternalStatus.INVALID
         await follower.detach()                         # INVALID -> IDLE
         assert ctx.external.state is ExternalStatus.IDLE and ctx.external.fields["pluginPid"] == 0
