@@ -127,7 +127,7 @@ def copy_plugin(dest: Path) -> Path:
 
 
 def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) -> dict:
-    from service import Service
+    from support.service import Service
 
     out: dict = {}
     tmp = Path(tempfile.mkdtemp(prefix="omni-bench-bridge-"))

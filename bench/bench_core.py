@@ -24,7 +24,8 @@ from pathlib import Path
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from service import Service, copy_example  # noqa: E402
+from support.example import copy_example  # noqa: E402
+from support.service import Service  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
 
