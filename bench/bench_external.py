@@ -35,6 +35,7 @@ from omniworker.goplugin import parse_handshake  # noqa: E402
 from omniworker.children import set_pdeathsig  # noqa: E402
 from omniworker.context import NullSink, PluginContext  # noqa: E402
 from omniworker.external import External  # noqa: E402
+from omniworker.state import Mode  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello-plugin"
 PLUGIN = "hello"
@@ -98,6 +99,7 @@ async def bench(binary: str, runs: int, home: Path) -> dict:
     sink = TimedSink()
     ctx = PluginContext(protocol.PluginSpec(id=PLUGIN, path=str(EXAMPLE)), sink)
     ext = External(ctx)
+    ctx.mode.change_state(Mode.EXTERNAL)        # as DevServer does: it owns the mode, External follows .devinfo
     await ext.attach()
     path = os.path.join(ctx.home, ".devinfo")
     attach, death, follow = [], [], []
