@@ -428,9 +428,15 @@ def soak_phase(svc: Service, pids: dict, ids: list[str], minutes: float, rate: f
 
 
 def stop_service(svc: Service, timeout: float = 120.0) -> float:
+    """`supervisorctl shutdown` (SIGTERM when it fails), then the wait for supervisord's exit: seconds from the
+    command to the exit."""
     t0 = time.monotonic()
     if svc.proc is not None and svc.proc.poll() is None:
-        svc.proc.send_signal(signal.SIGTERM)
+        ctl = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c", "supervisor.d/omni.conf",
+                              "shutdown"], cwd=REPO, env=svc.env, capture_output=True, text=True)
+        if "Shut down" not in ctl.stdout:
+            log(f"supervisorctl shutdown: {ctl.stdout.strip()} {ctl.stderr.strip()}: SIGTERM instead")
+            svc.proc.send_signal(signal.SIGTERM)
         try:
             svc.proc.wait(timeout)
         except subprocess.TimeoutExpired:
