@@ -45,7 +45,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from service import EXAMPLE, GO_ENV, Service, copy_example  # noqa: E402
+from support.example import EXAMPLE, GO_ENV, copy_example  # noqa: E402
+from support.service import Service  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
 from omnibroker.client import parse_event  # noqa: E402

@@ -468,6 +468,9 @@ class Broker:
 
     def on_procstate(self, identity: bytes, body: list[bytes]) -> None:
         ev = protocol.decode_procstate(body[0])
+        if ev.state == "STOPPING" and ev.pid:
+            # supervisord stops programs one at a time: wake it as this one dies, to go on at once (SupervisorLink.wake)
+            PidWatch(ev.pid, None, lambda: self._spawn(self.supervisor.wake()), thread_fallback=False).start()
         plugin = plugin_of(ev.name)
         if plugin is None or plugin not in self.registry.plugins:
             return
@@ -488,9 +491,8 @@ class Broker:
             self._worker_gone(plugin, f"supervisord reports {ev.state}")
 
     def on_supervisor(self, identity: bytes, body: list[bytes]) -> None:
-        """supervisord began to stop every program (omnievents). It stops them one process group at a time, each worker
-        stopping its plugin and Vite before it exits; told now, every worker stops its parts at once, in parallel, and
-        exits at once when supervisord reaches it. A worker that registers after this is told too."""
+        """supervisord began to stop every program (omnievents), one at a time: told now, every worker stops its parts
+        at once, in parallel, and exits at once when supervisord reaches it. A worker registering later is told too."""
         ev = protocol.decode_supervisor(body[0])
         if ev.state == "STOPPING" and self.supervisor_stopping is None:
             self.supervisor_stopping = ev

@@ -133,6 +133,17 @@ class SupervisorLink:
                     raise
         await self.call(go)
 
+    async def wake(self) -> None:
+        """Make supervisord look at its children now. Its loop reaps a dead child only when something wakes it (a
+        request, a program's output) or after a second: a program's pipes close a moment before the kernel makes it a
+        zombie, so supervisord may look too early and then sleep a whole second before stopping the next program. A
+        request made after the program's death (the broker watches its pid from its PROCESS_STATE_STOPPING on) makes
+        the next look find it."""
+        try:
+            await self.call(lambda s: s.getState())
+        except Exception:       # noqa: BLE001 - supervisord gone: nothing to wake
+            pass
+
     async def restart_worker(self, plugin: str) -> None:
         """Stop and start the worker program (used when a worker is unresponsive)."""
         name = f"{program_name(plugin)}:{program_name(plugin)}"

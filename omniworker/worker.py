@@ -325,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     killed = ChildRegistry(args.plugin).reap_leftovers()
     if killed:
         log.warning("killed process groups left by a previous worker: %s", killed)
-    return asyncio.run(Worker(args.plugin).run())
+    code = asyncio.run(Worker(args.plugin).run())
+    # Everything is released by now (children, sockets, files). The interpreter's own teardown (grpc's threads and
+    # modules) adds ~50 ms per worker, and supervisord stops workers one after another: skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
