@@ -468,9 +468,6 @@ class Broker:
 
     def on_procstate(self, identity: bytes, body: list[bytes]) -> None:
         ev = protocol.decode_procstate(body[0])
-        if ev.state == "STOPPING" and ev.pid:
-            # supervisord stops programs one at a time: wake it as this one dies, to go on at once (SupervisorLink.wake)
-            PidWatch(ev.pid, None, lambda: self._spawn(self.supervisor.wake()), thread_fallback=False).start()
         plugin = plugin_of(ev.name)
         if plugin is None or plugin not in self.registry.plugins:
             return

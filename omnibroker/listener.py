@@ -1,6 +1,7 @@
 """omnievents: a supervisord event listener forwarding our programs' PROCESS_STATE_* events, and supervisord's
 SUPERVISOR_STATE_CHANGE_STOPPING (the start of its shutdown: the broker then tells every worker to stop its parts at
-once), to the broker.
+once), to the broker. When supervisord begins to stop one of our programs, a thread waits for its death and then
+wakes supervisord (supervisor_link.wake_when_gone).
 
 supervisord's listener protocol (supervisord docs, "Events"): write READY, read a header line with `len:`, read that
 many bytes of payload, act, answer `RESULT 2\\nOK`. We forward on a DEALER to the broker's worker socket without
@@ -8,12 +9,15 @@ blocking: when the broker is down, ZeroMQ queues (bounded) and delivers on recon
 """
 from __future__ import annotations
 
+import os
 import sys
+import threading
 
 import zmq
 
 from . import protocol
 from .security import secure_client
+from .supervisor_link import wake_when_gone
 
 OURS = ("omniworker-", "omnibroker", "omnibridge")
 
@@ -32,6 +36,7 @@ def send(sock: zmq.Socket, kind: bytes, msg: object) -> None:
 
 def main() -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    url = os.environ.get("SUPERVISOR_SERVER_URL", "")      # supervisord sets it for its programs
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -55,6 +60,8 @@ def main() -> int:
             fields = parse_tokens(first_line)
             name = fields.get("processname", "")
             if name.startswith(OURS):
+                if event == "PROCESS_STATE_STOPPING" and fields.get("pid", "0") != "0" and url:
+                    threading.Thread(target=wake_when_gone, args=(int(fields["pid"]), url), daemon=True).start()
                 send(sock, protocol.K_PROCSTATE, protocol.ProcState(
                     name=name, state=event[len("PROCESS_STATE_"):], pid=int(fields.get("pid", 0) or 0),
                     expected=fields.get("expected", "1") == "1"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shlex
 import sys
 import xmlrpc.client
@@ -40,6 +41,35 @@ stdout_logfile_backups=1
 """
 
 
+def proxy(url: str) -> xmlrpc.client.ServerProxy:
+    from supervisor.xmlrpc import SupervisorTransport    # lazy: only the broker and omnievents need it
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, url))
+
+
+def wake_when_gone(pid: int, url: str) -> None:
+    """Block until process `pid` has exited, then make one request to supervisord at `url`; omnievents runs it in a
+    thread for each of our programs supervisord begins to stop. supervisord's loop reaps a dead child only when
+    something wakes it (a request, a program's output) or after a second: a program's pipes close a moment before the
+    kernel makes it a zombie, so supervisord may look too early and then sleep a whole second before it stops the
+    next program (one at a time, at shutdown and `stop all`). A request made after the death makes its next look find
+    it. Without pidfds (Linux < 5.3) it does nothing."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = None           # gone already: wake it now
+    except (AttributeError, OSError):
+        return
+    if fd is not None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+    try:
+        proxy(url).supervisor.getState()
+    except Exception:       # noqa: BLE001 - supervisord gone: nothing to wake
+        pass
+
+
 def program_name(plugin: str) -> str:
     return PREFIX + plugin
 
@@ -58,14 +88,10 @@ class SupervisorLink:
         self.url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{runtime_dir}/supervisor.sock"
         self._lock = asyncio.Lock()
 
-    def _proxy(self):
-        from supervisor.xmlrpc import SupervisorTransport    # lazy: only the broker needs it
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, self.url))
-
     async def call(self, fn):
         """Run `fn(proxy.supervisor)` in a thread, serialised."""
         async with self._lock:
-            return await asyncio.to_thread(lambda: fn(self._proxy().supervisor))
+            return await asyncio.to_thread(lambda: fn(proxy(self.url).supervisor))
 
     # --- include files -------------------------------------------------------------------------------------------
     def include_path(self, plugin: str) -> str:
@@ -132,17 +158,6 @@ class SupervisorLink:
                 if "ALREADY_STARTED" not in e.faultString:
                     raise
         await self.call(go)
-
-    async def wake(self) -> None:
-        """Make supervisord look at its children now. Its loop reaps a dead child only when something wakes it (a
-        request, a program's output) or after a second: a program's pipes close a moment before the kernel makes it a
-        zombie, so supervisord may look too early and then sleep a whole second before stopping the next program. A
-        request made after the program's death (the broker watches its pid from its PROCESS_STATE_STOPPING on) makes
-        the next look find it."""
-        try:
-            await self.call(lambda s: s.getState())
-        except Exception:       # noqa: BLE001 - supervisord gone: nothing to wake
-            pass
 
     async def restart_worker(self, plugin: str) -> None:
         """Stop and start the worker program (used when a worker is unresponsive)."""
