@@ -1,6 +1,6 @@
 """What a worker loads: each part's libraries only with that part (grpc and the Go watcher's watchdog with a Go half,
 the Vite code with a UI half, PyYAML at the first plugin.yaml read, protobuf never), so an idle worker stays small
-(docs/performance.md, "A worker's memory")."""
+(docs/performance.md, "A worker's memory and start-up")."""
 import json
 import subprocess
 import sys
