@@ -356,6 +356,7 @@ class SupervisorState(msgspec.Struct, kw_only=True):
     group at a time, so each worker stops its parts on this notice, all at once, and exits at once on its TERM."""
     state: str            # STOPPING (the one state omnievents forwards)
 
+
 _register_decoder = msgspec.json.Decoder(Register)
 _procstate_decoder = msgspec.json.Decoder(ProcState)
 

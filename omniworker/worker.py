@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("killed process groups left by a previous worker: %s", killed)
     code = asyncio.run(Worker(args.plugin).run())
     # Everything is released by now (children, sockets, files). The interpreter's own teardown (grpc's threads and
-    # modules) adds ~50 ms per worker, and supervisord stops workers one after another: skip it.
+    # modules) adds ~70 ms per worker, and supervisord stops workers one after another: skip it.
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)
