@@ -29,6 +29,7 @@ import base64
 import importlib.util
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -45,7 +46,8 @@ import zmq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from service import EXAMPLE, GO_ENV, Service, copy_example  # noqa: E402
+from support.example import EXAMPLE, GO_ENV, copy_example  # noqa: E402
+from support.service import Service  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
 from omnibroker.client import parse_event  # noqa: E402
@@ -146,11 +148,13 @@ def raw_builds(root: Path, n: int, slots: int) -> dict:
 
     out = {}
     for phase in ("cold", "noop"):
-        t0 = time.monotonic()
+        t0, ru0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
         with ThreadPoolExecutor(slots) as pool:
             each = list(pool.map(build, trees))
-        out[phase] = {"wall_s": time.monotonic() - t0, "each_s": stats(each)}
-        log(f"raw {phase}: {n} go builds, {slots} at a time: {out[phase]['wall_s']:.1f} s "
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        out[phase] = {"wall_s": time.monotonic() - t0, "each_s": stats(each), "cpu_s": cpu}
+        log(f"raw {phase}: {n} go builds, {slots} at a time: {out[phase]['wall_s']:.1f} s, {cpu:.1f} CPU-s "
             f"(each: median {out[phase]['each_s']['median']:.2f} s)")
     return out
 
@@ -288,6 +292,34 @@ def cpu_s(pid: int) -> float | None:
         return t.user + t.system
     except psutil.Error:
         return None
+
+
+def cpu_account(pids: dict) -> dict:
+    """CPU-seconds spent so far, by group: the workers' own, their finished children's (the `go build`s), the plugin
+    binaries', the Vites' (with their children), supervisord's and the broker's. Taken right after the cold start, it
+    says where the cold start's CPU went."""
+    out = {"workers": 0.0, "go_builds": 0.0, "plugins": 0.0, "vites": 0.0}
+    for pid in pids["workers"].values():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out["workers"] += t.user + t.system
+        out["go_builds"] += t.children_user + t.children_system
+    for pid in pids["plugins"].values():
+        out["plugins"] += cpu_s(pid) or 0.0
+    for pid in pids["vites"].values():
+        try:
+            tree = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            continue
+        out["vites"] += sum(cpu_s(p.pid) or 0.0 for p in tree)
+    out["supervisord"] = cpu_s(pids["supervisord"]) or 0.0
+    out["broker"] = cpu_s(pids["broker"]) or 0.0
+    n = len(pids["workers"])
+    log("cold start CPU-s: " + ", ".join(f"{k} {v:.1f}" for k, v in out.items())
+        + (f"; per worker {out['workers'] / n:.2f}" if n else ""))
+    return out
 
 
 def idle_phase(pids: dict, seconds: float) -> dict:
@@ -428,9 +460,15 @@ def soak_phase(svc: Service, pids: dict, ids: list[str], minutes: float, rate: f
 
 
 def stop_service(svc: Service, timeout: float = 120.0) -> float:
+    """`supervisorctl shutdown` (SIGTERM when it fails), then the wait for supervisord's exit: seconds from the
+    command to the exit."""
     t0 = time.monotonic()
     if svc.proc is not None and svc.proc.poll() is None:
-        svc.proc.send_signal(signal.SIGTERM)
+        ctl = subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c", "supervisor.d/omni.conf",
+                              "shutdown"], cwd=REPO, env=svc.env, capture_output=True, text=True)
+        if "Shut down" not in ctl.stdout:
+            log(f"supervisorctl shutdown: {ctl.stdout.strip()} {ctl.stderr.strip()}: SIGTERM instead")
+            svc.proc.send_signal(signal.SIGTERM)
         try:
             svc.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -503,6 +541,7 @@ def main() -> int:
         log(f"cold start: supervisord with {n} plugins")
         res["cold"] = start_phase(svc, ids, vite_ids, args.timeout, "cold")
         pids = proc_tree(svc, ids, vite_ids)
+        res["cold"]["cpu_s"] = cpu_account(pids)
         res["process_counts"] = {k: (len(v) if isinstance(v, dict) else 1) for k, v in pids.items()}
         time.sleep(5)       # let start-up stragglers settle (Vite's dependency scan) before measuring idle
         res["idle"] = idle_phase(pids, args.idle_seconds)

@@ -294,8 +294,10 @@ def rows_scale(r: dict) -> list[dict]:
         out.append(row(S, label + ("" if ok else f" — NOT all ready: {len(x.get('not_ready', {}))} stuck"), "s",
                        x.get("all_ready_s"), None, "", 1,
                        raw.get(rawkey, {}).get("wall_s"),
-                       f"{n} plain `go build`s, {r.get('build_slots')} at a time", goal="< 30 s",
-                       met=bool(ok and x["all_ready_s"] < 30),
+                       f"{n} plain `go build`s, {r.get('build_slots')} at a time",
+                       goal="≤ 1.2× plain builds" if phase == "cold" else "< 30 s",
+                       met=bool(ok and (x["all_ready_s"] <= 1.2 * raw.get(rawkey, {}).get("wall_s", 0)
+                                        if phase == "cold" else x["all_ready_s"] < 30)),
                        note=f"all workers registered at {x.get('all_registered_s') or 0:.1f} s; half ready at "
                             f"{ready.get('median', 0):.1f} s; machine CPU busy {x.get('machine_cpu_busy_pct', 0):.0f} %"))
     idle = r.get("idle")
@@ -312,8 +314,9 @@ def rows_scale(r: dict) -> list[dict]:
             if rs.get("n"):
                 out.append(row(S, f"{label} RSS, each", "MB", rs["median"], rs["max"], "max", rs["n"],
                                note=f"sum {rs['sum']:.0f} MB"))
+                goal = {"goal": "≤ 12 MB", "met": us["median"] <= 12} if g == "workers" else {}
                 out.append(row(S, f"{label} USS, each", "MB", us["median"], us["max"], "max", us["n"],
-                               note=f"sum {us['sum']:.0f} MB"))
+                               note=f"sum {us['sum']:.0f} MB", **goal))
     soak = r.get("soak")
     if soak:
         for k, v in soak.get("rss", {}).items():
@@ -334,8 +337,11 @@ def rows_scale(r: dict) -> list[dict]:
                        note=f"{soak.get('failures')} failed invokes; {soak.get('events_received')} events received; "
                             f"invoke RTT median {soak.get('invoke_rtt_ms', {}).get('median', 0):.1f} ms"))
     if r.get("stop_s") is not None:
-        out.append(row(S, "supervisord shutdown, all workers, plugins and Vites stopped", "s", r["stop_s"], None, "", 1,
-                       note="workers stop their plugin (gRPC Shutdown, then TERM) and Vite; supervisord waits for all"))
+        left = r.get("leftovers_after_stop") or []
+        out.append(row(S, "`supervisorctl shutdown` until supervisord exits; processes left then", "s", r["stop_s"],
+                       None, "", 1, goal="< 5 s, 0 left", met=r["stop_s"] < 5 and not left,
+                       note=f"{len(left)} processes left; on supervisord's STOPPING every worker stops its plugin "
+                            "(gRPC Shutdown, then TERM) and Vite at once, and exits at once on its TERM"))
     left = r.get("leftovers_at_end")
     if left is not None:
         out.append(row(S, "processes left behind after shutdown", "processes", len(left), None, "", 1, goal="0",

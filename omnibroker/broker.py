@@ -61,6 +61,7 @@ class Broker:
         self.pending: dict[str, tuple[asyncio.Future, str]] = {}
         self.tasks: set[asyncio.Task] = set()
         self.held: set[str] = set()        # plugins whose worker program was stopped by hand in supervisord
+        self.supervisor_stopping: protocol.SupervisorState | None = None    # set by on_supervisor
         os.makedirs(protocol.alive_dir(), mode=0o700, exist_ok=True)
         write_epoch(self.events.epoch)          # after binding: workers may register now
         self.slots = BuildSlots(service.slots, self._grant_slot)
@@ -350,7 +351,6 @@ class Broker:
     def _grant_slot(self, identity: bytes, token: str) -> None:
         self._send_worker(identity, protocol.K_TOKEN, protocol.encode(protocol.Token(op="granted", id=token)))
 
-
     def on_worker(self, frames: list[bytes]) -> None:
         if len(frames) < 3:
             return
@@ -401,6 +401,8 @@ class Broker:
         welcome = protocol.Welcome(epoch=self.events.epoch, spec=record.spec, desired=desired,
                                    vitePort=vite_port)
         self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
+        if self.supervisor_stopping:
+            self._send_worker(identity, protocol.K_SUPERVISOR, protocol.encode(self.supervisor_stopping))
         self.registered.setdefault(reg.plugin, asyncio.Event()).set()
 
     def _watch_pid(self, plugin: str, link: WorkerLink) -> None:
@@ -485,6 +487,16 @@ class Broker:
         elif ev.state in ("EXITED", "BACKOFF", "FATAL"):
             self._worker_gone(plugin, f"supervisord reports {ev.state}")
 
+    def on_supervisor(self, identity: bytes, body: list[bytes]) -> None:
+        """supervisord began to stop every program (omnievents), one at a time: told now, every worker stops its parts
+        at once, in parallel, and exits at once when supervisord reaches it. A worker registering later is told too."""
+        ev = protocol.decode_supervisor(body[0])
+        if ev.state == "STOPPING" and self.supervisor_stopping is None:
+            self.supervisor_stopping = ev
+            log.info("supervisord is stopping: telling %d workers to stop their parts now", len(self.workers))
+            for link in self.workers.values():
+                self._send_worker(link.identity, protocol.K_SUPERVISOR, body[0])
+
     def _worker_gone(self, plugin: str, why: str) -> None:
         """The worker died (pidfd, supervisord): drop it and say so."""
         self._drop_link(plugin, why)
@@ -520,7 +532,8 @@ class Broker:
             loop.add_signal_handler(sig, stop.set)
         self.worker_handlers = {
             protocol.K_REGISTER: self.on_register, protocol.K_EVENT: self.on_event, protocol.K_REPLY: self.on_reply,
-            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port}
+            protocol.K_TOKEN: self.on_token, protocol.K_PROCSTATE: self.on_procstate, protocol.K_PORT: self.on_port,
+            protocol.K_SUPERVISOR: self.on_supervisor}
         self.control_server = Control(self, self.control)
         self.worker_stream = Stream(self.worker_sock, self.on_worker)
         self.events_stream = Stream(self.events.socket, lambda frames: None)   # drain (un)subscriptions

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
 
 from . import protocol
+
+if TYPE_CHECKING:
+    import yaml
 
 FILENAME = "plugin.yaml"
 MAX_BYTES = 256 * 1024
@@ -97,6 +99,7 @@ def path_of(plugin_dir: str) -> str:
 
 def _line_of(root: yaml.Node | None, key: str) -> int:
     """1-based line of a top-level key (the mapping's first line when the key is absent)."""
+    import yaml
     if isinstance(root, yaml.MappingNode):
         for k, _ in root.value:
             if isinstance(k, yaml.ScalarNode) and k.value == key:
@@ -105,7 +108,9 @@ def _line_of(root: yaml.Node | None, key: str) -> int:
 
 
 def parse(text: str, where: str) -> PluginMeta:
-    """Parse and check plugin.yaml's text; `where` names the file in messages. Raises PluginMetaError."""
+    """Parse and check plugin.yaml's text; `where` names the file in messages. Raises PluginMetaError. (PyYAML is
+    imported here, by the first parse: a worker that runs no plugin never loads it.)"""
+    import yaml
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):

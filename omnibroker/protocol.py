@@ -261,6 +261,8 @@ def log_payload(plugin: str, source: str, level: str, message: str) -> list[LogE
 #                      TOKEN     {op: granted, id}
 #                      PORT      {id, port | error}         (the next free Vite port, now held for the plugin)
 #   omnievents -> broker: PROCSTATE {name, state, pid}
+#                      SUPERVISOR {state}           (supervisord itself: STOPPING, the start of its shutdown)
+#   broker -> worker:  SUPERVISOR {state}           (STOPPING: stop the parts now; supervisord's TERM comes later)
 #
 # Liveness goes through files, not messages (locations.alive_path, locations.epoch_path): each worker touches its
 # alive file every HEARTBEAT_INTERVAL and the broker's liveness pass stats the files of the workers it knows; the
@@ -276,6 +278,7 @@ K_WELCOME = b"welcome"
 K_TOKEN = b"token"
 K_PROCSTATE = b"procstate"    # from omnievents: supervisord PROCESS_STATE_* of our programs
 K_PORT = b"port"              # worker -> broker: PortSwap{id, taken}; broker -> worker: PortSwap{id, port | error}
+K_SUPERVISOR = b"supervisor"  # omnievents -> broker -> every worker: SupervisorState{state}
 
 HEARTBEAT_INTERVAL = 1.0     # seconds between a worker's touches of its alive file
 HEARTBEAT_LIVENESS = 2.5     # a worker silent this long is marked lost (with the 0.25 s check: within 3 s)
@@ -347,12 +350,26 @@ class ProcState(msgspec.Struct, kw_only=True):
     expected: bool = True
 
 
+class SupervisorState(msgspec.Struct, kw_only=True):
+    """supervisord's own state (SUPERVISOR_STATE_CHANGE_*), as forwarded by omnievents and relayed by the broker to
+    every worker. STOPPING: supervisord has begun to stop every program (shutdown or reload); it stops them one process
+    group at a time, so each worker stops its parts on this notice, all at once, and exits at once on its TERM."""
+    state: str            # STOPPING (the one state omnievents forwards)
+
+
 _register_decoder = msgspec.json.Decoder(Register)
 _procstate_decoder = msgspec.json.Decoder(ProcState)
 
 
 def decode_procstate(body: bytes) -> ProcState:
     return _procstate_decoder.decode(body)
+
+
+_supervisor_decoder = msgspec.json.Decoder(SupervisorState)
+
+
+def decode_supervisor(body: bytes) -> SupervisorState:
+    return _supervisor_decoder.decode(body)
 
 
 _welcome_decoder = msgspec.json.Decoder(Welcome)

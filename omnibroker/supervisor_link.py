@@ -2,11 +2,15 @@
 run time the way `supervisorctl update` does it (write the include file, reloadConfig, addProcessGroup).
 
 Calls are blocking (~0.4 ms each over the unix socket), so the broker runs them in a thread, one at a time.
+
+A worker runs with MALLOC_ARENA_MAX=2: its threads (libzmq's I/O thread, grpc's, the Go watcher's) would each get a
+malloc arena of their own, ~2 MB of a worker's USS for a few KB of allocations (docs/performance.md).
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shlex
 import sys
 import xmlrpc.client
@@ -30,10 +34,40 @@ stopwaitsecs=10
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
+environment=MALLOC_ARENA_MAX="2"
 stdout_logfile={logdir}/{name}.log
 stdout_logfile_maxbytes=1MB
 stdout_logfile_backups=1
 """
+
+
+def proxy(url: str) -> xmlrpc.client.ServerProxy:
+    from supervisor.xmlrpc import SupervisorTransport    # lazy: only the broker and omnievents need it
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, url))
+
+
+def wake_when_gone(pid: int, url: str) -> None:
+    """Block until process `pid` has exited, then make one request to supervisord at `url`; omnievents runs it in a
+    thread for each of our programs supervisord begins to stop. supervisord's loop reaps a dead child only when
+    something wakes it (a request, a program's output) or after a second: a program's pipes close a moment before the
+    kernel makes it a zombie, so supervisord may look too early and then sleep a whole second before it stops the
+    next program (one at a time, at shutdown and `stop all`). A request made after the death makes its next look find
+    it. Without pidfds (Linux < 5.3) it does nothing."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        fd = None           # gone already: wake it now
+    except (AttributeError, OSError):
+        return
+    if fd is not None:
+        try:
+            select.select([fd], [], [])
+        finally:
+            os.close(fd)
+    try:
+        proxy(url).supervisor.getState()
+    except Exception:       # noqa: BLE001 - supervisord gone: nothing to wake
+        pass
 
 
 def program_name(plugin: str) -> str:
@@ -54,14 +88,10 @@ class SupervisorLink:
         self.url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{runtime_dir}/supervisor.sock"
         self._lock = asyncio.Lock()
 
-    def _proxy(self):
-        from supervisor.xmlrpc import SupervisorTransport    # lazy: only the broker needs it
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, self.url))
-
     async def call(self, fn):
         """Run `fn(proxy.supervisor)` in a thread, serialised."""
         async with self._lock:
-            return await asyncio.to_thread(lambda: fn(self._proxy().supervisor))
+            return await asyncio.to_thread(lambda: fn(proxy(self.url).supervisor))
 
     # --- include files -------------------------------------------------------------------------------------------
     def include_path(self, plugin: str) -> str:

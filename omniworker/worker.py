@@ -126,6 +126,8 @@ class Worker:
         self.serial = asyncio.Lock()
         self.holder = ""                # the command holding `serial`
         self.abandoned = ""             # set when a command overran: the worker is on its way out
+        self.closing = ""               # why the parts were stopped for good (stop_parts): mode changes are refused
+        self.parts_stopped: asyncio.Future | None = None
         self.stop_event = asyncio.Event()
         self.background = Background()           # commands and welcomes being served
 
@@ -173,6 +175,9 @@ class Worker:
                     fut = self.link.port_swaps.get(answer.id)
                     if fut is not None and not fut.done():
                         fut.set_result(answer)
+                elif kind == protocol.K_SUPERVISOR:
+                    if protocol.decode_supervisor(body[0]).state == "STOPPING":
+                        self.stop_parts("supervisord is stopping")
                 elif kind == protocol.K_TOKEN:
                     token = protocol.decode_token(body[0])
                     fut = self.link.slots.get(token.id)
@@ -195,7 +200,8 @@ class Worker:
             if refused:
                 ctx.log("manager", "error", refused)
                 ctx.mode.set_error(refused)
-        self.background.spawn(self._apply(welcome))
+        if not self.closing:
+            self.background.spawn(self._apply(welcome))
 
     async def _apply(self, welcome: protocol.Welcome) -> None:
         try:
@@ -210,6 +216,8 @@ class Worker:
         """Run `run()` holding the worker's lock for at most SERIAL_BUDGET s, after waiting for it at most as long."""
         if self.abandoned:
             raise CommandError(ErrorCode.WORKER_UNAVAILABLE, f"the worker is restarting: {self.abandoned}")
+        if self.closing:
+            raise CommandError(ErrorCode.WORKER_UNAVAILABLE, f"the worker is stopping: {self.closing}")
         try:
             await asyncio.wait_for(self.serial.acquire(), SERIAL_BUDGET)
         except asyncio.TimeoutError:
@@ -264,6 +272,26 @@ class Worker:
             reply = protocol.error_reply(req.id, ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
         self.link.send(protocol.K_REPLY, protocol.encode(reply))
 
+    def stop_parts(self, why: str) -> asyncio.Future:
+        """Stop the plugin's parts for good, once (a second call gets the same task); from then on commands that
+        change the mode are refused. On SIGTERM, and earlier when supervisord begins to stop every program
+        (K_SUPERVISOR STOPPING): then every worker stops its parts at the same time and the worker, still linked
+        and heartbeating, exits at once when supervisord's TERM reaches it."""
+        if self.parts_stopped is None:
+            self.closing = why
+            log.info("stopping the parts: %s", why)
+            self.parts_stopped = asyncio.ensure_future(self._stop_parts())
+        return self.parts_stopped
+
+    async def _stop_parts(self) -> None:
+        if self.devserver is not None and not self.abandoned:
+            try:
+                await asyncio.wait_for(self.devserver.shutdown(), 8.0)
+            except Exception:       # noqa: BLE001
+                log.exception("shutdown failed")
+        if self.devserver is not None:
+            self.devserver.ctx.publish_status()
+
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT (exit code 0) or an abandoned command (ABANDONED_EXIT)."""
         loop = asyncio.get_running_loop()
@@ -272,13 +300,7 @@ class Worker:
         tasks = [asyncio.create_task(self.recv_loop()), asyncio.create_task(self.heartbeat_loop())]
         await self.stop_event.wait()
         log.info("stopping")
-        if self.devserver is not None and not self.abandoned:
-            try:
-                await asyncio.wait_for(self.devserver.shutdown(), 8.0)
-            except Exception:       # noqa: BLE001
-                log.exception("shutdown failed")
-        if self.devserver is not None:
-            self.devserver.ctx.publish_status()
+        await self.stop_parts(self.abandoned or "the worker is stopping")
         # whatever a stop did not reach (an abandoned command's parts, escaped descendants) dies now
         killed = ChildRegistry(self.plugin).reap_leftovers()
         if killed:
@@ -303,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     killed = ChildRegistry(args.plugin).reap_leftovers()
     if killed:
         log.warning("killed process groups left by a previous worker: %s", killed)
-    return asyncio.run(Worker(args.plugin).run())
+    code = asyncio.run(Worker(args.plugin).run())
+    # Everything is released by now (children, sockets, files). The interpreter's own teardown (grpc's threads and
+    # modules) adds ~70 ms per worker, and supervisord stops workers one after another: skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

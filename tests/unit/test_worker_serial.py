@@ -66,3 +66,27 @@ async def test_waiting_for_the_lock_is_bounded_and_the_command_not_run(make_work
     assert not ran and not w.abandoned
     w.serial.release()
     assert await w.serially("start", cmd) is None and ran == [1]
+
+
+async def test_supervisord_stopping_stops_the_parts_once_and_refuses_mode_changes(make_worker):
+    """supervisord's STOPPING (relayed by the broker) stops the parts at once, once; a later TERM reuses that stop."""
+    w = make_worker()
+    stops = []
+
+    class Parts:
+        async def shutdown(self):
+            stops.append(1)
+
+        class ctx:
+            @staticmethod
+            def publish_status():
+                pass
+    w.devserver = Parts()
+    first = w.stop_parts("supervisord is stopping")
+    assert w.stop_parts("the worker is stopping") is first
+    await first
+    assert stops == [1] and not w.stop_event.is_set()     # the worker stays linked until supervisord's TERM
+    with pytest.raises(CommandError) as err:
+        await w.serially("start", lambda: asyncio.sleep(0))
+    assert err.value.code == ErrorCode.WORKER_UNAVAILABLE
+    assert err.value.reason == "the worker is stopping: supervisord is stopping"
