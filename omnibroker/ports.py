@@ -1,12 +1,13 @@
-"""Vite ports for managed plugins: one per plugin, from a fixed range, stable across restarts.
+"""Ports for managed plugins: one per plugin from a fixed range, stable across restarts. The broker holds two
+allocators: Vite's ports (`[service] vite_ports`) and delve's debug ports (`[service] debug_ports`).
 
-- The range is half-open: `range_start <= port < range_end` (15173..15272 by default, 100 ports, as
-  Omniview's). Configurable.
+- The range is half-open: `range_start <= port < range_end` (Vite: 15173..15272 by default, 100 ports, as
+  Omniview's; debug: 2345..2444, delve's customary 2345 first). Configurable.
 - A port is handed out only after binding 127.0.0.1:port succeeds (SO_REUSEADDR off), so ports held by other
-  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite (a
+  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite or delve (a
   second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port) counts
-  as free: node binds its listener with SO_REUSEADDR, so Vite can use it; without this the same plugin would lose its
-  port for a minute after each stop.
+  as free: node (Vite) and Go (delve) bind their listeners with SO_REUSEADDR, so they can use it; without this the
+  same plugin would lose its port for a minute after each stop.
 - A plugin gets the port it had last time when that one is free ("preferred" ports, kept in `state`, which the
   broker persists: it is a plain JSON-serialisable dict, mutated in place). Fresh plugins avoid ports other plugins
   prefer while any other port is free.
@@ -28,6 +29,8 @@ from . import protocol
 
 DEFAULT_RANGE_START = 15173
 DEFAULT_RANGE_END = 15273          # exclusive
+DEBUG_RANGE_START = 2345
+DEBUG_RANGE_END = 2445             # exclusive
 HOST = "127.0.0.1"
 
 
@@ -60,11 +63,12 @@ class PortAllocator:
     """One port per plugin from [range_start, range_end). `state` is persisted by the broker (mutated in place)."""
 
     def __init__(self, range_start: int = DEFAULT_RANGE_START, range_end: int = DEFAULT_RANGE_END,
-                 state: dict[str, Any] | None = None):
+                 state: dict[str, Any] | None = None, what: str = "Vite"):
         if not (0 < range_start < range_end <= 65536):
             raise ValueError(f"invalid port range {range_start}-{range_end}")
         self.range_start = range_start
         self.range_end = range_end
+        self.what = what                          # the ports' use, in messages ("Vite", "debug")
         self.state: dict[str, Any] = state if state is not None else {}
         pref = self.state.get("preferred")
         if not isinstance(pref, dict):
@@ -115,7 +119,7 @@ class PortAllocator:
                     return self._take(plugin, port)
         raise protocol.CommandError(
             protocol.ErrorCode.NO_PORT,
-            f"no free port for plugin {plugin!r} in the Vite port range {self.describe_range()} "
+            f"no free port for plugin {plugin!r} in the {self.what} port range {self.describe_range()} "
             f"({len(taken)} held by omni plugins, the rest by other programs); stop a plugin or widen the range")
 
     def claim(self, plugin: str, port: int) -> bool:

@@ -26,6 +26,7 @@ def broker(tmp_path):
     b.registry = Registry(str(tmp_path / "omni.toml"), str(tmp_path / "state.json"))
     b.registry.add("p", str(plugin_dir), {})
     b.ports = PortAllocator(40100, 40110, b.registry.state.ports)
+    b.debug_ports = PortAllocator(40200, 40210, b.registry.state.debug_ports, what="debug")
     b.dir_errors, b.held_program = {}, ""
     published = []
     b.events = SimpleNamespace(states={}, status=published.append, publish=lambda *a: published.append(a))
@@ -35,9 +36,11 @@ def broker(tmp_path):
     b.supervisor = SimpleNamespace(program_info=program_info)
     b.workers = {}
     b.forwarded = []
+    b.debug_forwarded = []
 
-    async def forward(cmd, props, *, vite_port=0):
+    async def forward(cmd, props, *, vite_port=0, debug_port=0):
         b.forwarded.append((cmd.name, dict(props), vite_port))
+        b.debug_forwarded.append(debug_port)
         return "worker's answer"
     b.forward = forward
     b.published = published
