@@ -127,3 +127,37 @@ def test_restart_keeps_the_mode_and_takes_the_port_when_there_is_one(broker):
     broker.ports.allocate("other")                                      # the only port is taken: none left
     run(COMMANDS["restart"].execute(broker, {"plugin": "p"}))           # the worker reports it, as for start
     assert broker.forwarded[-1] == ("restart", {"plugin": "p"}, 0)
+
+
+def test_debug_is_recorded_with_the_desired_state_and_takes_a_debug_port(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    debug_port = broker.debug_ports.port_of("p")
+    assert debug_port and broker.debug_forwarded[-1] == debug_port
+    assert broker.forwarded[-1][1] == {"plugin": "p", "vite": True, "go": True}     # `debug` is the broker's to keep
+    assert Registry(broker.registry.config_path, broker.registry.state_path).get("p").desired.debug
+    run(COMMANDS["restart"].execute(broker, {"plugin": "p"}))            # a restart keeps debug mode and its port
+    assert broker.debug_forwarded[-1] == debug_port
+    run(COMMANDS["stop"].execute(broker, {"plugin": "p"}))
+    assert broker.debug_ports.port_of("p") is None and broker.registry.get("p").desired.debug
+    run(COMMANDS["start"].execute(broker, {"plugin": "p"}))             # as last time: debug, the same port
+    assert broker.debug_forwarded[-1] == debug_port
+    run(COMMANDS["restart"].execute(broker, {"plugin": "p", "debug": False}))
+    assert broker.debug_forwarded[-1] == 0 and not broker.registry.get("p").desired.debug
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    assert broker.debug_forwarded[-1] == debug_port                     # the preferred port, persisted
+    reread = json.loads(open(broker.registry.state_path).read())
+    assert reread["debug_ports"]["preferred"] == {"p": debug_port}
+
+
+def test_a_start_without_go_takes_no_debug_port(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "go": False, "debug": True}))
+    assert broker.debug_forwarded[-1] == 0 and broker.debug_ports.port_of("p") is None
+
+
+def test_an_exhausted_debug_range_fails_the_start_and_changes_nothing(broker):
+    broker.debug_ports = PortAllocator(40200, 40201, {}, what="debug")
+    broker.debug_ports.allocate("other")
+    with pytest.raises(CommandError) as e:
+        run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    assert e.value.code == ErrorCode.NO_PORT and "debug port range" in e.value.reason
+    assert broker.ports.port_of("p") is None and broker.registry.get("p").desired.mode == "idle"
