@@ -109,9 +109,11 @@ class DebugSession:
 
     async def _watch(self, target: DelveTarget) -> None:
         try:
-            client = await DelveClient.connect(target.port)
+            client = await DelveClient.connect(target.port)      # State calls (a blocking one holds its connection)
+            lister = await DelveClient.connect(target.port)      # ListBreakpoints (delve answers it once halted)
         except DelveError:
             return                                  # delve went away at once: its exit is reported
+        listing: asyncio.Future | None = None
         try:
             while target.running:
                 launched = self._launched
@@ -129,15 +131,22 @@ class DebugSession:
                 while stop is not None:
                     if not self._restarting:
                         self._show(stop)
-                        with contextlib.suppress(DelveError):
-                            self.breakpoints = [where(bp) for bp in await client.breakpoints()]
+                        if listing is None or listing.done():
+                            listing = lister.send("ListBreakpoints", {"All": False})
+                            listing.add_done_callback(self._listed)
                     await asyncio.sleep(PAUSE_POLL)     # a poll while paused only
                     stop = await client.stopped_at()
                 self._show(None)
         except DelveError:
             pass
         finally:
-            await client.close()
+            await asyncio.gather(client.close(), lister.close())
+
+    def _listed(self, listing: asyncio.Future) -> None:
+        """delve's answer to ListBreakpoints: the user's breakpoints now (ids <= 0 are delve's own)."""
+        if listing.cancelled() or listing.exception() is not None:
+            return
+        self.breakpoints = [where(bp) for bp in listing.result().get("Breakpoints") or [] if int(bp.get("id", 0)) > 0]
 
     async def stop(self) -> None:
         """delve kills the plugin and exits; the state shows no debug port."""

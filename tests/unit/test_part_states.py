@@ -8,9 +8,9 @@ import os
 from types import SimpleNamespace
 
 import pytest
-from omnibroker import protocol
 from doubles import FakeBuilder, FakeChild, FakeHost, FakeWatcher, context, status, statuses
 
+from omnibroker import protocol
 from omniworker import gopath, vite
 from omniworker.devserver import DevServer
 from omniworker.state import (TRANSITIONS, ExternalStatus, GoStatus, InvalidTransition, Mode, PartState,
@@ -422,8 +422,12 @@ class FakeDelve:
         self.stops -= 1
         return self.stop if self.stops > 0 else None
 
-    async def breakpoints(self):
-        return [{"id": 1, "file": self.stop.file, "line": self.stop.line, "cond": ""}]
+    def send(self, method, params):
+        assert (method, params) == ("ListBreakpoints", {"All": False})
+        listed = asyncio.get_running_loop().create_future()
+        listed.set_result({"Breakpoints": [{"id": -1, "file": "<runtime>", "line": 0},
+                                           {"id": 1, "file": self.stop.file, "line": self.stop.line, "cond": ""}]})
+        return listed
 
     async def close(self):
         self.closed = True
