@@ -133,7 +133,17 @@ class Broker:
                 else:
                     ports.preferred[plugin] = preferred
             raise
+        for (ports, held, preferred), port in zip(before, taken):
+            if port and held is None and preferred not in (None, port):
+                self._moved(plugin, ports, preferred, port)
         return taken
+
+    def _moved(self, plugin: str, ports: PortAllocator, old: int, new: int) -> None:
+        """Say that a plugin's port changed because its own was not free: its log shows it (an IDE's attach
+        configuration, a bookmarked Vite URL need the new one)."""
+        message = f"{ports.what} port {old} is not free (another program holds it): this plugin has port {new} now"
+        log.warning("%s: %s", plugin, message)
+        self.events.publish(protocol.LOG, protocol.log_payload(plugin, "manager", "warn", message), plugin)
 
     def on_port(self, identity: bytes, body: list[bytes]) -> None:
         """A port of a worker's (Vite's or delve's) was taken by another program: hold the next free one of the same
@@ -150,8 +160,7 @@ class Broker:
         else:
             try:
                 answer.port = ports.replace(plugin, req.taken)
-                log.warning("%s: %s port %d is taken by another program: moved to %d", plugin, ports.what, req.taken,
-                            answer.port)
+                self._moved(plugin, ports, req.taken, answer.port)
             except CommandError as e:
                 answer.error = e.reason
             self.registry.save()

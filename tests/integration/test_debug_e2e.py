@@ -171,3 +171,30 @@ async def test_missing_delve_is_a_clear_error(tmp_path):
         failed = await state(svc, "the error", lambda s: "delve" in s["lastError"], 300)
         assert "install Debian's 'delve' package" in failed["lastError"]
         assert failed["debugPort"] == 0 and failed["goStatus"] == "error"
+
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")     # one that user nobody may run
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None or SYSTEM_PYTHON is None,
+                    reason="needs root (runuser -u nobody) and /usr/bin/python3")
+@pytest.mark.async_timeout(300)
+async def test_another_user_cannot_connect_to_the_debug_port(tmp_path):
+    src = copy_example(tmp_path / PLUGIN, ui=False)
+    with Service(plugin_toml(PLUGIN, src, autostart=False)) as svc:
+        svc.call("start", plugin=PLUGIN, debug=True)
+        port = (await state(svc, "ready under delve", lambda s: s["goStatus"] == "ready" and s["debugPort"],
+                            300))["debugPort"]
+        probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
+                 "s.sendall(b'{\"method\":\"RPCServer.State\",\"params\":[{\"NonBlocking\":true}],\"id\":1}\\n'); "
+                 "s.settimeout(10); print(repr(s.recv(100)))")
+        proc = await asyncio.create_subprocess_exec("runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-I", "-c", probe,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        # refused: the connection is reset (or closed) without an answer
+        assert b"result" not in out and (b"ConnectionResetError" in err or out.strip() == b"b''"), (out, err)
+        client = await DelveClient.connect(port)                 # the same user is served
+        try:
+            assert (await client.state())["Running"]
+        finally:
+            await client.close()

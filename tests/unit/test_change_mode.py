@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -161,3 +162,18 @@ def test_an_exhausted_debug_range_fails_the_start_and_changes_nothing(broker):
         run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
     assert e.value.code == ErrorCode.NO_PORT and "debug port range" in e.value.reason
     assert broker.ports.port_of("p") is None and broker.registry.get("p").desired.mode == "idle"
+
+
+def test_a_debug_port_held_by_another_program_moves_the_plugin_and_says_so(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    first = broker.debug_ports.port_of("p")
+    run(COMMANDS["stop"].execute(broker, {"plugin": "p"}))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first))
+        holder.listen()
+        run(COMMANDS["start"].execute(broker, {"plugin": "p"}))
+    moved = broker.debug_ports.port_of("p")
+    assert moved != first and broker.debug_forwarded[-1] == moved
+    logs = [a for a in broker.published if isinstance(a, tuple) and a[0] == protocol.LOG]
+    message = logs[-1][1][0].message
+    assert f"debug port {first} is not free" in message and f"has port {moved} now" in message
