@@ -7,7 +7,8 @@ several joined by "; "), and an `omni/config` event `{"path", "error"}` each tim
 Applied (registry.Registry.reload): a new entry is registered (its worker program added; `autostart` starts it), an
 entry gone from the file is removed like `remove` (worker program stopped and removed), a changed entry's worker
 restarts with the new spec in its current desired state; `[service] build_slots`, `vite_ports` and `debug_ports`
-apply to the next grant and the next allocation. A refused entry keeps its previous version; a file that does not parse changes nothing.
+apply to the next grant and the next allocation. A refused entry keeps its previous version; a file that does not
+parse changes nothing.
 """
 from __future__ import annotations
 

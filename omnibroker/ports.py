@@ -4,9 +4,9 @@ allocators: Vite's ports (`[service] vite_ports`) and delve's debug ports (`[ser
 - The range is half-open: `range_start <= port < range_end` (Vite: 15173..15272 by default, 100 ports, as
   Omniview's; debug: 2345..2444, delve's customary 2345 first). Configurable.
 - A port is handed out only after binding 127.0.0.1:port succeeds (SO_REUSEADDR off), so ports held by other
-  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite or delve (a
-  second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port) counts
-  as free: node (Vite) and Go (delve) bind their listeners with SO_REUSEADDR, so they can use it; without this the
+  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite or
+  delve (a second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port)
+  counts as free: node (Vite) and Go (delve) bind their listeners with SO_REUSEADDR, so they can use it; without this the
   same plugin would lose its port for a minute after each stop.
 - A plugin gets the port it had last time when that one is free ("preferred" ports, kept in `state`, which the
   broker persists: it is a plain JSON-serialisable dict, mutated in place). Fresh plugins avoid ports other plugins
