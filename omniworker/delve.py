@@ -406,10 +406,26 @@ class DelveTarget:
         return DelveError(f"delve exited with code {rc}" + (f"; its output:\n{out}" if out else ""), output=out)
 
     async def _next_handshake(self, deadline: float, timeout: float) -> str:
+        """The target's next handshake line; DelveError when delve exits, the target exits first (delve's answer
+        to the pending continue says so) or the deadline passes. A target stopped at a breakpoint before its
+        handshake is waited for (someone debugging it continues it)."""
         getter = asyncio.ensure_future(self._handshakes.get())
+        stopped = self.next_stop
+        late = f"the plugin printed no go-plugin handshake under delve within {timeout:g} s"
         try:
-            line = await self._until(getter, deadline, f"the plugin printed no go-plugin handshake under delve "
-                                                       f"within {timeout:g} s")
+            first = asyncio.ensure_future(asyncio.wait({getter, stopped} if stopped else {getter},
+                                                       return_when=asyncio.FIRST_COMPLETED))
+            try:
+                await self._until(first, deadline, late)
+            finally:
+                first.cancel()
+            if not getter.done() and stopped is not None and stopped.exception() is None:
+                state = stopped.result()
+                if state.get("exited"):
+                    out = self.output
+                    raise DelveError(f"the plugin exited with status {state.get('exitStatus')} under delve before "
+                                     f"its go-plugin handshake" + (f"; its output:\n{out}" if out else ""), output=out)
+            line = await self._until(getter, deadline, late)
         finally:
             getter.cancel()
         parts = line.split("|")

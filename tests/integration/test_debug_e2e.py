@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -19,9 +20,9 @@ import pytest
 
 from omnibroker import protocol
 from omnibroker.client import Client
-from omniworker.delve import DEBUG_PORTS, DelveClient
+from omniworker.delve import DEBUG_PORTS, DelveClient, stop_of
 from support.config import plugin_toml, toml_str
-from support.example import GREET, copy_example, greet_reply, greet_request, set_greeting
+from support.example import GREET, VENV_BIN, copy_example, go_build, greet_reply, greet_request, set_greeting
 from support.service import Service, descendants
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None or shutil.which("dlv") is None,
@@ -198,3 +199,43 @@ async def test_another_user_cannot_connect_to_the_debug_port(tmp_path):
             assert (await client.state())["Running"]
         finally:
             await client.close()
+
+
+@pytest.mark.async_timeout(300)
+async def test_run_external_debug_runs_the_binary_under_delve_and_omni_attaches(tmp_path):
+    src = copy_example(tmp_path / PLUGIN, ui=False)
+    binary = go_build(src, "-gcflags=all=-N -l")
+    main_go = src / "pkg" / "main.go"
+    with Service() as svc:
+        svc.call("add", plugin=PLUGIN, path=str(src))
+        svc.call("attach", plugin=PLUGIN)
+        runner = await asyncio.create_subprocess_exec(
+            str(VENV_BIN / "omnictl"), "run-external", PLUGIN, "--debug", "--cookie-value", "hello", "--", str(binary),
+            env=svc.env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            said = []
+            while not any("debugger: delve on" in line for line in said):
+                raw = await asyncio.wait_for(runner.stderr.readline(), 60)
+                assert raw, f"run-external ended: {said}"
+                said.append(raw.decode())
+            port = int(re.search(r"delve on 127\.0\.0\.1:(\d+)", said[-1]).group(1))
+            assert DEBUG_PORTS[0] <= port < DEBUG_PORTS[1]
+            attached = await state(svc, "attached", lambda s: s["mode"] == "external" and s["grpcConnected"], 60)
+            dlv = psutil.Process(attached["pluginPid"]).parent()
+            assert dlv.name() == "dlv" and dlv.pid in [p.pid for p in descendants(runner.pid)]
+            client = await DelveClient.connect(port)
+            await set_breakpoint(client, str(main_go), greet_line(main_go))
+            call = asyncio.ensure_future(invoke(svc, "ext"))
+            stop = None
+            while stop is None or stop.breakpoint <= 0:     # delve's own view: the target's stop at a breakpoint
+                stop = stop_of((await client.call("State", {"NonBlocking": False}, timeout=60))["State"])
+            assert (stop.file, stop.line) == (str(main_go), greet_line(main_go)) and not call.done()
+            client.resume()
+            assert await asyncio.wait_for(call, 60) == "Hello, ext"
+            await client.close()
+        finally:
+            runner.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(runner.communicate(), 30)
+        assert not psutil.pid_exists(attached["pluginPid"]) and not dlv.is_running()
+        assert not (svc.home / "plugins" / PLUGIN / ".devinfo").exists()
