@@ -27,6 +27,7 @@ from . import protocol
 from .commands import Command
 from .events import EventBus, bind, bind_xpub, write_epoch
 from .heap import trim_loop
+from .port_policy import PortPolicy
 from .ports import PortAllocator
 from .process import PidWatch, set_pdeathsig
 from .protocol import CommandError, DevServerState, ErrorCode
@@ -43,7 +44,7 @@ log = logging.getLogger("omnibroker")
 REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
 
 
-class Broker:
+class Broker(PortPolicy):
     def __init__(self) -> None:
         self.runtime = protocol.ensure_runtime_dir()
         self.ctx = zmq.Context()
@@ -101,82 +102,6 @@ class Broker:
         state = msgspec.structs.replace(self.state_of(plugin), workerStatus=status, **extra)
         self.events.status(state)
 
-    def allocate_port(self, plugin: str, ports: PortAllocator | None = None) -> int:
-        """The plugin's port from `ports` (Vite's by default), its preference persisted."""
-        return self._ports_and(plugin, ((ports or self.ports, True),), self.registry.save)[0]
-
-    def _wanted_ports(self, desired: protocol.Desired) -> tuple[tuple[PortAllocator, bool], ...]:
-        """Which ports a desired state needs: Vite's (managed with Vite), delve's (managed, Go, debug)."""
-        managed = desired.mode == "managed"
-        return (self.ports, managed and desired.vite), (self.debug_ports, managed and desired.go and desired.debug)
-
-    def set_desired(self, plugin: str, desired: protocol.Desired) -> tuple[int, int]:
-        """Persist a desired state and take the ports it needs; returns (Vite port, debug port), 0 for one it does not
-        need."""
-        vite, debug = self._ports_and(plugin, self._wanted_ports(desired),
-                                      lambda: self.registry.set_desired(plugin, desired))
-        return vite, debug
-
-    def _ports_and(self, plugin: str, wants: tuple[tuple[PortAllocator, bool], ...], persist) -> list[int]:
-        """Take the plugin's port from each allocator it `wants`, then `persist` (one state file write, which carries
-        the port preferences): all or nothing — a failure puts the assignments and the preferences back."""
-        before = [(ports, ports.port_of(plugin), ports.preferred.get(plugin)) for ports, _ in wants]
-        try:
-            taken = [ports.allocate(plugin) if want else 0 for ports, want in wants]
-            persist()
-        except CommandError:
-            for ports, held, preferred in before:
-                if held is None:
-                    ports.release(plugin)
-                if preferred is None:
-                    ports.preferred.pop(plugin, None)
-                else:
-                    ports.preferred[plugin] = preferred
-            raise
-        for (ports, held, preferred), port in zip(before, taken):
-            if port and held is None and preferred not in (None, port):
-                self._moved(plugin, ports, preferred, port)
-        return taken
-
-    def _moved(self, plugin: str, ports: PortAllocator, old: int, new: int) -> None:
-        """Say that a plugin's port changed because its own was not free: its log shows it (an IDE's attach
-        configuration, a bookmarked Vite URL need the new one)."""
-        message = f"{ports.what} port {old} is not free (another program holds it): this plugin has port {new} now"
-        log.warning("%s: %s", plugin, message)
-        self.events.publish(protocol.LOG, protocol.log_payload(plugin, "manager", "warn", message), plugin)
-
-    def on_port(self, identity: bytes, body: list[bytes]) -> None:
-        """A port of a worker's (Vite's or delve's) was taken by another program: hold the next free one of the same
-        range for it instead."""
-        plugin = self._touch(identity)
-        if plugin is None:
-            return
-        req = protocol.decode_portswap(body[0])
-        desired = self.registry.get(plugin).desired
-        answer = protocol.PortSwap(id=req.id, kind=req.kind)
-        ports, wanted = self._wanted_ports(desired)[0 if req.kind == "vite" else 1]
-        if not wanted:
-            answer.error = f"{plugin!r} is not meant to hold a {ports.what} port (desired mode {desired.mode})"
-        else:
-            try:
-                answer.port = ports.replace(plugin, req.taken)
-                self._moved(plugin, ports, req.taken, answer.port)
-            except CommandError as e:
-                answer.error = e.reason
-            self.registry.save()
-        self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
-
-    def release_port(self, plugin: str) -> None:
-        """Give the plugin's ports back, in the state file's `held` too; their preferences stay. A failed write is only
-        logged: `held` says what the broker holds now, and the broker rebuilds it at each start."""
-        released = [ports.release(plugin) for ports in (self.ports, self.debug_ports)]
-        if released == [None, None]:
-            return
-        try:
-            self.registry.save()
-        except CommandError as e:
-            log.warning("released %s's ports: %s", plugin, e.reason)
-
     async def change_mode(self, cmd: Command, props: dict[str, Any], mode: protocol.Mode | None, *,
                           only_from: protocol.Mode | None = None) -> Any:
         """The policy of the mode commands, in one place: the desired state (persisted), the Vite and debug ports,
@@ -198,6 +123,8 @@ class Broker:
                                        go=props.get("go", desired.go), debug=desired.debug if debug is None else debug)
             props.update(vite=desired.vite, go=desired.go)
             vite_port, debug_port = self.set_desired(plugin, desired)
+            if not debug_port:
+                self.debug_ports.release(plugin)        # debug mode off: the port is free for others (preferred still)
             return await self.forward(cmd, props, vite_port=vite_port, debug_port=debug_port)
         if mode is None:
             if debug is not None and desired.mode == "managed" and debug != desired.debug:
@@ -212,6 +139,8 @@ class Broker:
                     if e.code != ErrorCode.NO_PORT:
                         raise
             debug_port = self.allocate_port(plugin, self.debug_ports) if want_debug else 0
+            if not debug_port:
+                self.debug_ports.release(plugin)
             return await self.forward(cmd, props, vite_port=vite_port, debug_port=debug_port)
         if only_from is not None:
             if desired.mode == only_from:
@@ -427,18 +356,6 @@ class Broker:
                                    vitePort=vite_port, debugPort=debug_port)
         self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
         self.registered.setdefault(reg.plugin, asyncio.Event()).set()
-
-    def _port_for(self, plugin: str, ports: PortAllocator, now: int, state: DevServerState) -> int:
-        """A registering worker's port from `ports`: the one it uses `now` (a broker restart), else the plugin's
-        (its lastError says why there is none)."""
-        if now and ports.claim(plugin, now):
-            self.registry.save()
-            return now
-        try:
-            return self.allocate_port(plugin, ports)
-        except CommandError as e:
-            state.lastError = e.reason
-            return 0
 
     def _watch_pid(self, plugin: str, link: WorkerLink) -> None:
         """Notice a worker's death the moment it happens (pidfd), not at supervisord's next reap (up to 1 s). Without

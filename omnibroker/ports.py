@@ -15,6 +15,8 @@ allocators: Vite's ports (`[service] vite_ports`) and delve's debug ports (`[ser
 - The ports held now are in `state["held"]` too (plugin -> port), so the broker's view can be read from its state
   file; it starts empty at each broker start (running workers claim theirs again when they register).
 - Exhaustion raises `CommandError(no_port, ...)` naming the range.
+- `take_ports(plugin, wants, persist)`: a plugin's ports from several allocators and the state file write that
+  records them, all or nothing (the broker's start takes a Vite port and a debug port this way).
 
 Pure and synchronous: no I/O except the test binds, no threads, no locks (the broker calls it from its loop).
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import protocol
 
@@ -154,3 +156,27 @@ class PortAllocator:
         self._assigned[plugin] = port
         self.preferred[plugin] = port
         return port
+
+
+def take_ports(plugin: str, wants: tuple[tuple[PortAllocator, bool], ...],
+               persist: Callable[[], None]) -> tuple[list[int], list[tuple[PortAllocator, int, int]]]:
+    """Take the plugin's port from each allocator it wants (0 for the others), then `persist` (one state file write,
+    which carries the preferences): all or nothing — a CommandError (no port, a failed write) puts every assignment
+    and preference back. Returns the ports and the moves: (allocator, preferred port, new port) for each port that
+    is not the plugin's last one because that one was not free."""
+    before = [(ports, ports.port_of(plugin), ports.preferred.get(plugin)) for ports, _ in wants]
+    try:
+        taken = [ports.allocate(plugin) if want else 0 for ports, want in wants]
+        persist()
+    except protocol.CommandError:
+        for ports, held, preferred in before:
+            if held is None:
+                ports.release(plugin)
+            if preferred is None:
+                ports.preferred.pop(plugin, None)
+            else:
+                ports.preferred[plugin] = preferred
+        raise
+    moved = [(ports, preferred, port) for (ports, held, preferred), port in zip(before, taken)
+             if port and held is None and preferred not in (None, port)]
+    return taken, moved

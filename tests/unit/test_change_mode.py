@@ -144,6 +144,7 @@ def test_debug_is_recorded_with_the_desired_state_and_takes_a_debug_port(broker)
     assert broker.debug_forwarded[-1] == debug_port
     run(COMMANDS["restart"].execute(broker, {"plugin": "p", "debug": False}))
     assert broker.debug_forwarded[-1] == 0 and not broker.registry.get("p").desired.debug
+    assert broker.debug_ports.port_of("p") is None                      # free for others meanwhile
     run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
     assert broker.debug_forwarded[-1] == debug_port                     # the preferred port, persisted
     reread = json.loads(open(broker.registry.state_path).read())
