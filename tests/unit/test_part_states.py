@@ -474,3 +474,51 @@ def test_a_lost_delve_is_an_error_event_and_the_state_says_so():
     assert [p for t, p in sink.events if t == protocol.ERROR][-1]["errors"][0]["message"] == ctx.state.lastError
     session._delve_exited(SimpleNamespace(address="x"), -9)     # an older delve's end: not this session's news
     assert len([t for t, _ in sink.events if t == protocol.ERROR]) == 1
+
+
+def test_a_debug_port_taken_before_delve_listens_moves_to_the_brokers_next_one(monkeypatch):
+    from omniworker import debugsession
+    from omniworker.delve import DelveError
+    ctx, sink = context()
+    ctx.mode.change_state(Mode.MANAGED)
+    asked = []
+
+    async def other_port(kind, taken):
+        asked.append((kind, taken))
+        return 2399
+    sink.other_port = other_port
+    started = []
+
+    class FakeTarget:
+        def __init__(self, ctx, port, on_exit=None):
+            self.port, self.running, self.plugin_pid = port, False, 4242
+
+        async def start(self, binary, env, breakpoints=()):
+            started.append((self.port, list(breakpoints)))
+            if self.port == 2345:
+                raise DelveError("delve cannot listen on 127.0.0.1:2345: the port is in use", port_taken=True)
+            self.running = True
+            return "1|1|unix|/tmp/plugin1|grpc|"
+
+    async def no_delve(port):
+        raise DelveError("not in this test")
+    monkeypatch.setattr(debugsession, "DelveTarget", FakeTarget)
+    monkeypatch.setattr(debugsession.DelveClient, "connect", no_delve)
+    adopted = []
+    host = SimpleNamespace(plugin_env=lambda: {}, adopt=lambda line, pid: adopted.append((line, pid)) or _done())
+
+    async def body():
+        session = debugsession.DebugSession(ctx, 2345)
+        session.breakpoints = [{"file": "/src/pkg/main.go", "line": 52}]
+        await session.launch(host, "/home/bin/plugin")
+        assert asked == [("debug", 2345)] and session.port == 2399 and ctx.state.debugPort == 2399
+        assert started == [(2345, session.breakpoints), (2399, session.breakpoints)]
+        assert adopted == [("1|1|unix|/tmp/plugin1|grpc|", 4242)]
+        assert any("debug port 2345 is in use by another program: delve listens on 2399" in p[0]["message"]
+                   for t, p in sink.events if t == protocol.LOG)
+        await asyncio.gather(session._watcher)
+    run(body())
+
+
+async def _done():
+    return None
