@@ -4,7 +4,9 @@
 (as an IDE would): halt, a breakpoint in the Greet handler, continue; an `invoke` stops there, the state says paused
 and where, the plugin is not restarted however long it stays paused; continued, the invoke answers. A save → reload:
 the same port, the breakpoint listed and hit again. delve killed → reported, a new delve on the same port with the
-breakpoint. `stop` → no delve and no plugin left. Every wait is on an event or a state, with a timeout.
+breakpoint. `stop` → no delve and no plugin left. Also: delve missing is a clear error; another user cannot connect
+to the debug port; `run-external --debug` runs the binary under delve and omni attaches to it. Every wait is on an
+event or a state, with a timeout.
 """
 from __future__ import annotations
 
