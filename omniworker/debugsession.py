@@ -26,7 +26,6 @@ call `host.start(binary)`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 
 from omnibroker.protocol import BuildError, CommandError
