@@ -46,6 +46,7 @@ SCRIPTS: dict[str, tuple[str, str, list[str], list[str], int]] = {
     "bridge": ("bench_bridge.py", "--json", [], ["--runs", "5", "--events", "20", "--load-rounds", "100",
                                                  "--go-runs", "2"], 1200),
     "scale": ("bench_scale.py", "--json", [], ["--quick"], 2700),
+    "debug": ("bench_debug.py", "--json", [], ["--quick"], 1500),
 }
 
 
@@ -259,6 +260,22 @@ def rows_external(r: dict) -> list[dict]:
                        met=(x["median_ms"] < limit) if limit else None,
                        note=f"death watch: {r.get('death_watch')}" if key == "death" else ""))
     return out
+
+
+def rows_debug(r: dict) -> list[dict]:
+    S = "Debug mode (delve)"
+    normal, debug = r.get("normal", {}), r.get("debug", {})
+    ns, ds = normal.get("save_ready_ms", {}), debug.get("save_ready_ms", {})
+    return [
+        row(S, "save → ready under delve (-N -l build, restart under the same delve)", "ms", ds.get("median"),
+            ds.get("max"), "max", len(ds.get("runs", [])), ns.get("median"), "the same save in normal mode, same run"),
+        row(S, "`start --debug` → breakpoint-ready (debugPort in the state, delve's API answering)", "ms",
+            debug.get("breakpoint_ready_ms"), n=1, raw=normal.get("start_ready_ms"),
+            raw_what="a normal start → ready, same run"),
+        row(S, "idle CPU of a debugging worker (pause watcher connected)", "% of a core",
+            debug.get("idle_cpu_percent"), n=f"{r.get('idle_s')} s", raw=normal.get("idle_cpu_percent"),
+            raw_what="normal mode", goal="≈ 0", met=(debug.get("idle_cpu_percent") or 0) < 1.0),
+    ]
 
 
 def rows_bridge(r: dict) -> list[dict]:
@@ -476,7 +493,7 @@ def main() -> int:
     rows: list[dict] = []
     builders: dict[str, Callable[[dict], list[dict]]] = {"gopath": rows_gopath, "vite": rows_vite,
                                                          "external": rows_external, "bridge": rows_bridge,
-                                                         "scale": rows_scale}
+                                                         "scale": rows_scale, "debug": rows_debug}
     sources: dict[str, Any] = {}
     for name in available:
         if name == "core":
@@ -500,7 +517,8 @@ def main() -> int:
         if data is None:
             rows.append({**row(builders[name].__name__, f"bench_{name} figures", "", None), "missing": True,
                          "section": {"gopath": "Go path (save → ready)", "vite": "Vite", "external": "External mode",
-                                     "bridge": "Frontend bridge (Chromium)", "scale": "Scale"}[name]})
+                                     "bridge": "Frontend bridge (Chromium)", "scale": "Scale",
+                                     "debug": "Debug mode (delve)"}[name]})
             continue
         try:
             rows += builders[name](data)

@@ -27,6 +27,7 @@ from . import protocol
 from .commands import Command
 from .events import EventBus, bind, bind_xpub, write_epoch
 from .heap import trim_loop
+from .port_policy import PortPolicy
 from .ports import PortAllocator
 from .process import PidWatch, set_pdeathsig
 from .protocol import CommandError, DevServerState, ErrorCode
@@ -43,13 +44,15 @@ log = logging.getLogger("omnibroker")
 REGISTER_WAIT = 20.0            # how long a command waits for a worker that is (re)starting
 
 
-class Broker:
+class Broker(PortPolicy):
     def __init__(self) -> None:
         self.runtime = protocol.ensure_runtime_dir()
         self.ctx = zmq.Context()
         self.registry = Registry(protocol.config_path(), os.path.join(self.runtime, "state.json"))
         service = self.registry.service
         self.ports = PortAllocator(service.vite_ports[0], service.vite_ports[1], self.registry.state.ports)
+        self.debug_ports = PortAllocator(service.debug_ports[0], service.debug_ports[1],
+                                         self.registry.state.debug_ports, what="debug")
         self.supervisor = SupervisorLink(self.runtime)
         self.control = self._bind(zmq.ROUTER, protocol.endpoint("control"), hwm=(protocol.CONTROL_RCVHWM,
                                   protocol.CONTROL_SNDHWM), maxmsgsize=protocol.MAX_REQUEST_BYTES)
@@ -100,67 +103,14 @@ class Broker:
         state = msgspec.structs.replace(self.state_of(plugin), workerStatus=status, **extra)
         self.events.status(state)
 
-    def allocate_port(self, plugin: str) -> int:
-        """The plugin's Vite port, its preference persisted."""
-        return self._port_and(plugin, True, self.registry.save)
-
-    def set_desired(self, plugin: str, desired: protocol.Desired) -> int:
-        """Persist a desired state and, for managed mode with Vite, take the Vite port; returns it (0 without)."""
-        return self._port_and(plugin, desired.mode == "managed" and desired.vite,
-                              lambda: self.registry.set_desired(plugin, desired))
-
-    def _port_and(self, plugin: str, want: bool, persist) -> int:
-        """Take the plugin's Vite port (if `want`), then `persist` (one state file write, which carries the port
-        preference): both or neither — a failed write puts the assignment and the preference back."""
-        held, preferred = self.ports.port_of(plugin), self.ports.preferred.get(plugin)
-        port = self.ports.allocate(plugin) if want else 0
-        try:
-            persist()
-        except CommandError:
-            if held is None:
-                self.ports.release(plugin)
-            if preferred is None:
-                self.ports.preferred.pop(plugin, None)
-            else:
-                self.ports.preferred[plugin] = preferred
-            raise
-        return port
-
-    def on_port(self, identity: bytes, body: list[bytes]) -> None:
-        """A worker's Vite port was taken by another program: hold the next free one for it instead."""
-        plugin = self._touch(identity)
-        if plugin is None:
-            return
-        req = protocol.decode_portswap(body[0])
-        desired = self.registry.get(plugin).desired
-        answer = protocol.PortSwap(id=req.id)
-        if desired.mode != "managed" or not desired.vite:
-            answer.error = f"{plugin!r} is not meant to run Vite (desired mode {desired.mode})"
-        else:
-            try:
-                answer.port = self.ports.replace(plugin, req.taken)
-                log.warning("%s: Vite port %d is taken by another program: moved to %d", plugin, req.taken, answer.port)
-            except CommandError as e:
-                answer.error = e.reason
-            self.registry.save()
-        self._send_worker(identity, protocol.K_PORT, protocol.encode(answer))
-
-    def release_port(self, plugin: str) -> None:
-        """Give the port back, in the state file's `ports.held` too; its preference stays. A failed write is only
-        logged: `held` says what the broker holds now, and the broker rebuilds it at each start."""
-        if self.ports.release(plugin) is None:
-            return
-        try:
-            self.registry.save()
-        except CommandError as e:
-            log.warning("released %s's Vite port: %s", plugin, e.reason)
-
     async def change_mode(self, cmd: Command, props: dict[str, Any], mode: protocol.Mode | None, *,
                           only_from: protocol.Mode | None = None) -> Any:
-        """The policy of the mode commands, in one place: the desired state (persisted), the Vite port, then the
-        worker. `mode`: "managed" (start), "external" (attach), "idle" (stop; with `only_from="external"`: detach,
-        which leaves a managed plugin managed), None: keep it (restart)."""
+        """The policy of the mode commands, in one place: the desired state (persisted), the Vite and debug ports,
+        then the worker. `mode`: "managed" (start), "external" (attach), "idle" (stop; with `only_from="external"`:
+        detach, which leaves a managed plugin managed), None: keep it (restart). `debug` (start, restart) is recorded
+        with the desired state: the worker runs the Go plugin under delve when it is given a debug port."""
         plugin = props["plugin"]
+        debug = props.pop("debug", None)
         if mode == "managed":
             check_plugin_id(plugin)
             if "path" in props:         # start --path: register the directory first
@@ -171,18 +121,28 @@ class Broker:
             raise CommandError(ErrorCode.NO_PLUGIN_DIR, missing)
         if mode == "managed":
             desired = protocol.Desired(mode="managed", vite=props.get("vite", desired.vite),
-                                       go=props.get("go", desired.go))
+                                       go=props.get("go", desired.go), debug=desired.debug if debug is None else debug)
             props.update(vite=desired.vite, go=desired.go)
-            return await self.forward(cmd, props, vite_port=self.set_desired(plugin, desired))
+            vite_port, debug_port = self.set_desired(plugin, desired)
+            if not debug_port:
+                self.debug_ports.release(plugin)        # debug mode off: the port is free for others (preferred still)
+            return await self.forward(cmd, props, vite_port=vite_port, debug_port=debug_port)
         if mode is None:
+            if debug is not None and desired.mode == "managed" and debug != desired.debug:
+                desired = msgspec.structs.replace(desired, debug=debug)
+                self.registry.set_desired(plugin, desired)
+            want_vite, want_debug = (want for _, want in self._wanted_ports(desired))
             vite_port = 0
-            if desired.mode == "managed" and desired.vite:
+            if want_vite:
                 try:
                     vite_port = self.allocate_port(plugin)
                 except CommandError as e:       # none left: the worker reports it, as for `start`
                     if e.code != ErrorCode.NO_PORT:
                         raise
-            return await self.forward(cmd, props, vite_port=vite_port)
+            debug_port = self.allocate_port(plugin, self.debug_ports) if want_debug else 0
+            if not debug_port:
+                self.debug_ports.release(plugin)
+            return await self.forward(cmd, props, vite_port=vite_port, debug_port=debug_port)
         if only_from is not None:
             if desired.mode == only_from:
                 self.registry.set_mode(plugin, mode)
@@ -259,8 +219,9 @@ class Broker:
         await self._drop_plugin(plugin)
 
     async def _drop_plugin(self, plugin: str) -> None:
-        """Everything but the registry: port, liveness file, worker program, link, pending requests, state."""
+        """Everything but the registry: ports, liveness file, worker program, link, pending requests, state."""
         self.ports.forget(plugin)
+        self.debug_ports.forget(plugin)
         self.dir_errors.pop(plugin, None)
         with contextlib.suppress(OSError):
             os.unlink(protocol.alive_path(plugin))
@@ -308,12 +269,12 @@ class Broker:
         info = await self.supervisor.program_info(plugin)
         return info["statename"] if info is not None and held_stopped(info) else ""
 
-    async def forward(self, cmd: Command, props: dict[str, Any], *, vite_port: int = 0) -> Any:
+    async def forward(self, cmd: Command, props: dict[str, Any], *, vite_port: int = 0, debug_port: int = 0) -> Any:
         """Run `cmd` in the plugin's worker (its `work`) with `props` and what the broker decided (protocol.Forwarded);
         its result, or its error as a CommandError."""
         plugin = props["plugin"]
         self.registry.get(plugin)
-        forwarded = protocol.to_builtins(protocol.Forwarded(**props, vitePort=vite_port))
+        forwarded = protocol.to_builtins(protocol.Forwarded(**props, vitePort=vite_port, debugPort=debug_port))
         link = await self.ensure_worker(plugin, run=cmd.starts_worker)
         rid = uuid.uuid4().hex
         fut = asyncio.get_running_loop().create_future()
@@ -383,23 +344,16 @@ class Broker:
         state = reg.state
         state.workerStatus, state.workerPid = "up", reg.pid
         state.devPath = state.devPath or record.spec.path    # a new worker learns its path in the welcome
-        vite_port = 0
         desired = record.desired
         if desired.mode == "managed" and (missing := self.check_plugin_dir(reg.plugin)):
             desired = msgspec.structs.replace(desired, mode="idle")     # nothing to run; `start` checks again
             state.lastError = missing
-        if desired.mode == "managed" and desired.vite:
-            if state.vitePort and self.ports.claim(reg.plugin, state.vitePort):
-                vite_port = state.vitePort
-                self.registry.save()
-            else:
-                try:
-                    vite_port = self.allocate_port(reg.plugin)
-                except CommandError as e:
-                    state.lastError = e.reason
+        vite_port, debug_port = (self._port_for(reg.plugin, ports, now, state) if want else 0
+                                 for (ports, want), now in zip(self._wanted_ports(desired),
+                                                               (state.vitePort, state.debugPort)))
         self.events.status(state)
         welcome = protocol.Welcome(epoch=self.events.epoch, spec=record.spec, desired=desired,
-                                   vitePort=vite_port)
+                                   vitePort=vite_port, debugPort=debug_port)
         self._send_worker(identity, protocol.K_WELCOME, protocol.encode(welcome))
         if self.supervisor_stopping:
             self._send_worker(identity, protocol.K_SUPERVISOR, protocol.encode(self.supervisor_stopping))

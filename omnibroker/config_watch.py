@@ -6,8 +6,9 @@ Reported: `configError` in `ping`, `list` and `snapshot` ("" when the file loade
 several joined by "; "), and an `omni/config` event `{"path", "error"}` each time it changes.
 Applied (registry.Registry.reload): a new entry is registered (its worker program added; `autostart` starts it), an
 entry gone from the file is removed like `remove` (worker program stopped and removed), a changed entry's worker
-restarts with the new spec in its current desired state; `[service] build_slots` and `vite_ports` apply to the next
-grant and the next allocation. A refused entry keeps its previous version; a file that does not parse changes nothing.
+restarts with the new spec in its current desired state; `[service] build_slots`, `vite_ports` and `debug_ports`
+apply to the next grant and the next allocation. A refused entry keeps its previous version; a file that does not
+parse changes nothing.
 """
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ class ConfigWatch:
             service = broker.registry.service
             broker.slots.resize(service.slots)
             broker.ports.range_start, broker.ports.range_end = service.vite_ports
+            broker.debug_ports.range_start, broker.debug_ports.range_end = service.debug_ports
             for plugin in result.added:
                 broker.events.states[plugin] = broker._initial_state(plugin)
             for plugin in result.changed:

@@ -1,12 +1,13 @@
-"""Vite ports for managed plugins: one per plugin, from a fixed range, stable across restarts.
+"""Ports for managed plugins: one per plugin from a fixed range, stable across restarts. The broker holds two
+allocators: Vite's ports (`[service] vite_ports`) and delve's debug ports (`[service] debug_ports`).
 
-- The range is half-open: `range_start <= port < range_end` (15173..15272 by default, 100 ports, as
-  Omniview's). Configurable.
+- The range is half-open: `range_start <= port < range_end` (Vite: 15173..15272 by default, 100 ports, as
+  Omniview's; debug: 2345..2444, delve's customary 2345 first). Configurable.
 - A port is handed out only after binding 127.0.0.1:port succeeds (SO_REUSEADDR off), so ports held by other
-  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite (a
-  second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port) counts
-  as free: node binds its listener with SO_REUSEADDR, so Vite can use it; without this the same plugin would lose its
-  port for a minute after each stop.
+  programs are skipped. On Linux, a port refused only because of connections in TIME_WAIT left by our own Vite or
+  delve (a second bind *with* SO_REUSEADDR succeeds, which Linux still refuses whenever anything listens on the port)
+  counts as free: node (Vite) and Go (delve) bind their listeners with SO_REUSEADDR, so they can use it; without this the
+  same plugin would lose its port for a minute after each stop.
 - A plugin gets the port it had last time when that one is free ("preferred" ports, kept in `state`, which the
   broker persists: it is a plain JSON-serialisable dict, mutated in place). Fresh plugins avoid ports other plugins
   prefer while any other port is free.
@@ -14,6 +15,8 @@
 - The ports held now are in `state["held"]` too (plugin -> port), so the broker's view can be read from its state
   file; it starts empty at each broker start (running workers claim theirs again when they register).
 - Exhaustion raises `CommandError(no_port, ...)` naming the range.
+- `take_ports(plugin, wants, persist)`: a plugin's ports from several allocators and the state file write that
+  records them, all or nothing (the broker's start takes a Vite port and a debug port this way).
 
 Pure and synchronous: no I/O except the test binds, no threads, no locks (the broker calls it from its loop).
 """
@@ -22,12 +25,14 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import protocol
 
 DEFAULT_RANGE_START = 15173
 DEFAULT_RANGE_END = 15273          # exclusive
+DEBUG_RANGE_START = 2345
+DEBUG_RANGE_END = 2445             # exclusive
 HOST = "127.0.0.1"
 
 
@@ -60,11 +65,12 @@ class PortAllocator:
     """One port per plugin from [range_start, range_end). `state` is persisted by the broker (mutated in place)."""
 
     def __init__(self, range_start: int = DEFAULT_RANGE_START, range_end: int = DEFAULT_RANGE_END,
-                 state: dict[str, Any] | None = None):
+                 state: dict[str, Any] | None = None, what: str = "Vite"):
         if not (0 < range_start < range_end <= 65536):
             raise ValueError(f"invalid port range {range_start}-{range_end}")
         self.range_start = range_start
         self.range_end = range_end
+        self.what = what                          # the ports' use, in messages ("Vite", "debug")
         self.state: dict[str, Any] = state if state is not None else {}
         pref = self.state.get("preferred")
         if not isinstance(pref, dict):
@@ -115,7 +121,7 @@ class PortAllocator:
                     return self._take(plugin, port)
         raise protocol.CommandError(
             protocol.ErrorCode.NO_PORT,
-            f"no free port for plugin {plugin!r} in the Vite port range {self.describe_range()} "
+            f"no free port for plugin {plugin!r} in the {self.what} port range {self.describe_range()} "
             f"({len(taken)} held by omni plugins, the rest by other programs); stop a plugin or widen the range")
 
     def claim(self, plugin: str, port: int) -> bool:
@@ -150,3 +156,27 @@ class PortAllocator:
         self._assigned[plugin] = port
         self.preferred[plugin] = port
         return port
+
+
+def take_ports(plugin: str, wants: tuple[tuple[PortAllocator, bool], ...],
+               persist: Callable[[], None]) -> tuple[list[int], list[tuple[PortAllocator, int, int]]]:
+    """Take the plugin's port from each allocator it wants (0 for the others), then `persist` (one state file write,
+    which carries the preferences): all or nothing — a CommandError (no port, a failed write) puts every assignment
+    and preference back. Returns the ports and the moves: (allocator, preferred port, new port) for each port that
+    is not the plugin's last one because that one was not free."""
+    before = [(ports, ports.port_of(plugin), ports.preferred.get(plugin)) for ports, _ in wants]
+    try:
+        taken = [ports.allocate(plugin) if want else 0 for ports, want in wants]
+        persist()
+    except protocol.CommandError:
+        for ports, held, preferred in before:
+            if held is None:
+                ports.release(plugin)
+            if preferred is None:
+                ports.preferred.pop(plugin, None)
+            else:
+                ports.preferred[plugin] = preferred
+        raise
+    moved = [(ports, preferred, port) for (ports, held, preferred), port in zip(before, taken)
+             if port and held is None and preferred not in (None, port)]
+    return taken, moved

@@ -107,6 +107,9 @@ class DevServerState(msgspec.Struct, kw_only=True, omit_defaults=False):
     buildQueued: bool = False
     restarts: int = 0
     registered: bool = True             # false in the last status of a removed plugin
+    debugPort: int = 0                  # delve's port while the plugin runs under it (debug mode), else 0
+    paused: bool = False                # debug mode: delve holds the plugin stopped (a breakpoint, a halt)
+    pausedAt: str = ""                  # where it is stopped, "file.go:LINE" ("" when not paused)
 
 
 class LogEntry(msgspec.Struct, kw_only=True):
@@ -302,6 +305,7 @@ class Desired(msgspec.Struct, kw_only=True):
     mode: Mode = "idle"
     vite: bool = True
     go: bool = True
+    debug: bool = False             # the Go plugin runs under delve (managed mode)
 
 
 class Welcome(msgspec.Struct, kw_only=True):
@@ -309,6 +313,7 @@ class Welcome(msgspec.Struct, kw_only=True):
     spec: PluginSpec
     desired: Desired
     vitePort: int = 0
+    debugPort: int = 0                  # not 0: the Go plugin runs under delve on this port
 
 
 class Forwarded(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -318,6 +323,7 @@ class Forwarded(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
     vite: bool = True               # start
     go: bool = True                 # start
     vitePort: int = 0               # start, restart: the Vite port the broker holds for the plugin (0: none)
+    debugPort: int = 0              # start, restart: the plugin's debug port: its Go plugin runs under delve (0: not)
     count: int = 200                # logs
     source: str | None = None       # logs
     method: str = ""                # invoke
@@ -335,8 +341,10 @@ class Token(msgspec.Struct, kw_only=True):
 
 
 class PortSwap(msgspec.Struct, kw_only=True):
-    """Another program took the Vite port the broker gave this plugin: the worker asks for the next free one."""
+    """Another program took a port the broker gave this plugin (its Vite port, or its debug port): the worker asks
+    for the next free one of the same range."""
     id: str
+    kind: Literal["vite", "debug"] = "vite"
     taken: int = 0          # request: the port found in use
     port: int = 0           # answer: the new port (0 with `error` when none is free)
     error: str = ""

@@ -30,7 +30,8 @@ class StateFile(msgspec.Struct, kw_only=True):
     added: dict[str, PluginSpec] = {}
     removed: list[str] = []
     desired: dict[str, Desired] = {}
-    ports: dict[str, Any] = {}        # PortAllocator state (preferred port per plugin)
+    ports: dict[str, Any] = {}        # the Vite PortAllocator's state (preferred port per plugin)
+    debug_ports: dict[str, Any] = {}  # the debug PortAllocator's state
 
 
 def validate_plugin_dir(path: Any) -> str:
@@ -231,13 +232,16 @@ class Registry:
     def _commit(self, change) -> None:
         """Write the state `change` makes of a copy of the current one; adopt it only once it is on disk."""
         new = StateFile(added=dict(self.state.added), removed=list(self.state.removed),
-                        desired=dict(self.state.desired), ports=self.state.ports)   # ports: shared with PortAllocator
+                        desired=dict(self.state.desired), ports=self.state.ports,
+                        debug_ports=self.state.debug_ports)         # shared with the PortAllocators
         change(new)
         self._write(new)
-        if new.ports is not self.state.ports:      # replaced by `change`: update the shared dict in place
-            self.state.ports.clear()
-            self.state.ports.update(new.ports)
-            new.ports = self.state.ports
+        for key in ("ports", "debug_ports"):
+            shared, written = getattr(self.state, key), getattr(new, key)
+            if written is not shared:           # replaced by `change`: update the shared dict in place
+                shared.clear()
+                shared.update(written)
+                setattr(new, key, shared)
         self.state = new
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -262,24 +266,26 @@ class Registry:
         return record, True
 
     def remove(self, plugin: str) -> None:
-        """Forget a plugin, its desired state and its preferred port."""
+        """Forget a plugin, its desired state and its preferred ports."""
         record = self.get(plugin)
-        preferred = self.state.ports.get("preferred")
 
         def change(state: StateFile) -> None:
             state.added.pop(plugin, None)
             state.desired.pop(plugin, None)
             if record.declared and plugin not in state.removed:
                 state.removed.append(plugin)
-            if isinstance(preferred, dict) and plugin in preferred:
-                state.ports = dict(state.ports, preferred={k: v for k, v in preferred.items() if k != plugin})
+            for key in ("ports", "debug_ports"):
+                ports = getattr(state, key)
+                preferred = ports.get("preferred")
+                if isinstance(preferred, dict) and plugin in preferred:
+                    setattr(state, key, dict(ports, preferred={k: v for k, v in preferred.items() if k != plugin}))
         self._commit(change)
         del self.plugins[plugin]
 
     def set_mode(self, plugin: str, mode: str) -> None:
-        """Change only the desired mode; which halves run (vite, go) stays as last asked."""
+        """Change only the desired mode; which halves run (vite, go) and debug mode stay as last asked."""
         old = self.get(plugin).desired
-        self.set_desired(plugin, Desired(mode=mode, vite=old.vite, go=old.go))
+        self.set_desired(plugin, Desired(mode=mode, vite=old.vite, go=old.go, debug=old.debug))
 
     def set_desired(self, plugin: str, desired: Desired) -> None:
         record = self.get(plugin)

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from .ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START
+from .ports import DEBUG_RANGE_END, DEBUG_RANGE_START, DEFAULT_RANGE_END, DEFAULT_RANGE_START
 
 Seconds = Annotated[float, Meta(ge=0, le=86_400)]
 Timeout = Annotated[float, Meta(gt=0, le=86_400)]
@@ -144,11 +144,15 @@ class PluginSettings(Section):
 class ServiceSettings(Section):
     vite_ports: Annotated[list[Annotated[int, Meta(ge=1024, le=65_536)]], Meta(min_length=2, max_length=2)] = \
         msgspec.field(default_factory=lambda: [DEFAULT_RANGE_START, DEFAULT_RANGE_END])
+    debug_ports: Annotated[list[Annotated[int, Meta(ge=1024, le=65_536)]], Meta(min_length=2, max_length=2)] = \
+        msgspec.field(default_factory=lambda: [DEBUG_RANGE_START, DEBUG_RANGE_END])
     build_slots: Annotated[int, Meta(ge=1, le=256)] | None = None     # None: the number of cores
 
     def __post_init__(self) -> None:
-        if self.vite_ports[0] >= self.vite_ports[1]:
-            raise ValueError("vite_ports is [first, last): first must be below last")
+        for key in ("vite_ports", "debug_ports"):
+            first, last = getattr(self, key)
+            if first >= last:
+                raise ValueError(f"{key} is [first, last): first must be below last")
 
     @property
     def slots(self) -> int:

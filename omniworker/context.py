@@ -32,7 +32,7 @@ def strip_ansi(text: str) -> str:
 class EventSink(Protocol):
     def publish(self, topic: str, payload: Any) -> None: ...
     async def build_slot(self) -> AsyncIterator[None]: ...
-    async def other_vite_port(self, taken: int) -> int: ...
+    async def other_port(self, kind: str, taken: int) -> int: ...
 
 
 class LogBook:
@@ -71,7 +71,8 @@ class PluginContext:
         self.mode = PartState("mode", Mode.IDLE, {}, self._changed)
         self.vite = PartState("vite", ViteStatus.IDLE, {"vitePort": 0}, self._changed)
         self.go = PartState("go", GoStatus.IDLE, {"pluginPid": 0, "buildQueued": False,
-                                                  "lastBuildTime": protocol.ZERO_TIME, "lastBuildDuration": 0},
+                                                  "lastBuildTime": protocol.ZERO_TIME, "lastBuildDuration": 0,
+                                                  "debugPort": 0, "paused": False, "pausedAt": ""},
                             self._changed)
         self.external = PartState("external", ExternalStatus.IDLE, {"pluginPid": 0, "vitePort": 0,
                                                                       "viteStatus": "idle"}, self._changed)
@@ -183,5 +184,5 @@ class NullSink:
     async def build_slot(self) -> AsyncIterator[None]:
         yield
 
-    async def other_vite_port(self, taken: int) -> int:
-        raise protocol.CommandError(protocol.ErrorCode.NO_PORT, "no broker to allocate another Vite port")
+    async def other_port(self, kind: str, taken: int) -> int:
+        raise protocol.CommandError(protocol.ErrorCode.NO_PORT, f"no broker to allocate another {kind} port")

@@ -26,8 +26,9 @@ Debug builds: `debug_build(command, env)` adds `-gcflags=all=-N -l` (no optimisa
 command and sets OMNI_DEBUG=1 and OMNI_DEBUG_GCFLAGS=`all=-N -l` in the build's environment, so a custom `[build]
 command` (a script, make) passes `-gcflags="$OMNI_DEBUG_GCFLAGS"` to its own `go build` (docs/debugging.md).
 
-Debug ports: one per plugin from DEBUG_PORTS = [2345, 2445) (delve's customary 2345 first), handed out by
-omnibroker.ports.PortAllocator like Vite's ports, so an IDE's attach configuration keeps working day after day.
+Debug ports: one per plugin from `[service] debug_ports` (DEBUG_PORTS = [2345, 2445) by default, delve's customary
+2345 first), handed out by the broker's second omnibroker.ports.PortAllocator and persisted like Vite's ports, so an
+IDE's attach configuration keeps working day after day. debugsession.py runs a managed plugin's session.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ from typing import Any, Callable, NamedTuple
 
 import psutil
 
+from omnibroker.ports import DEBUG_RANGE_END, DEBUG_RANGE_START
+
 from .children import Child
 from .context import PluginContext
 from .goplugin import looks_like_handshake, parse_log_line
@@ -51,7 +54,7 @@ from .runtime import call_owner
 DLV = "dlv"
 DEBIAN_PACKAGE = "delve"
 HOST = "127.0.0.1"
-DEBUG_PORTS = (2345, 2445)                  # [first, last)
+DEBUG_PORTS = (DEBUG_RANGE_START, DEBUG_RANGE_END)  # [first, last): [service] debug_ports' default
 DEBUG_GCFLAGS = "all=-N -l"
 LISTENING_PREFIX = "API server listening at:"
 DEFAULT_TIMEOUT = 30.0                      # s for delve to listen and the target to print its handshake
@@ -332,9 +335,11 @@ class DelveTarget:
 
     # --- start ---------------------------------------------------------------------------------------------------
     async def start(self, binary: str, env: dict[str, str], *, args: list[str] | tuple[str, ...] = (),
-                    cwd: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> str:
-        """Run `binary` under delve with `env` (the go-plugin host's environment), let it run, return its handshake
-        line. On failure nothing is left running and DelveError (or its port_taken) says why."""
+                    cwd: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                    breakpoints: list[dict] | tuple[dict, ...] = ()) -> str:
+        """Run `binary` under delve with `env` (the go-plugin host's environment), set `breakpoints` (delve's
+        breakpoint dicts: `file`, `line`) before the target runs, let it run, return its handshake line. On failure
+        nothing is left running and DelveError (or its port_taken) says why."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.binary = binary
@@ -360,6 +365,11 @@ class DelveTarget:
                 if not self.running:
                     raise self._exit_error() from None
                 raise
+            for bp in breakpoints:
+                try:
+                    await self.client.create_breakpoint(str(bp["file"]), int(bp["line"]))
+                except DelveError as e:
+                    self.ctx.log("manager", "warn", f"breakpoint {bp['file']}:{bp['line']} not set again: {e}")
             self.resume()
             line = await self._next_handshake(deadline, timeout)
         except BaseException:
@@ -396,10 +406,26 @@ class DelveTarget:
         return DelveError(f"delve exited with code {rc}" + (f"; its output:\n{out}" if out else ""), output=out)
 
     async def _next_handshake(self, deadline: float, timeout: float) -> str:
+        """The target's next handshake line; DelveError when delve exits, the target exits first (delve's answer
+        to the pending continue says so) or the deadline passes. A target stopped at a breakpoint before its
+        handshake is waited for (someone debugging it continues it)."""
         getter = asyncio.ensure_future(self._handshakes.get())
+        stopped = self.next_stop
+        late = f"the plugin printed no go-plugin handshake under delve within {timeout:g} s"
         try:
-            line = await self._until(getter, deadline, f"the plugin printed no go-plugin handshake under delve "
-                                                       f"within {timeout:g} s")
+            first = asyncio.ensure_future(asyncio.wait({getter, stopped} if stopped else {getter},
+                                                       return_when=asyncio.FIRST_COMPLETED))
+            try:
+                await self._until(first, deadline, late)
+            finally:
+                first.cancel()
+            if not getter.done() and stopped is not None and stopped.exception() is None:
+                state = stopped.result()
+                if state.get("exited"):
+                    out = self.output
+                    raise DelveError(f"the plugin exited with status {state.get('exitStatus')} under delve before "
+                                     f"its go-plugin handshake" + (f"; its output:\n{out}" if out else ""), output=out)
+            line = await self._until(getter, deadline, late)
         finally:
             getter.cancel()
         parts = line.split("|")

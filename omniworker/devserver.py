@@ -35,17 +35,22 @@ class DevServer:
         self._go_start: asyncio.Task | None = None
         self._halves = (True, True)         # (vite, go) asked for by the last start: what restart brings back
         self._vite_port = 0                 # the port the broker allocated for the last start
+        self._debug_port = 0                # the Go half's debug port (0: not in debug mode)
 
     @property
     def mode(self) -> str:
         return self.ctx.mode.state.value
 
     # --- managed -------------------------------------------------------------------------------------------------
-    async def start(self, vite: bool = True, go: bool = True, vite_port: int = 0) -> None:
+    async def start(self, vite: bool = True, go: bool = True, vite_port: int = 0, debug_port: int = 0) -> None:
+        """Managed mode; `debug_port` (not 0): the Go plugin runs under delve on that port (debugsession.py)."""
         if self.mode == "external":
             await self.detach()
         if self.mode == "managed":
-            # idempotent, except for a Vite that could not start for want of a port and has one now
+            # idempotent, except for debug mode switched on or off (the Go half starts again), and for a Vite that
+            # could not start for want of a port and has one now
+            if self.go is not None and debug_port != self._debug_port:
+                await self._start_go(debug_port)
             if vite and vite_port and self.vite is None:
                 from .vite import ViteServer
                 self._halves = (True, self._halves[1])
@@ -57,6 +62,7 @@ class DevServer:
             return
         self._halves = (vite, go)
         self._vite_port = vite_port
+        self._debug_port = debug_port
         self.ctx.clear_errors()
         self.ctx.mode.change_state(Mode.MANAGED)          # IDLE -> MANAGED
         self.ctx.log("manager", "info", f"starting managed dev server in {self.ctx.dir}")
@@ -73,9 +79,19 @@ class DevServer:
             self.vite = ViteServer(self.ctx)
             await self.vite.start(vite_port)
         if go:
-            from .gopath import GoPath
-            self.go = GoPath(self.ctx)
-            self._go_start = asyncio.create_task(self.go.start())
+            await self._start_go(debug_port)
+
+    async def _start_go(self, debug_port: int) -> None:
+        """(Re)start the Go half, in debug mode when `debug_port` is not 0; it reports its progress as events."""
+        from .gopath import GoPath
+        go, go_start, self.go, self._go_start = self.go, self._go_start, None, None
+        if go is not None:
+            await go.stop()
+        if go_start is not None:
+            await asyncio.gather(go_start, return_exceptions=True)
+        self._debug_port = debug_port
+        self.go = GoPath(self.ctx, debug_port=debug_port)
+        self._go_start = asyncio.create_task(self.go.start())
 
     async def stop(self) -> None:
         if self.mode == "external":
@@ -91,9 +107,9 @@ class DevServer:
             await asyncio.gather(go_start, return_exceptions=True)
         self.ctx.mode.change_state(Mode.IDLE)             # MANAGED -> IDLE
 
-    async def restart(self, vite_port: int = 0) -> None:
+    async def restart(self, vite_port: int = 0, debug_port: int = 0) -> None:
         """Stop and start again in the current mode (idle: nothing to do). `vite_port`: the broker's allocation
-        (else the one the last start got)."""
+        (else the one the last start got); `debug_port`: the broker's (0: not in debug mode)."""
         if self.mode == "external":
             await self.detach()
             await self.attach()
@@ -103,7 +119,7 @@ class DevServer:
         vite_port = vite_port or self._vite_port
         vite, go = self._halves         # a half that failed to start (e.g. no port) is tried again
         await self.stop()
-        await self.start(vite=vite, go=go, vite_port=vite_port)
+        await self.start(vite=vite, go=go, vite_port=vite_port, debug_port=debug_port)
 
     async def rebuild(self) -> None:
         if self.go is None:
@@ -161,12 +177,12 @@ class DevServer:
                                                     f"response (MAX_INVOKE_RESPONSE_BYTES)")
         return {"response": base64.b64encode(response).decode()}
 
-    async def apply(self, desired: protocol.Desired, vite_port: int) -> None:
+    async def apply(self, desired: protocol.Desired, vite_port: int, debug_port: int = 0) -> None:
         """Bring the mode to what the broker says the user wants (after a crash or restart)."""
         if desired.mode == self.mode:
             return
         if desired.mode == "managed":
-            await self.start(vite=desired.vite, go=desired.go, vite_port=vite_port)
+            await self.start(vite=desired.vite, go=desired.go, vite_port=vite_port, debug_port=debug_port)
         elif desired.mode == "external":
             await self.attach()
         else:

@@ -209,8 +209,9 @@ def _stderr_level(line: str) -> str:
 class Builder:
     """Runs the plugin's build command. One build at a time per Builder."""
 
-    def __init__(self, ctx: PluginContext):
+    def __init__(self, ctx: PluginContext, *, debug: bool = False):
         self.ctx = ctx
+        self.debug = debug          # debug mode: delve.debug_build's flags and environment
         self._child: Child | None = None
         self._cancelled = False
         self.last: BuildResult | None = None
@@ -223,7 +224,8 @@ class Builder:
             return list(DEFAULT_BUILD_COMMAND)
         if isinstance(cmd, str):
             cmd = cmd.split()
-        return [str(a) for a in cmd] or list(DEFAULT_BUILD_COMMAND)
+        cmd = [str(a) for a in cmd] or list(DEFAULT_BUILD_COMMAND)
+        return self._debug_build(cmd, {})[0] if self.debug else cmd
 
     @property
     def cwd(self) -> str:
@@ -242,7 +244,12 @@ class Builder:
         env = dict(os.environ)
         for k, v in self.ctx.settings.build.env.items():
             env[k] = os.path.expandvars(str(v))
-        return env
+        return self._debug_build([], env)[1] if self.debug else env
+
+    @staticmethod
+    def _debug_build(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        from .delve import debug_build     # debug mode only
+        return debug_build(command, env)
 
     @property
     def running(self) -> bool:

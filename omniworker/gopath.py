@@ -30,6 +30,10 @@
   from the installed binary with exponential backoff (`restart_backoff` 0.25 s doubling up to `restart_backoff_max`
   10 s; the streak resets after the plugin ran `restart_reset` 10 s).
 - A plugin dir without `pkg/` (and no `[go] watch`/`[build] command` of its own): GoPath does nothing, goStatus "idle".
+- Debug mode (`GoPath(ctx, debug_port=N)`): builds carry delve's debug flags (gobuild.Builder's `debug`), and every
+  launch goes through debugsession.DebugSession (the plugin under delve on port N, restarted under the same delve on
+  a reload, breakpoints kept). A reload then always replaces the plugin stop-first: the new process is the old
+  one's restart under the same delve.
 """
 from __future__ import annotations
 
@@ -49,17 +53,25 @@ from .gowatch import GoWatcher, WatchError
 from .runtime import Background, Backoff, PluginSlot
 from .state import GoStatus as S
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .debugsession import DebugSession
+
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
 
 
 class GoPath:
-    def __init__(self, ctx: PluginContext):
+    def __init__(self, ctx: PluginContext, *, debug_port: int = 0):
         self.ctx = ctx
         self.part = ctx.go
         has_pkg = os.path.isdir(os.path.join(ctx.dir, "pkg"))
         explicit = ctx.settings.build.command is not None and self.settings.watch is not None
         self.enabled: bool = self.settings.enabled if self.settings.enabled is not None else (has_pkg or explicit)
-        self.builder = Builder(ctx)
+        self.builder = Builder(ctx, debug=bool(debug_port))
+        self.debug: DebugSession | None = None
+        if debug_port:
+            from .debugsession import DebugSession
+            self.debug = DebugSession(ctx, debug_port)
         self.bin_dir = os.path.join(ctx.home, "bin")
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
         self.slot = PluginSlot("the Go plugin", coming=self._coming, usable=lambda host: host.connected,
@@ -161,6 +173,8 @@ class GoPath:
             stops.append(self._background.wait())
         if stops:
             await asyncio.gather(*stops, return_exceptions=True)
+        if self.debug is not None:
+            await self.debug.stop()
         for fut in self._waiters + self._cycle_waiters:
             if not fut.done():
                 fut.set_result(False)
@@ -210,6 +224,13 @@ class GoPath:
 
     def _new_host(self) -> PluginHost:
         return PluginHost(self.ctx, on_exit=self._on_plugin_exit)
+
+    async def _launch(self, host: PluginHost) -> None:
+        """Start the installed binary in `host`: as its own process, or under delve in debug mode."""
+        if self.debug is not None:
+            await self.debug.launch(host, self.installed)
+        else:
+            await host.start(self.installed)
 
     async def _stop_host(self, host: PluginHost) -> None:
         await host.drain(self.settings.drain_timeout)
@@ -399,10 +420,10 @@ class GoPath:
             if self._stopping:
                 return False
             old = self.plugin
-            if old is not None and order == "stop-first":
+            if old is not None and (order == "stop-first" or self.debug is not None):
                 self._set_plugin(None)
                 self.part.update(pluginPid=0)
-                await self._stop_host(old)
+                await self._stop_host(old)      # debug mode: closes its channel; delve ends it as it restarts it
                 old = None
             if not keep_error:
                 self.part.change_state(S.STARTING)               # BUILDING -> STARTING
@@ -410,7 +431,7 @@ class GoPath:
             if t is not None:
                 t["plugin_start"] = loop.time()
             try:
-                await new.start(self.installed)
+                await self._launch(new)
             except PluginError as e:
                 return await self._start_failed(e, reason, keep_error)
             if self._stopping:
@@ -453,7 +474,7 @@ class GoPath:
         if self.plugin is None and rolled and not self._stopping:
             prev = self._new_host()
             try:
-                await prev.start(self.installed)
+                await self._launch(prev)
             except PluginError as e2:
                 ctx.log("manager", "error", f"the previous plugin binary failed to start too: {e2}")
                 self.part.update(pluginPid=0)
@@ -494,7 +515,7 @@ class GoPath:
                     break
                 host = self._new_host()
                 try:
-                    await host.start(self.installed)
+                    await self._launch(host)
                 except PluginError as e:
                     self.part.change_state(S.ERROR, lastError=f"restart failed: {e}")
                     ctx.log("manager", "error", f"restart failed: {e}")

@@ -14,7 +14,10 @@ on the event loop. What it does (docs/protocol.md "go-plugin host"):
   and remove the unix socket go-plugin leaves behind (1.0.1 leaves /tmp/pluginNNN when killed);
 - `on_exit(host, returncode)` callback and the `exited` future: the owner notices a death at once (the child watcher
   wakes on the process's exit, no polling);
-- external mode: `connect(network, addr)` / `reattach(addr, network)`, `health()`, `close()` never kill anything.
+- external mode: `connect(network, addr)` / `reattach(addr, network)`, `health()`, `close()` never kill anything;
+- debug mode: `adopt(line, pid)` takes a plugin process delve launched (its handshake line, its pid): connect,
+  health-check, and report its end (a pidfd) through `on_exit` like an owned process's; `close()` leaves the process
+  to delve.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc  # noqa: E402
 import msgspec  # noqa: E402
+
+from omnibroker.process import PidWatch
 
 from .children import Child
 from .context import PluginContext, strip_ansi
@@ -157,6 +162,8 @@ class PluginHost:
         self.addr = ""
         self.binary = ""
         self.owned = False
+        self._adopted: PidWatch | None = None      # debug mode: the watch on delve's plugin process
+        self._adopted_pid = 0
         # resolves with the exit code when an owned process ends (construct the host on the loop)
         self.exited: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self.timings: dict[str, float] = {}
@@ -171,7 +178,7 @@ class PluginHost:
     # --- properties --------------------------------------------------------------------------------------------
     @property
     def pid(self) -> int:
-        return self.child.pid if self.child is not None else 0
+        return self.child.pid if self.child is not None else self._adopted_pid
 
     @property
     def running(self) -> bool:
@@ -191,7 +198,8 @@ class PluginHost:
         return self.child.returncode if self.child is not None else None
 
     # --- start (owned) -----------------------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
+    def plugin_env(self) -> dict[str, str]:
+        """The plugin's environment: os.environ, the magic cookie, go-plugin's PLUGIN_* and `[plugin] env`."""
         ctx = self.ctx
         env = dict(os.environ)
         env.pop("PLUGIN_CLIENT_CERT", None)          # we do not speak AutoMTLS
@@ -248,7 +256,7 @@ class PluginHost:
         self._hs_future = loop.create_future()
         try:
             self.child = await Child.spawn(self.name, [binary_path, *(args or [])], cwd=cwd or self.ctx.dir,
-                                           env=self._env(), on_line=self._on_line, registry=self.ctx.children,
+                                           env=self.plugin_env(), on_line=self._on_line, registry=self.ctx.children,
                                            tail=100)
         except OSError as e:
             raise PluginError(f"cannot run the plugin binary {binary_path}: {e.strerror or e}") from e
@@ -369,6 +377,32 @@ class PluginHost:
         self.channel = channel
         self._calls.clear()
 
+    async def adopt(self, line: str, pid: int, *, timeout: float | None = None) -> None:
+        """Debug mode: the plugin process `pid` was launched by delve and printed handshake `line`; connect and
+        health-check it (PluginError says why not). Its end calls `on_exit(host, None)` unless the host was closed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.ctx.settings.handshake.timeout if timeout is None else timeout)
+        hs = parse_handshake(line, self._accepted_versions())
+        self.handshake, self.network, self.addr = hs, hs.network, hs.addr
+        self._adopted_pid = pid
+        self.timings["handshake"] = loop.time()
+        await self.connect(hs.network, hs.addr, timeout=max(0.5, deadline - loop.time()))
+        if not await self.health(timeout=max(0.5, deadline - loop.time())):
+            await self.close()
+            raise PluginError(f"the plugin under delve (pid {pid}) answered its handshake but its health check "
+                              f"(service {HEALTH_SERVICE!r}) did not report SERVING")
+        self.timings["healthy"] = loop.time()
+        self._adopted = PidWatch(pid, None, self._adopted_exit, thread_fallback=False)
+        self._adopted.start()
+
+    def _adopted_exit(self) -> None:
+        if self._adopted is not None:
+            self._adopted.stop()
+        if not self.exited.done():
+            self.exited.set_result(None)
+        if not self._stopping:
+            asyncio.ensure_future(call_owner(self.ctx, "plugin exit", self.on_exit, self, None))
+
     async def connect(self, network: str, addr: str, *, timeout: float = 5.0) -> None:
         """External mode: open a channel to a plugin someone else started (never killed by us)."""
         self.owned = False
@@ -435,16 +469,18 @@ class PluginHost:
                 await channel.close()
 
     async def close(self) -> None:
-        """Close the gRPC channel only (external mode); the process is left alone."""
+        """Close the gRPC channel only (external and debug mode); the process is left alone."""
         self._stopping = True
+        if self._adopted is not None:
+            self._adopted.stop()
         await self._close_channel()
 
     async def stop(self, grace: float = 2.0) -> int | None:
         """Shutdown RPC, then TERM -> grace -> KILL to the process group; remove the unix socket. Returns the code."""
-        self._stopping = True
         if not self.owned or self.child is None:
-            await self._close_channel()
+            await self.close()
             return None
+        self._stopping = True
         channel = self.channel
         if channel is not None and self.child.running:
             with contextlib.suppress(Exception):

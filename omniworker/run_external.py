@@ -17,6 +17,11 @@ The go-plugin handshake (magic cookie, PLUGIN_MIN_PORT/PLUGIN_MAX_PORT) is the p
 broker knows it (omni.toml, or the settings of a plugin added at run time), the same the worker uses in managed mode;
 a flag given on the command line wins.
 
+`--debug` runs the command (a binary: build it with `-gcflags=all=-N -l`) under a headless delve on a debug port
+(`--debug-port`, default: the first free one of [2345, 2445)) the way managed mode's debug mode does (delve.DelveTarget:
+127.0.0.1 only, --only-same-user, --accept-multiclient; delve's own lines skipped before the handshake), prints the
+port, and writes `.devinfo` naming the plugin process delve runs. The plugin's exit, delve's, or a signal end both.
+
 `OMNIVIEW_DEV` is removed from the plugin's environment: this command is the only `.devinfo` writer. (The Omniview
 SDK's own dev mode cannot stand in for it: it expects go-plugin's 5-field handshake line, so with go-plugin >= 1.5's
 6-field line it writes no `.devinfo`, and it writes under `$HOME/.omniview` whatever OMNIVIEW_HOME says.)
@@ -27,14 +32,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 
 import psutil
 
 from omnibroker import protocol
-from omnibroker.ports import DEFAULT_RANGE_END, DEFAULT_RANGE_START, port_is_free
-from omnibroker.process import killpg, rc_text, set_pdeathsig
+from omnibroker.ports import DEBUG_RANGE_END, DEBUG_RANGE_START, DEFAULT_RANGE_END, DEFAULT_RANGE_START, port_is_free
+from omnibroker.process import PidWatch, killpg, rc_text, set_pdeathsig
 from omnibroker.settings import HandshakeSettings, check_plugin
 
 from .devinfo import DEVINFO_NAME, remove_if_names, write_devinfo
@@ -55,6 +61,24 @@ def _say(message: str) -> None:
 
 def pick_vite_port() -> int | None:
     return next((p for p in VITE_PORTS if port_is_free(p)), None)
+
+
+def pick_debug_port() -> int | None:
+    return next((p for p in range(DEBUG_RANGE_START, DEBUG_RANGE_END) if port_is_free(p)), None)
+
+
+class ConsoleSink:
+    """Where delve.DelveTarget's log lines go in run-external: the plugin's output (stdout and stderr, as delve
+    relays them) on stderr, omni's own lines (delve's "API server listening at", its errors) prefixed on stderr."""
+
+    def publish(self, topic: str, payload) -> None:
+        if topic != protocol.LOG:
+            return
+        for entry in payload:
+            if entry.source == "plugin":
+                _write_out(sys.stderr.buffer, (entry.message.rstrip("\n") + "\n").encode())
+            else:
+                _say(entry.message)
 
 
 def serving_pid(root_pid: int, hs: Handshake) -> int:
@@ -138,6 +162,10 @@ def build_parser(with_command: bool = True) -> argparse.ArgumentParser:
                    help="seconds to wait for the handshake line (go run compiles first; default 60)")
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL at stop")
     p.add_argument("--plugin-version", default="", help="the `version` field written to .devinfo")
+    p.add_argument("--debug", action="store_true",
+                   help="run the command (a binary built with -gcflags=all=-N -l) under delve, for an IDE to attach")
+    p.add_argument("--debug-port", type=int, default=0,
+                   help=f"delve's port (default: the first free in {DEBUG_RANGE_START}-{DEBUG_RANGE_END - 1})")
     if with_command:
         p.add_argument("command", nargs=argparse.REMAINDER, help="-- the plugin command and its arguments")
     return p
@@ -159,6 +187,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"invalid plugin id {args.plugin!r}")
     if args.vite_port and not 0 < args.vite_port < 65536:
         parser.error("--vite-port must be a port number")
+    if args.debug_port and not 0 < args.debug_port < 65536:
+        parser.error("--debug-port must be a port number")
     handshake, note = handshake_settings(args.plugin)
     if note:
         _say(note)
@@ -196,6 +226,7 @@ class Runner:
         self.vite_port = 0
         self.written_pid = 0
         self.stop_signal = 0
+        self.stopped = asyncio.Event()          # a stop signal came (debug mode waits on it)
         self.refused = False
         self._escalation: list[asyncio.TimerHandle] = []
 
@@ -209,7 +240,7 @@ class Runner:
                 rc = await self._start_vite(pumps)
                 if rc:
                     return rc
-            return await self._run_plugin(pumps)
+            return await (self._run_debug() if self.args.debug else self._run_plugin(pumps))
         finally:
             for handle in self._escalation:
                 handle.cancel()
@@ -227,6 +258,7 @@ class Runner:
                 killpg(self.plugin.pid, signal.SIGKILL)
             return
         self.stop_signal = sig
+        self.stopped.set()
         _say(f"got {signal.Signals(sig).name}: stopping the plugin")
         if self.plugin is None or self.plugin.returncode is not None:
             return
@@ -343,6 +375,56 @@ class Runner:
             _say(f"the plugin exited with {rc_text(rc)}")
         return _exit_code(rc)
 
+    async def _run_debug(self) -> int:
+        """The command under delve (delve.DelveTarget); ends when the plugin or delve exits, or on a signal."""
+        from omnibroker.protocol import PluginSpec
+
+        from .context import PluginContext
+        from .delve import DelveError, DelveTarget
+        binary = shutil.which(self.args.command[0], path=os.environ.get("PATH")) if os.sep not in \
+            self.args.command[0] else os.path.join(self.dir, self.args.command[0])
+        if not binary or not os.path.isfile(binary):
+            _say(f"--debug runs a binary under delve: {self.args.command[0]!r} is not one (build the plugin with "
+                 f"`go build -gcflags=all=-N -l -o build/bin/plugin ./pkg` and give that path; `go run` cannot be "
+                 f"debugged this way)")
+            return 2
+        port = self.args.debug_port or pick_debug_port()
+        if not port:
+            _say(f"--debug: no free port in {DEBUG_RANGE_START}-{DEBUG_RANGE_END - 1}")
+            return 2
+        ctx = PluginContext(PluginSpec(id=self.args.plugin, path=self.dir), ConsoleSink())
+        ctx.children = None                 # not a worker's child: nothing for a worker to reap
+        target = DelveTarget(ctx, port)
+        try:
+            line = await target.start(binary, self._env(), args=self.args.command[1:], cwd=self.dir,
+                                      timeout=self.args.handshake_timeout)
+            hs = parse_handshake(line, SUPPORTED_APP_VERSIONS)
+        except (DelveError, PluginError) as e:
+            _say(str(e))
+            await target.stop()
+            return 1
+        pid = target.plugin_pid
+        ended = asyncio.Event()
+        watch = PidWatch(pid, None, ended.set)
+        watch.start()
+        try:
+            if not self.stop_signal:
+                self._publish_info(pid, hs)
+                _say(f"debugger: delve on 127.0.0.1:{port} (VS Code: \"request\": \"attach\", \"mode\": "
+                     f"\"remote\", \"port\": {port}; GoLand: Go Remote; dlv connect 127.0.0.1:{port})")
+            waits = [asyncio.ensure_future(e.wait()) for e in (ended, self.stopped)] + [target.exited]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits[:2]:
+                w.cancel()
+            if ended.is_set() and not self.stop_signal:
+                _say("the plugin exited")
+            elif target.exited.done() and not self.stop_signal:
+                _say(f"delve exited with {rc_text(target.exited.result() or 0)}")
+        finally:
+            watch.stop()
+            await target.stop(grace=self.args.grace)
+        return 0 if self.stop_signal else 1
+
     def _on_signal_late(self) -> None:
         sig, self.stop_signal = self.stop_signal, 0
         self._on_signal(sig)
@@ -380,7 +462,9 @@ class Runner:
                 return None
 
     def _publish(self, proc: asyncio.subprocess.Process, hs: Handshake) -> None:
-        pid = serving_pid(proc.pid, hs)
+        self._publish_info(serving_pid(proc.pid, hs), hs)
+
+    def _publish_info(self, pid: int, hs: Handshake) -> None:
         info = protocol.DevInfo(pid=pid, protocol="grpc", protocolVersion=hs.app, addr=hs.addr,
                                 pluginId=self.args.plugin, vitePort=self.vite_port,
                                 version=self.args.plugin_version, startedAt=protocol.now_rfc3339())

@@ -8,8 +8,9 @@ A part (the DevServer's mode, Vite, the managed Go path, the external follower) 
 DevServerState.
 
 Derived fields are not stored: `grpcConnected` is "a plugin process serves calls" (the Go path: a pid is serving;
-external: CONNECTED), `viteURL` is set exactly when Vite is ready, `restarts` sums the parts' restarts, `lastError` is
-the newest error of any part (a part clearing its error uncovers another part's).
+external: CONNECTED), `viteURL` is set exactly when Vite is ready, `debugPort`/`paused`/`pausedAt` are the managed
+Go path's (its debug session: 0/false/"" outside debug mode and in external mode), `restarts` sums the parts'
+restarts, `lastError` is the newest error of any part (a part clearing its error uncovers another part's).
 """
 from __future__ import annotations
 
@@ -169,15 +170,18 @@ def compose(base: DevServerState, mode: PartState, vite: PartState, go: PartStat
         go_status = external.state.go_status
         pid = external.fields["pluginPid"]
         connected = external.state is ExternalStatus.CONNECTED
+        debug_port, paused, paused_at = 0, False, ""
     else:
         vite_status, vite_port = vite.state.value, vite.fields["vitePort"]
         go_status = go.state.value
         pid = go.fields["pluginPid"]
         connected = bool(pid)
+        debug_port, paused, paused_at = go.fields["debugPort"], go.fields["paused"], go.fields["pausedAt"]
     newest = max((mode, vite, go, external), key=lambda p: p.error_seq)
     return dict(mode=mode.state.value, viteStatus=vite_status, vitePort=vite_port,
                 viteURL=f"http://127.0.0.1:{vite_port}" if vite_status == "ready" and vite_port else "",
                 goStatus=go_status, grpcConnected=connected, pluginPid=pid,
                 buildQueued=go.fields["buildQueued"], lastBuildTime=go.fields["lastBuildTime"],
                 lastBuildDuration=go.fields["lastBuildDuration"], restarts=vite.restarts + go.restarts,
+                debugPort=debug_port, paused=paused, pausedAt=paused_at,
                 lastError=protocol.clip(newest.error) if newest.error_seq else "")

@@ -285,7 +285,7 @@ class ViteServer:
                 if moves < PORT_RETRIES:
                     moves += 1
                     try:
-                        new_port = await self.ctx.sink.other_vite_port(port)
+                        new_port = await self.ctx.sink.other_port("vite", port)
                     except CommandError as e:
                         detail += f"; no other port: {e.reason}"
                 if self._stopping:

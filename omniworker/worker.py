@@ -92,20 +92,21 @@ class BrokerLink:
             self.slots.pop(token, None)
             self.send(protocol.K_TOKEN, protocol.encode(protocol.Token(op="release", id=token)))
 
-    async def other_vite_port(self, taken: int) -> int:
-        """The broker's next free Vite port for this plugin, `taken` being in use by another program."""
+    async def other_port(self, kind: str, taken: int) -> int:
+        """The broker's next free port of `kind` ("vite", "debug") for this plugin, `taken` being in use by another
+        program."""
         swap_id = uuid.uuid4().hex
         fut = self.port_swaps[swap_id] = asyncio.get_running_loop().create_future()
-        self.send(protocol.K_PORT, protocol.encode(protocol.PortSwap(id=swap_id, taken=taken)))
+        self.send(protocol.K_PORT, protocol.encode(protocol.PortSwap(id=swap_id, kind=kind, taken=taken)))
         try:
             answer: protocol.PortSwap = await asyncio.wait_for(fut, PORT_SWAP_TIMEOUT)
         except asyncio.TimeoutError:
             raise CommandError(ErrorCode.NO_PORT, f"the broker did not answer within {PORT_SWAP_TIMEOUT:g}s when "
-                                                  f"asked for another Vite port") from None
+                                                  f"asked for another {kind} port") from None
         finally:
             self.port_swaps.pop(swap_id, None)
         if not answer.port:
-            raise CommandError(ErrorCode.NO_PORT, answer.error or "no other Vite port was given")
+            raise CommandError(ErrorCode.NO_PORT, answer.error or f"no other {kind} port was given")
         return answer.port
 
 
@@ -205,7 +206,8 @@ class Worker:
 
     async def _apply(self, welcome: protocol.Welcome) -> None:
         try:
-            await self.serially("apply", lambda: self.devserver.apply(welcome.desired, welcome.vitePort))
+            await self.serially("apply", lambda: self.devserver.apply(welcome.desired, welcome.vitePort,
+                                                                         welcome.debugPort))
         except CommandError as e:
             self.devserver.ctx.mode.set_error(e.reason)
         except Exception as e:      # noqa: BLE001 - report, keep serving

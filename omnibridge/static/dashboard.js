@@ -1,6 +1,7 @@
 // The omni dev dashboard: a banner for omni.toml's problems, a card per plugin (status dots, facts, actions, error
 // overlay, build output) and, for a plugin whose Vite is up, its UI imported straight from Vite (plugin-view.js) and
-// remounted with a new key on plugin/dev_reload_complete. Plain DOM, no framework; every DOM write happens in one
+// remounted with a new key on plugin/dev_reload_complete; in debug mode (delve) the card shows the debug port, a
+// "paused at file:line" badge and a VS Code launch.json entry to copy. Plain DOM, no framework; every DOM write happens in one
 // requestAnimationFrame per frame, so ten busy plugins cost one layout per frame.
 import { h } from "./dom.js";
 import {
@@ -25,6 +26,13 @@ let structureDirty = true;
 let headerDirty = true;
 
 const colorOf = (status) => COLORS[status] || "grey";
+
+/** The VS Code (Go extension) configuration that attaches to a plugin's delve. */
+function launchEntry(id, port) {
+  return JSON.stringify({
+    name: `Attach to ${id}`, type: "go", request: "attach", mode: "remote", port, host: "127.0.0.1",
+  }, null, 2);
+}
 
 function fmtDuration(ns) {
   if (!ns) return "";
@@ -61,6 +69,14 @@ class Card {
     this.port = h("dd", { "data-testid": t("port") });
     this.build = h("dd", { "data-testid": t("last-build") });
     this.path = h("dd", { "data-testid": t("path") });
+    this.debugPort = h("dd", { "data-testid": t("debug-port") });
+    this.paused = h("span", { class: "paused", "data-testid": t("paused"), hidden: "" });
+    this.debugToggle = h("input", { type: "checkbox", "data-testid": t("debug"), onchange: () => this.setDebug() });
+    this.launchJson = h("pre", { "data-testid": t("launch-json") });
+    this.copyButton = h("button", { type: "button", "data-testid": t("copy-launch"), text: "Copy",
+      onclick: () => this.copyLaunch() });
+    this.launch = h("details", { class: "launch", "data-testid": t("launch"), hidden: "" },
+      h("summary", { text: "VS Code launch.json" }), this.launchJson, this.copyButton);
     this.lastErrorDt = h("dt", { text: "Last error" });
     this.lastError = h("dd", { class: "err", "data-testid": t("last-error") });
     this.action = h("div", { class: "action", "data-testid": t("action") });
@@ -79,14 +95,17 @@ class Card {
     }, { passive: true });
     const viewHost = h("div", { class: "view" });
     this.el = h("section", { class: "card", "data-testid": t("card"), "data-plugin": id },
-      h("header", {}, h("h2", { text: id }), this.mode, this.worker),
+      h("header", {}, h("h2", { text: id }), this.mode, this.worker, this.paused),
       h("div", { class: "dots" }, viteInd, goInd, grpcInd),
       h("dl", { class: "facts" },
         h("dt", { text: "Vite port" }), this.port,
         h("dt", { text: "Last build" }), this.build,
         h("dt", { text: "Path" }), this.path,
+        h("dt", { text: "Debug port" }), this.debugPort,
         this.lastErrorDt, this.lastError),
-      h("div", { class: "buttons" }, ...this.buttons),
+      h("div", { class: "buttons" }, ...this.buttons,
+        h("label", { class: "debug" }, this.debugToggle, " Debug")),
+      this.launch,
       this.action,
       this.overlay,
       this.output = h("details", { class: "output", open: "" }, h("summary", { text: "Build output" }), this.log),
@@ -100,13 +119,13 @@ class Card {
     this.view = new PluginView(id, viewHost, { pluginID: id, invoke, greet });
   }
 
-  async run(cmd) {
+  async run(cmd, props = {}) {
     this.action.textContent = `${cmd}…`;
     this.action.dataset.status = "pending";
-    const btn = this.buttons[COMMANDS.indexOf(cmd)];
+    const btn = COMMANDS.includes(cmd) ? this.buttons[COMMANDS.indexOf(cmd)] : this.debugToggle;
     btn.disabled = true;
     try {
-      await omni.request(cmd, { plugin: this.id });
+      await omni.request(cmd, { plugin: this.id, ...props });
       this.action.textContent = `${cmd}: ok`;
       this.action.dataset.status = "ok";
     } catch (err) {
@@ -115,6 +134,23 @@ class Card {
     } finally {
       btn.disabled = false;
     }
+  }
+
+  /** The debug toggle: a managed plugin restarts with debug mode on or off, any other starts (managed) with it. */
+  setDebug() {
+    const st = omni.state.plugins[this.id] || {};
+    this.run(st.mode === "managed" ? "restart" : "start", { debug: this.debugToggle.checked });
+  }
+
+  async copyLaunch() {
+    const text = this.launchJson.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      getSelection().selectAllChildren(this.launchJson);     // no clipboard access: selected, for Ctrl+C
+      document.execCommand("copy");
+    }
+    this.copyButton.textContent = "Copied";
   }
 
   addLogs(entries) {
@@ -154,6 +190,18 @@ class Card {
         ? `${fmtTime(st.lastBuildTime)} (${fmtDuration(st.lastBuildDuration)})` : "—";
     }
     setText(this.path, st.devPath || "—");
+    setText(this.debugPort, st.debugPort ? String(st.debugPort) : "—");
+    if (!this.debugToggle.disabled && this.debugToggle.checked !== !!st.debugPort) {
+      this.debugToggle.checked = !!st.debugPort;
+    }
+    setText(this.paused, st.paused ? `paused at ${st.pausedAt}` : "");
+    if (this.paused.hidden !== !st.paused) this.paused.hidden = !st.paused;
+    const launch = st.debugPort ? launchEntry(this.id, st.debugPort) : "";
+    if (launch !== this.launchJson.textContent) {
+      this.launchJson.textContent = launch;
+      this.copyButton.textContent = "Copy";
+    }
+    if (this.launch.hidden !== !launch) this.launch.hidden = !launch;
     setText(this.lastError, st.lastError || "");
     if (this.lastError.hidden !== !st.lastError) this.lastError.hidden = this.lastErrorDt.hidden = !st.lastError;
     this.renderErrors(omni.state.errors[this.id] || []);

@@ -398,3 +398,50 @@ def test_config_error_banner(page, fake_bridge, shot):
     expect(banner).to_contain_text(problem, timeout=15_000)
     fb.fake.config("")
     expect(banner).to_be_hidden(timeout=15_000)
+
+
+def test_debug_toggle_port_paused_badge_and_launch_entry(page, fake_bridge):
+    """The debug toggle sends the command with `debug`; a state with a debugPort shows the port, the VS Code
+    launch.json entry to copy, and while paused where."""
+    import json
+
+    from omnibridge.testing import running_state
+
+    fb = fake_bridge
+    page.goto(fb.url)
+    expect(page.get_by_test_id("dot-go-p03")).to_have_attribute("data-color", "green")
+    expect(page.get_by_test_id("debug-port-p03")).to_have_text("—")
+    expect(page.get_by_test_id("launch-p03")).to_be_hidden()
+    toggle = page.get_by_test_id("debug-p03")
+    expect(toggle).not_to_be_checked()
+    toggle.check()
+    expect(page.get_by_test_id("action-p03")).to_have_attribute("data-status", "ok")
+    assert {"command": "restart", "properties": {"plugin": "p03", "debug": True}} in fb.fake.requests  # managed
+
+    st = running_state("p03")
+    st.debugPort, st.paused, st.pausedAt = 2346, True, "main.go:52"
+    fb.fake.status(st)
+    expect(page.get_by_test_id("debug-port-p03")).to_have_text("2346")
+    expect(page.get_by_test_id("paused-p03")).to_have_text("paused at main.go:52")
+    expect(toggle).to_be_checked()
+    expect(page.get_by_test_id("launch-p03")).to_be_visible()
+    assert json.loads(page.get_by_test_id("launch-json-p03").text_content()) == {
+        "name": "Attach to p03", "type": "go", "request": "attach", "mode": "remote", "port": 2346,
+        "host": "127.0.0.1"}
+    page.get_by_test_id("launch-p03").locator("summary").click()
+    page.get_by_test_id("copy-launch-p03").click()
+    expect(page.get_by_test_id("copy-launch-p03")).to_have_text("Copied")
+
+    st.paused, st.pausedAt = False, ""
+    fb.fake.status(st)
+    expect(page.get_by_test_id("paused-p03")).to_be_hidden()
+
+    idle = running_state("p04")
+    idle.mode, idle.goStatus, idle.grpcConnected = "idle", "stopped", False
+    fb.fake.status(idle)
+    page.get_by_test_id("debug-p04").check()
+    expect(page.get_by_test_id("action-p04")).to_have_attribute("data-status", "ok")
+    assert {"command": "start", "properties": {"plugin": "p04", "debug": True}} in fb.fake.requests   # not managed
+    toggle.uncheck()
+    expect(page.get_by_test_id("action-p03")).to_have_attribute("data-status", "ok")
+    assert {"command": "restart", "properties": {"plugin": "p03", "debug": False}} in fb.fake.requests

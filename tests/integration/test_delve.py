@@ -68,10 +68,6 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def run(coro, timeout: float = 120):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 def plugin_env() -> dict[str, str]:
     """What the go-plugin host passes to its plugin (magic cookie, protocol versions, port range)."""
     return {**os.environ, "OMNIVIEW": "hello", "PLUGIN_PROTOCOL_VERSIONS": "1",
@@ -125,7 +121,8 @@ async def hit_breakpoint(target: DelveTarget, host: PluginHost, main_go: Path, l
     return reply
 
 
-def test_session_survives_a_rebuild(src, env):
+@pytest.mark.async_timeout(120)
+async def test_session_survives_a_rebuild(src, env):
     main_go = src / "pkg" / "main.go"
     line = greet_line(main_go)
     installed = env / "bin"
@@ -133,237 +130,222 @@ def test_session_survives_a_rebuild(src, env):
     binary = install(str(go_build(src)), str(installed))
     port = debug_port()
 
-    async def main():
-        ctx = plugin_ctx(src)
-        target = DelveTarget(ctx, port)
-        hs = await target.start(binary, plugin_env(), timeout=60)
-        assert looks_like_handshake(hs)
-        host = await connect(ctx, hs)
-        try:
-            assert await host.health() and await greet(host, "a") == "Hello, a"
-            assert await target.paused() is None
-            first_pid = target.plugin_pid
+    ctx = plugin_ctx(src)
+    target = DelveTarget(ctx, port)
+    hs = await target.start(binary, plugin_env(), timeout=60)
+    assert looks_like_handshake(hs)
+    host = await connect(ctx, hs)
+    try:
+        assert await host.health() and await greet(host, "a") == "Hello, a"
+        assert await target.paused() is None
+        first_pid = target.plugin_pid
 
-            await target.client.halt()
-            assert await target.paused() is not None
-            bp = await target.client.create_breakpoint(str(main_go), line)
-            assert [(b["id"], b["file"], b["line"]) for b in await target.client.breakpoints()] == \
-                [(bp["id"], str(main_go), line)]
-            target.resume()
-            assert await hit_breakpoint(target, host, main_go, line, "omni") == "Hello, omni"
+        await target.client.halt()
+        assert await target.paused() is not None
+        bp = await target.client.create_breakpoint(str(main_go), line)
+        assert [(b["id"], b["file"], b["line"]) for b in await target.client.breakpoints()] == \
+            [(bp["id"], str(main_go), line)]
+        target.resume()
+        assert await hit_breakpoint(target, host, main_go, line, "omni") == "Hello, omni"
 
-            # a save: rebuilt with an edit, installed at the same path (atomic rename), restarted by the same delve
-            greeting = src / "pkg" / "greeting.go"
-            greeting.write_text(re.sub(r'const Greeting = ".*"', 'const Greeting = "Howdy"', greeting.read_text()))
-            install(str(go_build(src)), str(installed))
-            old_socket = target.socket
-            await host.close()
-            restarted = await target.restart(timeout=60)
-            assert restarted.discarded == [] and target.port == port and target.running
-            assert not os.path.exists(old_socket)
-            assert target.plugin_pid != first_pid and not psutil.pid_exists(first_pid)
-            assert [(b["id"], b["file"], b["line"]) for b in restarted.breakpoints] == [(bp["id"], str(main_go), line)]
-            host = await connect(ctx, restarted.handshake)
-            assert await hit_breakpoint(target, host, main_go, line, "again") == "Howdy, again"
+        # a save: rebuilt with an edit, installed at the same path (atomic rename), restarted by the same delve
+        greeting = src / "pkg" / "greeting.go"
+        greeting.write_text(re.sub(r'const Greeting = ".*"', 'const Greeting = "Howdy"', greeting.read_text()))
+        install(str(go_build(src)), str(installed))
+        old_socket = target.socket
+        await host.close()
+        restarted = await target.restart(timeout=60)
+        assert restarted.discarded == [] and target.port == port and target.running
+        assert not os.path.exists(old_socket)
+        assert target.plugin_pid != first_pid and not psutil.pid_exists(first_pid)
+        assert [(b["id"], b["file"], b["line"]) for b in restarted.breakpoints] == [(bp["id"], str(main_go), line)]
+        host = await connect(ctx, restarted.handshake)
+        assert await hit_breakpoint(target, host, main_go, line, "again") == "Howdy, again"
 
-            # a save while the target is halted at the breakpoint: the stopped call fails, the breakpoint stays
-            stuck = asyncio.ensure_future(greet(host, "stuck"))
-            await asyncio.wait_for(target.next_stop, 30)
-            assert (await target.paused()).line == line
-            restarted = await target.restart(timeout=60)
-            with pytest.raises(grpc.aio.AioRpcError):
-                await asyncio.wait_for(stuck, 10)
-            assert [b["id"] for b in restarted.breakpoints] == [bp["id"]]
-            await host.close()
-            host = await connect(ctx, restarted.handshake)
-            assert await hit_breakpoint(target, host, main_go, line, "third") == "Howdy, third"
+        # a save while the target is halted at the breakpoint: the stopped call fails, the breakpoint stays
+        stuck = asyncio.ensure_future(greet(host, "stuck"))
+        await asyncio.wait_for(target.next_stop, 30)
+        assert (await target.paused()).line == line
+        restarted = await target.restart(timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(stuck, 10)
+        assert [b["id"] for b in restarted.breakpoints] == [bp["id"]]
+        await host.close()
+        host = await connect(ctx, restarted.handshake)
+        assert await hit_breakpoint(target, host, main_go, line, "third") == "Howdy, third"
 
-            await target.client.halt()
-            await target.client.clear_breakpoint(bp["id"])
-            assert await target.client.breakpoints() == []
-            target.resume()
-            assert await greet(host, "free") == "Howdy, free"
-        finally:
-            await host.close()
-            pid = target.plugin_pid
-            socket_path = target.socket
-            await target.stop()
-        await gone([target.pid, pid])
-        assert not os.path.exists(socket_path)
-        assert port_is_free(port)
-        assert target.exited.done()
-
-    run(main())
+        await target.client.halt()
+        await target.client.clear_breakpoint(bp["id"])
+        assert await target.client.breakpoints() == []
+        target.resume()
+        assert await greet(host, "free") == "Howdy, free"
+    finally:
+        await host.close()
+        pid = target.plugin_pid
+        socket_path = target.socket
+        await target.stop()
+    await gone([target.pid, pid])
+    assert not os.path.exists(socket_path)
+    assert port_is_free(port)
+    assert target.exited.done()
 
 
 @pytest.mark.parametrize("halted", [False, True], ids=["running", "halted"])
-def test_killed_delve_is_noticed_and_leaves_nothing(src, env, halted):
+@pytest.mark.async_timeout(120)
+async def test_killed_delve_is_noticed_and_leaves_nothing(src, env, halted):
     binary = str(go_build(src))
     port = debug_port()
 
-    async def main():
-        ctx = plugin_ctx(src)
-        noticed = asyncio.get_running_loop().create_future()
-        target = DelveTarget(ctx, port, on_exit=lambda t, rc: noticed.set_result(rc))
-        await target.start(binary, plugin_env(), timeout=60)
-        pid, socket_path = target.plugin_pid, target.socket
-        assert os.path.exists(socket_path)
-        if halted:
-            await target.client.halt()
-        os.kill(target.pid, signal.SIGKILL)
-        assert await asyncio.wait_for(noticed, 10) == -signal.SIGKILL
-        if not halted:                      # (a halt answers the pending continue)
-            with pytest.raises(DelveError, match="closed the connection"):
-                await asyncio.wait_for(target.next_stop, 10)
-        await gone([target.pid, pid])
-        assert not os.path.exists(socket_path) and port_is_free(port)
-        with pytest.raises(DelveError, match="not running"):
-            await target.paused()
-        await target.stop()
-
-    run(main())
+    ctx = plugin_ctx(src)
+    noticed = asyncio.get_running_loop().create_future()
+    target = DelveTarget(ctx, port, on_exit=lambda t, rc: noticed.set_result(rc))
+    await target.start(binary, plugin_env(), timeout=60)
+    pid, socket_path = target.plugin_pid, target.socket
+    assert os.path.exists(socket_path)
+    if halted:
+        await target.client.halt()
+    os.kill(target.pid, signal.SIGKILL)
+    assert await asyncio.wait_for(noticed, 10) == -signal.SIGKILL
+    if not halted:                      # (a halt answers the pending continue)
+        with pytest.raises(DelveError, match="closed the connection"):
+            await asyncio.wait_for(target.next_stop, 10)
+    await gone([target.pid, pid])
+    assert not os.path.exists(socket_path) and port_is_free(port)
+    with pytest.raises(DelveError, match="not running"):
+        await target.paused()
+    await target.stop()
 
 
-def test_dap_on_the_same_port(src, env):
+@pytest.mark.async_timeout(120)
+async def test_dap_on_the_same_port(src, env):
     """delve 1.20 answers DAP (VS Code's dlv-dap) on the JSON-RPC port; omni's own connection is unaffected."""
     binary = str(go_build(src))
     port = debug_port()
 
-    async def main():
-        ctx = plugin_ctx(src)
-        target = DelveTarget(ctx, port)
-        await target.start(binary, plugin_env(), timeout=60)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
-                               "arguments": {"adapterID": "go"}}).encode()
-            writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            length = int(header.split(b":")[1])
-            reply = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
-            assert reply["type"] == "response" and reply["command"] == "initialize" and reply["success"]
-            writer.close()
-            assert await target.paused() is None
-        finally:
-            await target.stop()
-
-    run(main())
+    ctx = plugin_ctx(src)
+    target = DelveTarget(ctx, port)
+    await target.start(binary, plugin_env(), timeout=60)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
+                           "arguments": {"adapterID": "go"}}).encode()
+        writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        header = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(header.split(b":")[1])
+        reply = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        assert reply["type"] == "response" and reply["command"] == "initialize" and reply["success"]
+        writer.close()
+        assert await target.paused() is None
+    finally:
+        await target.stop()
 
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")     # one that user nobody may run
 
 
-def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
+@pytest.mark.async_timeout(120)
+async def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
     """The plugin dies, delve stays: the pending continue answers with the exit; restart runs the binary again."""
     binary = str(go_build(src))
     port = debug_port()
 
-    async def main():
-        ctx = plugin_ctx(src)
-        target = DelveTarget(ctx, port)
-        await target.start(binary, plugin_env(), timeout=60)
-        try:
-            first = target.plugin_pid
-            os.kill(first, signal.SIGKILL)
-            state = await asyncio.wait_for(target.next_stop, 10)
-            assert state["exited"] and target.running and await target.paused() is None
-            restarted = await target.restart(timeout=60)
-            assert target.plugin_pid not in (0, first)
-            host = await connect(ctx, restarted.handshake)
-            assert (await greet(host, "back")).endswith(", back")
-            await host.close()
-        finally:
-            await target.stop()
-
-    run(main())
+    ctx = plugin_ctx(src)
+    target = DelveTarget(ctx, port)
+    await target.start(binary, plugin_env(), timeout=60)
+    try:
+        first = target.plugin_pid
+        os.kill(first, signal.SIGKILL)
+        state = await asyncio.wait_for(target.next_stop, 10)
+        assert state["exited"] and target.running and await target.paused() is None
+        restarted = await target.restart(timeout=60)
+        assert target.plugin_pid not in (0, first)
+        host = await connect(ctx, restarted.handshake)
+        assert (await greet(host, "back")).endswith(", back")
+        await host.close()
+    finally:
+        await target.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None or SYSTEM_PYTHON is None,
                     reason="needs root (runuser -u nobody) and /usr/bin/python3")
-def test_another_user_cannot_connect(src, env):
+@pytest.mark.async_timeout(120)
+async def test_another_user_cannot_connect(src, env):
     binary = str(go_build(src))
     port = debug_port()
     probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
              "s.sendall(b'{\"method\":\"RPCServer.State\",\"params\":[{\"NonBlocking\":true}],\"id\":1}\\n'); "
              "s.settimeout(10); print(repr(s.recv(100)))")
 
-    async def main():
-        ctx = plugin_ctx(src)
-        target = DelveTarget(ctx, port)
-        await target.start(binary, plugin_env(), timeout=60)
-        try:
-            proc = await asyncio.create_subprocess_exec("runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-I", "-c",
-                                                        probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            out, err = await asyncio.wait_for(proc.communicate(), 30)
-            # refused: the connection is reset (or closed) without an answer
-            assert b"result" not in out and (b"ConnectionResetError" in err or out.strip() == b"b''"), (out, err)
-            assert await target.paused() is None               # our own connection still works
-        finally:
-            await target.stop()
-
-    run(main())
+    ctx = plugin_ctx(src)
+    target = DelveTarget(ctx, port)
+    await target.start(binary, plugin_env(), timeout=60)
+    try:
+        proc = await asyncio.create_subprocess_exec("runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-I", "-c",
+                                                    probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        # refused: the connection is reset (or closed) without an answer
+        assert b"result" not in out and (b"ConnectionResetError" in err or out.strip() == b"b''"), (out, err)
+        assert await target.paused() is None               # our own connection still works
+    finally:
+        await target.stop()
 
 
-def test_missing_delve_and_taken_port(src, env):
+@pytest.mark.async_timeout(120)
+async def test_missing_delve_and_taken_port(src, env):
     with pytest.raises(DelveError, match="Debian's 'delve' package"):
         find_dlv({"PATH": str(env)})
 
-    async def main():
-        ctx = plugin_ctx(src)
-        with pytest.raises(DelveError, match="apt-get install delve"):
-            await DelveTarget(ctx, debug_port()).start(str(src / "build" / "bin" / "plugin"),
-                                                       {**plugin_env(), "PATH": str(env)})
-        with pytest.raises(DelveError, match="cannot run the plugin binary .*no-such-plugin: not found"):
-            await DelveTarget(ctx, debug_port()).start(str(env / "no-such-plugin"), plugin_env())
-        not_a_binary = env / "not-a-binary"
-        not_a_binary.write_text("garbage\n")
-        not_a_binary.chmod(0o755)
-        target = DelveTarget(ctx, debug_port())
-        with pytest.raises(DelveError, match="(?s)delve exited with code 1; its output:.*not an executable file"):
-            await target.start(str(not_a_binary), plugin_env(), timeout=30)
-        assert not target.running and target.exited.result() == 1
-        with socket.socket() as holder:
-            holder.bind(("127.0.0.1", 0))
-            holder.listen()
-            target = DelveTarget(ctx, holder.getsockname()[1])
-            with pytest.raises(DelveError) as e:
-                await target.start(str(src / "build" / "bin" / "plugin"), plugin_env(), timeout=30)
-            assert e.value.port_taken and "in use" in str(e.value)
-            assert not target.running
-
-    run(main())
+    ctx = plugin_ctx(src)
+    with pytest.raises(DelveError, match="apt-get install delve"):
+        await DelveTarget(ctx, debug_port()).start(str(src / "build" / "bin" / "plugin"),
+                                                   {**plugin_env(), "PATH": str(env)})
+    with pytest.raises(DelveError, match="cannot run the plugin binary .*no-such-plugin: not found"):
+        await DelveTarget(ctx, debug_port()).start(str(env / "no-such-plugin"), plugin_env())
+    not_a_binary = env / "not-a-binary"
+    not_a_binary.write_text("garbage\n")
+    not_a_binary.chmod(0o755)
+    target = DelveTarget(ctx, debug_port())
+    with pytest.raises(DelveError, match="(?s)delve exited with code 1; its output:.*not an executable file"):
+        await target.start(str(not_a_binary), plugin_env(), timeout=30)
+    assert not target.running and target.exited.result() == 1
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        target = DelveTarget(ctx, holder.getsockname()[1])
+        with pytest.raises(DelveError) as e:
+            await target.start(str(src / "build" / "bin" / "plugin"), plugin_env(), timeout=30)
+        assert e.value.port_taken and "in use" in str(e.value)
+        assert not target.running
 
 
-def test_timings(src, env):
+@pytest.mark.async_timeout(120)
+async def test_timings(src, env):
     """Start → handshake under delve and restart → handshake, next to a plain start of the same binary."""
     binary = str(go_build(src))
     port = debug_port()
 
-    async def main():
-        ctx = plugin_ctx(src)
-        loop = asyncio.get_running_loop()
-        plain, start, restart = [], [], []
-        for _ in range(3):
-            handshake = loop.create_future()
-            t0 = loop.time()
-            child = await Child.spawn("plugin", [binary], env=plugin_env(), registry=ctx.children,
-                                      on_line=lambda s, l: s == "stdout" and looks_like_handshake(l)
-                                      and not handshake.done() and handshake.set_result(loop.time()))
-            plain.append((await asyncio.wait_for(handshake, 30) - t0) * 1000)
-            await child.stop(1)
-        for _ in range(3):
-            target = DelveTarget(ctx, port)
-            t0 = loop.time()
-            await target.start(binary, plugin_env(), timeout=60)
-            start.append((loop.time() - t0) * 1000)
-            t0 = loop.time()
-            await target.restart(timeout=60)
-            restart.append((loop.time() - t0) * 1000)
-            await target.stop()
+    ctx = plugin_ctx(src)
+    loop = asyncio.get_running_loop()
+    plain, start, restart = [], [], []
+    for _ in range(3):
+        handshake = loop.create_future()
+        t0 = loop.time()
+        child = await Child.spawn("plugin", [binary], env=plugin_env(), registry=ctx.children,
+                                  on_line=lambda s, l: s == "stdout" and looks_like_handshake(l)
+                                  and not handshake.done() and handshake.set_result(loop.time()))
+        plain.append((await asyncio.wait_for(handshake, 30) - t0) * 1000)
+        await child.stop(1)
+    for _ in range(3):
+        target = DelveTarget(ctx, port)
+        t0 = loop.time()
+        await target.start(binary, plugin_env(), timeout=60)
+        start.append((loop.time() - t0) * 1000)
+        t0 = loop.time()
+        await target.restart(timeout=60)
+        restart.append((loop.time() - t0) * 1000)
+        await target.stop()
 
-        def ms(values):
-            return "/".join(f"{v:.0f}" for v in values) + " ms"
-        print(f"\nstart → handshake: plain {ms(plain)}, under delve {ms(start)}; "
-              f"restart under delve → handshake {ms(restart)}")
-
-    run(main())
+    def ms(values):
+        return "/".join(f"{v:.0f}" for v in values) + " ms"
+    print(f"\nstart → handshake: plain {ms(plain)}, under delve {ms(start)}; "
+          f"restart under delve → handshake {ms(restart)}")

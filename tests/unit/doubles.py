@@ -71,8 +71,9 @@ class FakeChild:
 class FakeBuilder:
     """gobuild.Builder: each build succeeds unless `fail` is set."""
 
-    def __init__(self, ctx: PluginContext):
+    def __init__(self, ctx: PluginContext, debug: bool = False):
         self.ctx = ctx
+        self.debug = debug
         self.fail = False
         self.output = f"{ctx.dir}/build/bin/plugin"
 

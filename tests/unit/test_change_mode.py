@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +27,7 @@ def broker(tmp_path):
     b.registry = Registry(str(tmp_path / "omni.toml"), str(tmp_path / "state.json"))
     b.registry.add("p", str(plugin_dir), {})
     b.ports = PortAllocator(40100, 40110, b.registry.state.ports)
+    b.debug_ports = PortAllocator(40200, 40210, b.registry.state.debug_ports, what="debug")
     b.dir_errors, b.held_program = {}, ""
     published = []
     b.events = SimpleNamespace(states={}, status=published.append, publish=lambda *a: published.append(a))
@@ -35,9 +37,11 @@ def broker(tmp_path):
     b.supervisor = SimpleNamespace(program_info=program_info)
     b.workers = {}
     b.forwarded = []
+    b.debug_forwarded = []
 
-    async def forward(cmd, props, *, vite_port=0):
+    async def forward(cmd, props, *, vite_port=0, debug_port=0):
         b.forwarded.append((cmd.name, dict(props), vite_port))
+        b.debug_forwarded.append(debug_port)
         return "worker's answer"
     b.forward = forward
     b.published = published
@@ -124,3 +128,53 @@ def test_restart_keeps_the_mode_and_takes_the_port_when_there_is_one(broker):
     broker.ports.allocate("other")                                      # the only port is taken: none left
     run(COMMANDS["restart"].execute(broker, {"plugin": "p"}))           # the worker reports it, as for start
     assert broker.forwarded[-1] == ("restart", {"plugin": "p"}, 0)
+
+
+def test_debug_is_recorded_with_the_desired_state_and_takes_a_debug_port(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    debug_port = broker.debug_ports.port_of("p")
+    assert debug_port and broker.debug_forwarded[-1] == debug_port
+    assert broker.forwarded[-1][1] == {"plugin": "p", "vite": True, "go": True}     # `debug` is the broker's to keep
+    assert Registry(broker.registry.config_path, broker.registry.state_path).get("p").desired.debug
+    run(COMMANDS["restart"].execute(broker, {"plugin": "p"}))            # a restart keeps debug mode and its port
+    assert broker.debug_forwarded[-1] == debug_port
+    run(COMMANDS["stop"].execute(broker, {"plugin": "p"}))
+    assert broker.debug_ports.port_of("p") is None and broker.registry.get("p").desired.debug
+    run(COMMANDS["start"].execute(broker, {"plugin": "p"}))             # as last time: debug, the same port
+    assert broker.debug_forwarded[-1] == debug_port
+    run(COMMANDS["restart"].execute(broker, {"plugin": "p", "debug": False}))
+    assert broker.debug_forwarded[-1] == 0 and not broker.registry.get("p").desired.debug
+    assert broker.debug_ports.port_of("p") is None                      # free for others meanwhile
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    assert broker.debug_forwarded[-1] == debug_port                     # the preferred port, persisted
+    reread = json.loads(open(broker.registry.state_path).read())
+    assert reread["debug_ports"]["preferred"] == {"p": debug_port}
+
+
+def test_a_start_without_go_takes_no_debug_port(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "go": False, "debug": True}))
+    assert broker.debug_forwarded[-1] == 0 and broker.debug_ports.port_of("p") is None
+
+
+def test_an_exhausted_debug_range_fails_the_start_and_changes_nothing(broker):
+    broker.debug_ports = PortAllocator(40200, 40201, {}, what="debug")
+    broker.debug_ports.allocate("other")
+    with pytest.raises(CommandError) as e:
+        run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    assert e.value.code == ErrorCode.NO_PORT and "debug port range" in e.value.reason
+    assert broker.ports.port_of("p") is None and broker.registry.get("p").desired.mode == "idle"
+
+
+def test_a_debug_port_held_by_another_program_moves_the_plugin_and_says_so(broker):
+    run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
+    first = broker.debug_ports.port_of("p")
+    run(COMMANDS["stop"].execute(broker, {"plugin": "p"}))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", first))
+        holder.listen()
+        run(COMMANDS["start"].execute(broker, {"plugin": "p"}))
+    moved = broker.debug_ports.port_of("p")
+    assert moved != first and broker.debug_forwarded[-1] == moved
+    logs = [a for a in broker.published if isinstance(a, tuple) and a[0] == protocol.LOG]
+    message = logs[-1][1][0].message
+    assert f"debug port {first} is not free" in message and f"has port {moved} now" in message

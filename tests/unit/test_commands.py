@@ -155,9 +155,12 @@ class FakeDevServer:
 
 @pytest.mark.parametrize("name, props, call, result", [
     ("start", {"vite": False, "go": True, "vitePort": 15180},
-     ("start", (), {"vite": False, "go": True, "vite_port": 15180}), None),
+     ("start", (), {"vite": False, "go": True, "vite_port": 15180, "debug_port": 0}), None),
+    ("start", {"vitePort": 15180, "debugPort": 2345},
+     ("start", (), {"vite": True, "go": True, "vite_port": 15180, "debug_port": 2345}), None),
     ("stop", {}, ("stop", (), {}), None),
-    ("restart", {"vitePort": 15181}, ("restart", (), {"vite_port": 15181}), None),
+    ("restart", {"vitePort": 15181}, ("restart", (), {"vite_port": 15181, "debug_port": 0}), None),
+    ("restart", {"debugPort": 2346}, ("restart", (), {"vite_port": 0, "debug_port": 2346}), None),
     ("rebuild", {}, ("rebuild", (), {}), None),
     ("attach", {}, ("attach", (), {}), None),
     ("detach", {}, ("detach", (), {}), None),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from types import SimpleNamespace
 
 import pytest
 from doubles import FakeBuilder, FakeChild, FakeHost, FakeWatcher, context, status, statuses
 from support.waits import wait_event
 
+from omnibroker import protocol
 from omniworker import gopath, vite
 from omniworker.devserver import DevServer
 from omniworker.state import (TRANSITIONS, ExternalStatus, GoStatus, InvalidTransition, Mode, PartState,
@@ -377,3 +379,147 @@ def test_slot_waits_instead_of_spinning_on_a_closed_channel():
         assert e.value.code in ("timeout", "rpc_error") and host.calls <= 4 and ticks > 10
 
     run(body())
+
+
+# --- debug mode ----------------------------------------------------------------------------------------------------
+def test_debug_fields_come_from_the_go_path_in_managed_mode_only():
+    ctx, sink = context()
+    ctx.mode.change_state(Mode.MANAGED)
+    ctx.go.update(debugPort=2345)
+    ctx.go.update(paused=True, pausedAt="main.go:52")
+    st = ctx.state
+    assert (st.debugPort, st.paused, st.pausedAt) == (2345, True, "main.go:52")
+    assert statuses(sink, "paused") == [False, True]
+    ctx.go.update(paused=False, pausedAt="")
+    with ctx.batch():
+        ctx.mode.change_state(Mode.IDLE)
+        ctx.mode.change_state(Mode.EXTERNAL)
+    assert (ctx.state.debugPort, ctx.state.paused, ctx.state.pausedAt) == (0, False, "")
+
+
+class FakeDelve:
+    """delve's JSON-RPC client: a blocking `State` answers with a stop once, then `stops` says the target stays
+    halted for that many looks before it runs again; breakpoints as listed."""
+
+    def __init__(self, stops: int):
+        from omniworker.delve import Stop
+        self.stop = Stop("/src/pkg/main.go", 52, "main.(*greeter).Greet", 1)
+        self.stops = stops
+        self.blocking = 0
+        self.closed = False
+        self.released = asyncio.Event()
+
+    async def call(self, method, params=None, timeout=10.0):
+        assert (method, params, timeout) == ("State", {"NonBlocking": False}, None)
+        self.blocking += 1
+        if self.blocking > 1:                       # running: delve answers at the next stop (never, here)
+            self.released.set()
+            await asyncio.Event().wait()
+        return {"State": {"Running": False, "currentThread": {
+            "file": self.stop.file, "line": self.stop.line, "function": {"name": self.stop.function},
+            "breakPoint": {"id": 1, "file": self.stop.file, "line": self.stop.line}}}}
+
+    async def stopped_at(self):
+        self.stops -= 1
+        return self.stop if self.stops > 0 else None
+
+    def send(self, method, params):
+        assert (method, params) == ("ListBreakpoints", {"All": False})
+        listed = asyncio.get_running_loop().create_future()
+        listed.set_result({"Breakpoints": [{"id": -1, "file": "<runtime>", "line": 0},
+                                           {"id": 1, "file": self.stop.file, "line": self.stop.line, "cond": ""}]})
+        return listed
+
+    async def close(self):
+        self.closed = True
+
+
+def test_a_stop_under_delve_shows_paused_and_where_and_the_breakpoints_are_remembered(monkeypatch):
+    from omniworker import debugsession
+    ctx, sink = context()
+    ctx.mode.change_state(Mode.MANAGED)
+    delve = FakeDelve(stops=3)
+
+    async def connect(port):
+        return delve
+    monkeypatch.setattr(debugsession.DelveClient, "connect", connect)
+    monkeypatch.setattr(debugsession, "PAUSE_POLL", 0.01)
+
+    async def body():
+        session = debugsession.DebugSession(ctx, 2345)
+        target = SimpleNamespace(port=2345, running=True)
+        watcher = asyncio.create_task(session._watch(target))
+        await asyncio.wait_for(delve.released.wait(), 5)        # paused, then running: a blocking State again
+        assert statuses(sink, "paused") == [False, True, False]
+        assert [p for p in statuses(sink, "pausedAt")] == ["", "main.go:52", ""]
+        assert session.breakpoints == [{"file": "/src/pkg/main.go", "line": 52}]
+        assert delve.blocking == 2                              # no polling while it runs
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        assert delve.closed
+    run(body())
+
+
+def test_a_lost_delve_is_an_error_event_and_the_state_says_so():
+    from omniworker.debugsession import DebugSession
+    ctx, sink = context()
+    ctx.mode.change_state(Mode.MANAGED)
+    session = DebugSession(ctx, 2345)
+    target = SimpleNamespace(address="127.0.0.1:2345")
+    session.target = target
+    session.breakpoints = [{"file": "/src/pkg/main.go", "line": 52}]
+    ctx.go.update(debugPort=2345, paused=True, pausedAt="main.go:52")
+    session._delve_exited(target, -9)
+    assert not ctx.state.paused and "delve on 127.0.0.1:2345 exited with code -9" in ctx.state.lastError
+    assert "1 breakpoints set again" in ctx.state.lastError
+    assert [p for t, p in sink.events if t == protocol.ERROR][-1]["errors"][0]["message"] == ctx.state.lastError
+    session._delve_exited(SimpleNamespace(address="x"), -9)     # an older delve's end: not this session's news
+    assert len([t for t, _ in sink.events if t == protocol.ERROR]) == 1
+
+
+def test_a_debug_port_taken_before_delve_listens_moves_to_the_brokers_next_one(monkeypatch):
+    from omniworker import debugsession
+    from omniworker.delve import DelveError
+    ctx, sink = context()
+    ctx.mode.change_state(Mode.MANAGED)
+    asked = []
+
+    async def other_port(kind, taken):
+        asked.append((kind, taken))
+        return 2399
+    sink.other_port = other_port
+    started = []
+
+    class FakeTarget:
+        def __init__(self, ctx, port, on_exit=None):
+            self.port, self.running, self.plugin_pid = port, False, 4242
+
+        async def start(self, binary, env, breakpoints=()):
+            started.append((self.port, list(breakpoints)))
+            if self.port == 2345:
+                raise DelveError("delve cannot listen on 127.0.0.1:2345: the port is in use", port_taken=True)
+            self.running = True
+            return "1|1|unix|/tmp/plugin1|grpc|"
+
+    async def no_delve(port):
+        raise DelveError("not in this test")
+    monkeypatch.setattr(debugsession, "DelveTarget", FakeTarget)
+    monkeypatch.setattr(debugsession.DelveClient, "connect", no_delve)
+    adopted = []
+    host = SimpleNamespace(plugin_env=lambda: {}, adopt=lambda line, pid: adopted.append((line, pid)) or _done())
+
+    async def body():
+        session = debugsession.DebugSession(ctx, 2345)
+        session.breakpoints = [{"file": "/src/pkg/main.go", "line": 52}]
+        await session.launch(host, "/home/bin/plugin")
+        assert asked == [("debug", 2345)] and session.port == 2399 and ctx.state.debugPort == 2399
+        assert started == [(2345, session.breakpoints), (2399, session.breakpoints)]
+        assert adopted == [("1|1|unix|/tmp/plugin1|grpc|", 4242)]
+        assert any("debug port 2345 is in use by another program: delve listens on 2399" in p[0]["message"]
+                   for t, p in sink.events if t == protocol.LOG)
+        await asyncio.gather(session._watcher)
+    run(body())
+
+
+async def _done():
+    return None
