@@ -22,13 +22,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import re
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 from omnibroker.protocol import BuildError
@@ -164,10 +164,27 @@ def parse_go_errors(output: str, plugin_dir: str, build_dir: str | None = None) 
 # ----------------------------------------------------------------------------------------------------------------
 # Building
 
+KILL_REAP = 10.0        # s a killed build gets to be gone (Child.wait: the group, escapees, the pipes)
+
+
+async def _wait_through_cancel(aw) -> bool:
+    """Await `aw` to its end even if the awaiting task is cancelled meanwhile (once or more). True when it was: the
+    caller then goes on being cancelled."""
+    fut = asyncio.ensure_future(aw)
+    cancelled = False
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                break
+            cancelled = True
+    return cancelled
+
+
 @dataclass
 class BuildResult:
     ok: bool
-    cancelled: bool = False
     returncode: int | None = None
     duration: float = 0.0          # seconds the build command ran (slot wait excluded)
     queued: float = 0.0            # seconds spent waiting for a broker-wide build slot
@@ -181,8 +198,6 @@ class BuildResult:
     def summary(self) -> str:
         if self.ok:
             return f"build succeeded in {self.duration:.2f}s"
-        if self.cancelled:
-            return "build cancelled"
         if self.timed_out:
             return self.errors[0].message
         first = next((e for e in self.errors), None)
@@ -212,8 +227,9 @@ class Builder:
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
         self._child: Child | None = None
-        self._cancelled = False
         self.last: BuildResult | None = None
+        self.cancelled = 0              # builds killed because they were cancelled
+        self.cancelled_cpu_s = 0.0      # CPU-seconds those builds had used when they were killed
 
     # --- configuration (`[build]`, typed in omnibroker/settings.py) ----------------------------------------------
     @property
@@ -252,14 +268,21 @@ class Builder:
     def pid(self) -> int:
         return self._child.pid if self._child is not None else 0
 
-    def cancel(self) -> bool:
-        """Kill the running build's process group now; `build()` then returns a result with cancelled=True."""
-        child = self._child
-        if child is None or not child.running:
-            return False
-        self._cancelled = True
+    async def _kill(self, child: Child, *, cancelled: bool) -> bool:
+        """Kill the build's process group and wait until every process of it is dead (at most KILL_REAP s), even
+        when cancelled meanwhile: the next build never runs beside the remains of this one. A cancelled build's CPU
+        time so far is counted in `cancelled_cpu_s` and logged. True when the task was cancelled while waiting."""
+        cpu = child.cpu_seconds() if cancelled else 0.0
         child.signal_group(signal.SIGKILL)
-        return True
+        interrupted = await _wait_through_cancel(asyncio.wait({asyncio.ensure_future(child.wait())},
+                                                              timeout=KILL_REAP))
+        if cancelled:
+            self.cancelled += 1
+            self.cancelled_cpu_s += cpu
+            self.ctx.log("go-build", "info", f"build cancelled after {time.monotonic() - child.started:.2f} s "
+                                             f"({cpu:.2f} CPU-s; {self.cancelled_cpu_s:.2f} CPU-s in "
+                                             f"{self.cancelled} cancelled builds so far)")
+        return interrupted
 
     async def build(self) -> BuildResult:
         """Run the build command inside a build slot. Cancelling the awaiting task kills the build and re-raises."""
@@ -301,7 +324,6 @@ class Builder:
                 env["GOTMPDIR"] = own_tmp
             except OSError:
                 own_tmp = None
-        self._cancelled = False
         ctx.log("go-build", "info", f"$ {' '.join(argv)}  (in {cwd})")
         started = loop.time()
         try:
@@ -311,13 +333,9 @@ class Builder:
                 child = await asyncio.shield(spawn)
             except asyncio.CancelledError:
                 # the process may exist already: kill it before going away
-                try:
-                    child = await spawn
-                    child.signal_group(signal.SIGKILL)
-                    await asyncio.wait_for(child.wait(), 5)
-                except BaseException:
-                    pass
-                ctx.log("go-build", "info", "build cancelled")
+                await _wait_through_cancel(asyncio.wait({spawn}))
+                if not spawn.cancelled() and spawn.exception() is None:
+                    await self._kill(spawn.result(), cancelled=True)
                 raise
             except OSError as e:
                 msg = f"cannot run the build command {argv[0]!r}: {e.strerror or e}"
@@ -335,17 +353,11 @@ class Builder:
                     rc = await asyncio.wait_for(child.wait(), timeout)     # Child.wait is shielded: the child lives
                 except asyncio.TimeoutError:
                     timed_out = timeout
-                    child.signal_group(signal.SIGKILL)
-                    with contextlib.suppress(asyncio.TimeoutError):     # a setsid'd escapee may hold its pipes
-                        await asyncio.wait_for(child.wait(), 5)
+                    if await self._kill(child, cancelled=False):
+                        raise asyncio.CancelledError()
                     rc = child.returncode
             except asyncio.CancelledError:
-                child.signal_group(signal.SIGKILL)
-                try:
-                    await asyncio.wait_for(child.wait(), 5)
-                except BaseException:
-                    pass
-                ctx.log("go-build", "info", "build cancelled")
+                await self._kill(child, cancelled=True)
                 raise
             finally:
                 self._child = None
@@ -360,10 +372,6 @@ class Builder:
             res = BuildResult(ok=False, timed_out=timed_out, returncode=rc, duration=finished - started,
                               queued=queued, output=text, errors=[BuildError(message=msg)], binary=output,
                               started=started, finished=finished)
-        elif self._cancelled:
-            ctx.log("go-build", "info", "build cancelled")
-            res = BuildResult(ok=False, cancelled=True, returncode=rc, duration=finished - started, queued=queued,
-                              output=text, binary=output, started=started, finished=finished)
         elif rc == 0 and os.path.isfile(output):
             # a successful build may still have printed warnings (cgo's C compiler, the linker): keep those
             warnings = [e for e in parse_go_errors(text, ctx.dir, cwd) if e.severity == "warning"] \
