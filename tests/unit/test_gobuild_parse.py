@@ -290,3 +290,11 @@ def test_install_errors_keep_old_binary(tmp_path, monkeypatch, err, words):
     assert words in str(ei.value) and "previously installed binary is kept" in str(ei.value)
     assert (dest / "plugin").read_bytes() == b"old"
     assert sorted(os.listdir(dest)) == ["plugin"]         # temp file removed, no .prev touched
+
+
+def test_the_default_build_strips_symbols_and_its_debug_variant_keeps_them():
+    from omniworker.delve import DEBUG_GCFLAGS, debug_build
+    assert gobuild.DEFAULT_BUILD_COMMAND[:3] == ["go", "build", "-ldflags=-s -w"]
+    argv, env = debug_build(gobuild.DEFAULT_BUILD_COMMAND, {})
+    assert argv == ["go", "build", f"-gcflags={DEBUG_GCFLAGS}", "-o", "build/bin/plugin", "./pkg"]   # DWARF kept
+    assert env["OMNI_DEBUG"] == "1"
