@@ -23,8 +23,8 @@
 - Builds start once the sources are quiet (`[go] debounce_ms`, the quiet window, see gowatch.py). A change seen
   during a build cancels that build at once: its process group is killed and reaped before anything else happens
   (gobuild.Builder), so two builds of one plugin never run at once; a new build starts after the quiet window. A
-  build that finished although its sources changed meanwhile (the change's events were still on their way) is not
-  installed: the build inputs are snapshotted again when it ends, and differ. Only a build of the latest sources is
+  build that ended although its sources changed meanwhile (the change's events were still on their way) is neither
+  installed nor reported: the build inputs are snapshotted again when it ends, and differ. Only a build of the latest sources is
   installed. Install and the switch are never cancelled by changes (they take milliseconds). The CPU time of
   cancelled builds is counted (Builder.cancelled_cpu_s) and logged with each cancellation.
 - `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
