@@ -352,20 +352,20 @@ class Builder:
                 return BuildResult(ok=False, errors=[BuildError(message=msg)], binary=output, queued=queued,
                                    started=started, finished=loop.time())
             self._child = child
-            timed_out = 0.0
+            timed_out, interrupted = 0.0, False
             try:
-                try:
-                    rc = await asyncio.wait_for(child.wait(), timeout)     # Child.wait is shielded: the child lives
-                except asyncio.TimeoutError:
-                    timed_out = timeout
-                    if await self._kill(child, cancelled=False):
-                        raise asyncio.CancelledError()
-                    rc = child.returncode
+                rc = await asyncio.wait_for(child.wait(), timeout)     # Child.wait is shielded: the child lives
+            except asyncio.TimeoutError:
+                timed_out = timeout
+                interrupted = await self._kill(child, cancelled=False)
+                rc = child.returncode
             except asyncio.CancelledError:
                 await self._kill(child, cancelled=True)
                 raise
             finally:
                 self._child = None
+            if interrupted:
+                raise asyncio.CancelledError()      # cancelled while the timed-out build was being killed
         finally:
             if own_tmp:
                 shutil.rmtree(own_tmp, ignore_errors=True)

@@ -5,7 +5,8 @@ go and every compile/link step: a second build of the plugin starting before eve
 gone finds the lock taken and records an overlap. After its build, the wrapper moves `rewrite.txt` (if a test put
 one there) over pkg/greeting.go: a change made while the build runs, seen only once the build has ended (the first
 `mv` takes the file away, so a build killed for that change does not make it again).
-One service for the module; tests run in file order and each leaves the plugin ready.
+One service for the module; tests run in file order and each leaves the plugin ready. The last test runs a GoPath
+of its own, without a watcher.
 """
 import re
 import shutil
@@ -14,10 +15,13 @@ import subprocess
 import pytest
 
 from support.config import plugin_toml
-from support.example import GREET, copy_example, greet_reply, greet_request, set_greeting
+from support.example import GO_ENV, GREET, copy_example, greet_reply, greet_request, greeter_pb, set_greeting
 from support.service import Service
 
 from omnibroker import protocol
+from omniworker.context import NullSink, PluginContext
+from omniworker.gopath import GoPath
+from omniworker.gowatch import GoWatcher, WatchError
 
 pytestmark = pytest.mark.skipif(shutil.which("go") is None or shutil.which("flock") is None,
                                 reason="needs the Go toolchain and flock(1)")
@@ -138,3 +142,37 @@ def test_a_build_whose_sources_changed_while_it_ran_is_never_installed(svc):
     assert topics(events, protocol.RELOAD_COMPLETE) == 1
     assert not (svc.plugin_dir / "build.overlaps").exists()
     events.close()
+
+
+async def test_without_a_watcher_a_build_whose_sources_changed_is_discarded_and_built_again(tmp_path, monkeypatch):
+    """No watcher (inotify refused): no event can cancel the build, so the end-of-build check alone keeps the stale
+    binary out, and asks for the next build itself."""
+    monkeypatch.setenv("OMNIVIEW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMNI_RUNTIME_DIR", str(tmp_path / "run"))
+
+    def refuse(self):
+        raise WatchError("cannot watch: refused by the test")
+    monkeypatch.setattr(GoWatcher, "start", refuse)
+    plugin = copy_example(tmp_path / "hello", ui=False)
+    (plugin / "build.sh").write_text(BUILD_SH)
+    sink = NullSink()
+    ctx = PluginContext(protocol.PluginSpec(id="hello", path=str(plugin), settings={
+        "build": {"env": dict(GO_ENV), "command": ["sh", "build.sh"]}}), sink)
+    gp = GoPath(ctx)
+    await gp.start()
+    try:
+        assert ctx.state.goStatus == "ready" and gp.watcher is None
+        greeting = (plugin / "pkg" / "greeting.go").read_text()
+        (plugin / "rewrite.txt").write_text(re.sub(r'const Greeting = ".*"', 'const Greeting = "Final"', greeting))
+        set_greeting(plugin, "Middle", atomic=True)
+        assert await gp.rebuild(wait=True)               # Middle's build is discarded; the next one serves Final
+        reply = await gp.invoke(GREET, greeter_pb.encode_greet_request("x"))
+        assert greeter_pb.decode_greet_reply(reply) == "Final, x"
+        assert gp.discarded == 1 and gp.builder.cancelled == 0
+        messages = [e["message"] for t, p in sink.events if t == protocol.LOG for e in p]
+        assert sum("the sources changed meanwhile: discarding it" in m for m in messages) == 1
+        bin_dir = tmp_path / "home" / "plugins" / "hello" / "bin"
+        assert b"Middle" not in (bin_dir / "plugin").read_bytes() + (bin_dir / "plugin.prev").read_bytes()
+        assert not (plugin / "build.overlaps").exists()
+    finally:
+        await gp.stop()
