@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark of the managed Go path: save -> ready for the example plugin, and invoke gaps across a reload.
 
-    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 500] [--gap-runs 3] [--out results.json]
+    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 50] [--gap-runs 3] [--rapid-runs 3]
+                                           [--out results.json]
 
 Per run: edit `const Greeting` in a copy of examples/hello-plugin (atomic save), wait for dev_reload_complete, and
 split save -> ready into
-  debounce          save -> debounce fired (inotify delivery + the trailing debounce)
+  debounce          save -> debounce fired (inotify delivery + the quiet window, [go] debounce_ms)
   queue             debounce fired -> go build spawned (cycle start, build slot)
   build             the `go build` run by omni (warm cache)
   install           atomic copy into <home>/bin/plugin (+ fsync, rename, plugin.prev)
@@ -13,6 +14,10 @@ split save -> ready into
 The same edit is built standalone (`go build` on a second copy, same command and env) in the same run, before or
 after omni's build on alternate runs:
   overhead = total - debounce - standalone_build         (everything omni adds besides the debounce it is asked for)
+  total / standalone_build                               (save -> ready against the build alone; goal <= 1.15)
+Then, --rapid-runs times each: 5 saves 60 ms apart (reloads until the last save is served, builds cancelled and the
+CPU-seconds they had used: Builder.cancelled_cpu_s), and `git checkout` of a branch where 30 generated .go files
+and the greeting differ (reloads; the branch's greeting served).
 Separately (so the busy client does not slow the builds above), a client calls invoke in a loop across reloads
 (both reload orders) and the longest gap between two answers is recorded, next to a baseline: the longest gap the
 same client sees while a standalone go build loads the machine without any reload. Figures: median over runs.
@@ -28,6 +33,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +76,22 @@ async def standalone_build(tree: Path) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"standalone go build failed: {err.decode()}")
     return time.monotonic() - t0
+
+
+def git_branches(tree: Path, files: int = 30) -> None:
+    """A git repository in `tree`: branch main with `files` generated .go files, branch other where all of them and
+    the greeting differ; main checked out."""
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for i in range(files):
+        (tree / "pkg" / f"gen_{i:02d}.go").write_text(f'package main\n\nconst genValue{i:02d} = "a{i}"\n')
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tree)], check=True)
+    for args in (["add", "-A"], ["commit", "-qm", "a"], ["checkout", "-qb", "other"]):
+        subprocess.run([*git, *args], cwd=tree, check=True)
+    for i in range(files):
+        (tree / "pkg" / f"gen_{i:02d}.go").write_text(f'package main\n\nconst genValue{i:02d} = "b{i}"\n')
+    set_greeting(tree, "Checkout")
+    for args in (["commit", "-qam", "b"], ["checkout", "-q", "main"]):
+        subprocess.run([*git, *args], cwd=tree, check=True)
 
 
 def med(values):
@@ -188,6 +210,25 @@ async def bench(args) -> dict:
                                      "cancelled_cpu_s": s.gp.builder.cancelled_cpu_s - cpu0})
             print(f"rapid {i}: {results['rapid'][-1]}", file=sys.stderr)
         await s.gp.stop()
+
+        # `git checkout` of 30 files (a branch where 30 generated files and the greeting differ) -> reloads
+        c = Session(root, "checkout", settings)
+        git_branches(c.tree)
+        await c.gp.start()
+        results["checkout"] = []
+        for i in range(args.rapid_runs):
+            branch, word = ("other", "Checkout") if i % 2 == 0 else ("main", "Hello")
+            first = len(c.sink.events)
+            n0 = c.gp.builder.cancelled
+            subprocess.run(["git", "checkout", "-q", branch], cwd=c.tree, check=True)
+            await c.wait(c.protocol.RELOAD_COMPLETE, first, 60)
+            await asyncio.sleep(1.0)                        # room for a late extra reload to show up in the count
+            got = greeter.decode_greet_reply(await c.gp.invoke(GREET, greeter.encode_greet_request("b")))
+            results["checkout"].append({
+                "reloads": sum(1 for t, _ in c.sink.events[first:] if t == c.protocol.RELOAD_COMPLETE),
+                "served": got == f"{word}, b", "cancelled_builds": c.gp.builder.cancelled - n0})
+            print(f"checkout {i}: {results['checkout'][-1]}", file=sys.stderr)
+        await c.gp.stop()
 
         # invoke gaps across reloads
         for order in ("start-first", "stop-first"):

@@ -225,6 +225,13 @@ def rows_gopath(r: dict) -> list[dict]:
         out.append(row(S, "… CPU spent on the builds those saves cancelled", "CPU-s",
                        med([x["cancelled_cpu_s"] for x in rapid]), max(x["cancelled_cpu_s"] for x in rapid), "max",
                        len(rapid), note=f"{med([x['cancelled_builds'] for x in rapid])} cancelled builds (median)"))
+    checkout = r.get("checkout", [])
+    if checkout:
+        reloads = [x["reloads"] for x in checkout]
+        out.append(row(S, "`git checkout` of 30 files → reloads (new branch served)", "reloads", med(reloads),
+                       max(reloads), "max", len(checkout), goal="1", met=set(reloads) == {1}
+                       and all(x["served"] for x in checkout),
+                       note=f"{sum(x['cancelled_builds'] for x in checkout)} cancelled builds in all"))
     for order, g in r.get("gaps", {}).items():
         fails, calls = g.get("failures", 0), g.get("calls", 0)
         out.append(row(S, f"longest invoke gap during a reload ({order}; {fails} failed of {fails + calls} calls)",
@@ -303,7 +310,12 @@ def rows_bridge(r: dict) -> list[dict]:
                        ("ui_edit_to_dom_ms", "UI edit saved → DOM (Vite HMR + Fast Refresh)"),
                        ("go_edit_to_new_rpc_answer_ms", "Go edit saved → new RPC answer in the DOM")):
         x = r.get(key)
-        if x:
+        sa = r.get("go_standalone_build_ms") if key == "go_edit_to_new_rpc_answer_ms" else None
+        if x and sa:
+            out.append(row(S, label, "ms", x["median"], x["max"], "max", x["n"], sa["median"],
+                           "the same edit's `go build` run by hand", goal="≤ standalone build + 100 ms",
+                           met=x["median"] <= sa["median"] + 100))
+        elif x:
             out.append(row(S, label, "ms", x["median"], x["max"], "max", x["n"]))
     b = r.get("burst")
     if b:
