@@ -99,14 +99,17 @@ def atomic_write(path: Path, text: str) -> None:
 
 def greeting_text(value: str, formatted: bool = True) -> str:
     indent = "" if formatted else "   "
-    return (f"package main\n\n// Greeting is the word the Greeter service puts in front of the name.\n"
-            f"// Tests rewrite the line below with a regex; keep its exact format.\n{indent}const Greeting = \"{value}\"\n")
+    return ("package main\n\n// Greeting is the word the Greeter service puts in front of the name.\n"
+            "// Tests rewrite the line below with a regex; keep its exact format.\n"
+            f"{indent}const Greeting = \"{value}\"\n")
 
 
 def scenarios(tree: Path) -> dict[str, tuple[Callable[[int], None], Callable[[int], None]]]:
     """name: (prepare(run) - not measured, act(run) - measured)."""
     greeting = tree / "pkg" / "greeting.go"
-    run = lambda *argv: subprocess.run(argv, cwd=tree, check=True, stdout=subprocess.DEVNULL)  # noqa: E731
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, cwd=tree, check=True, stdout=subprocess.DEVNULL)
 
     def unformatted(i: int) -> None:
         atomic_write(greeting, greeting_text(f"Hi{i}", formatted=False))
@@ -188,7 +191,8 @@ def main() -> int:
                 results[name] = {"summary": summary, "runs": runs}
                 s = summary
                 print(f"{name:13s} events {s['events']['median']:>5} (max {s['events']['max']:>3})  relevant "
-                      f"{s['relevant']['median']:>5} (max {s['relevant']['max']:>3})  span {s['span_ms']['median']:7.2f} ms "
+                      f"{s['relevant']['median']:>5} (max {s['relevant']['max']:>3})  "
+                      f"span {s['span_ms']['median']:7.2f} ms "
                       f"(max {s['span_ms']['max']:7.2f})  max gap {s['max_gap_ms']['median']:6.2f} ms "
                       f"(max {s['max_gap_ms']['max']:6.2f})", file=sys.stderr, flush=True)
         finally:

@@ -73,8 +73,8 @@ def main() -> int:
                 set_greeting(trees[name], f"Flags{run}")
                 times[name].append(build(trees[name], VARIANTS[name]))
         base = statistics.median(times["default"])
-        out = {"runs": args.runs, "go": subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip(),
-               "cpus": os.cpu_count(), "variants": {}}
+        go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+        out = {"runs": args.runs, "go": go, "cpus": os.cpu_count(), "variants": {}}
         for name in names:
             med = statistics.median(times[name])
             size = (trees[name] / "build" / "bin" / "plugin").stat().st_size

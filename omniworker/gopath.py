@@ -24,9 +24,9 @@
   during a build cancels that build at once: its process group is killed and reaped before anything else happens
   (gobuild.Builder), so two builds of one plugin never run at once; a new build starts after the quiet window. A
   build that ended although its sources changed meanwhile (the change's events were still on their way) is neither
-  installed nor reported: the build inputs are snapshotted again when it ends, and differ. Only a build of the latest sources is
-  installed. Install and the switch are never cancelled by changes (they take milliseconds). The CPU time of
-  cancelled builds is counted (Builder.cancelled_cpu_s) and logged with each cancellation.
+  installed nor reported: the build inputs are snapshotted again when it ends, and differ. Only a build of the
+  latest sources is installed. Install and the switch are never cancelled by changes (they take milliseconds). The
+  CPU time of cancelled builds is counted (Builder.cancelled_cpu_s) and logged with each cancellation.
 - `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
   after a crash) the call waits for it, bounded by `timeout` overall; a call that hit a plugin being replaced is
   retried on the new one (runtime.PluginSlot, as in external mode). Errors are `protocol.CommandError` (codes
