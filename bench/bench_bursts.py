@@ -59,11 +59,12 @@ class Recorder:
             out, self.events = self.events, []
         return out
 
-    def settle(self) -> None:
-        """Return once no event arrived for QUIET_END s (the burst is over)."""
+    def settle(self, since: float = 0.0) -> None:
+        """Return once neither an event arrived nor `since` (time.monotonic()) was for QUIET_END s: the burst is
+        over, including events watchdog's thread delivers late on a loaded machine."""
         while True:
             with self.lock:
-                last = self.events[-1][0] if self.events else 0.0
+                last = max(self.events[-1][0] if self.events else 0.0, since)
             idle = time.monotonic() - last
             if idle >= QUIET_END:
                 return
@@ -143,8 +144,9 @@ def measure(watcher, rec: Recorder, act: Callable[[], None]) -> dict:
     rec.take()
     t0 = time.monotonic()
     act()
-    tool = time.monotonic() - t0
-    rec.settle()
+    done = time.monotonic()
+    tool = done - t0
+    rec.settle(done)
     events = rec.take()
     times = [t for t, ev in events if watcher.relevant(ev) is not None]
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -182,7 +184,7 @@ def main() -> int:
                 runs = []
                 for i in range(args.runs):
                     prepare(i)
-                    rec.settle()
+                    rec.settle(time.monotonic())
                     runs.append(measure(watcher, rec, lambda: act(i)))
                 summary = {}
                 for key in ("events", "relevant", "span_ms", "max_gap_ms", "tool_ms"):
