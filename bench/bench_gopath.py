@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark of the managed Go path: save -> ready for the example plugin, and invoke gaps across a reload.
 
-    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 500] [--gap-runs 3] [--out results.json]
+    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 50] [--gap-runs 3] [--rapid-runs 3]
+                                           [--out results.json]
 
 Per run: edit `const Greeting` in a copy of examples/hello-plugin (atomic save), wait for dev_reload_complete, and
 split save -> ready into
-  debounce          save -> debounce fired (inotify delivery + the trailing debounce)
+  debounce          save -> debounce fired (inotify delivery + the quiet window, [go] debounce_ms)
   queue             debounce fired -> go build spawned (cycle start, build slot)
   build             the `go build` run by omni (warm cache)
   install           atomic copy into <home>/bin/plugin (+ fsync, rename, plugin.prev)
@@ -13,6 +14,10 @@ split save -> ready into
 The same edit is built standalone (`go build` on a second copy, same command and env) in the same run, before or
 after omni's build on alternate runs:
   overhead = total - debounce - standalone_build         (everything omni adds besides the debounce it is asked for)
+  total / standalone_build                               (save -> ready against the build alone; goal <= 1.15)
+Then, --rapid-runs times each: 5 saves 60 ms apart (reloads until the last save is served, builds cancelled and the
+CPU-seconds they had used: Builder.cancelled_cpu_s), and `git checkout` of a branch where 30 generated .go files
+and the greeting differ (reloads; the branch's greeting served).
 Separately (so the busy client does not slow the builds above), a client calls invoke in a loop across reloads
 (both reload orders) and the longest gap between two answers is recorded, next to a baseline: the longest gap the
 same client sees while a standalone go build loads the machine without any reload. Figures: median over runs.
@@ -28,6 +33,7 @@ import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,12 +69,29 @@ def set_greeting(tree: Path, value: str) -> None:
 async def standalone_build(tree: Path) -> float:
     env = {**os.environ, **GO_ENV}
     t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_exec("go", "build", "-o", "build/bin/plugin", "./pkg", cwd=tree, env=env,
+    from omniworker.gobuild import DEFAULT_BUILD_COMMAND          # the very command omni runs
+    proc = await asyncio.create_subprocess_exec(*DEFAULT_BUILD_COMMAND, cwd=tree, env=env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"standalone go build failed: {err.decode()}")
     return time.monotonic() - t0
+
+
+def git_branches(tree: Path, files: int = 30) -> None:
+    """A git repository in `tree`: branch main with `files` generated .go files, branch other where all of them and
+    the greeting differ; main checked out."""
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    for i in range(files):
+        (tree / "pkg" / f"gen_{i:02d}.go").write_text(f'package main\n\nconst genValue{i:02d} = "a{i}"\n')
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tree)], check=True)
+    for args in (["add", "-A"], ["commit", "-qm", "a"], ["checkout", "-qb", "other"]):
+        subprocess.run([*git, *args], cwd=tree, check=True)
+    for i in range(files):
+        (tree / "pkg" / f"gen_{i:02d}.go").write_text(f'package main\n\nconst genValue{i:02d} = "b{i}"\n')
+    set_greeting(tree, "Checkout")
+    for args in (["commit", "-qam", "b"], ["checkout", "-q", "main"]):
+        subprocess.run([*git, *args], cwd=tree, check=True)
 
 
 def med(values):
@@ -162,7 +185,50 @@ async def bench(args) -> dict:
             run["overhead_vs_configured_debounce"] = run["total"] - args.debounce_ms / 1000 - sa
             results["runs"].append(run)
             print(f"run {i}: " + "  ".join(f"{k}={v * 1000:.0f}ms" for k, v in run.items()), file=sys.stderr)
+        # 5 saves 60 ms apart: how many reloads, the last one served, CPU-s spent on the builds cancelled meanwhile
+        results["rapid"] = []
+        for i in range(args.rapid_runs):
+            loop = asyncio.get_running_loop()
+            first = mark = len(s.sink.events)
+            cpu0, n0 = s.gp.builder.cancelled_cpu_s, s.gp.builder.cancelled
+            words = [f"Rapid{i}x{k}" for k in range(5)]
+            for k, word in enumerate(words):
+                set_greeting(s.tree, word)
+                if k < 4:
+                    await asyncio.sleep(0.06)               # the pacing of the saves, not a synchronisation
+            deadline = loop.time() + 60
+            while True:                                     # until the last save is served
+                await s.wait(s.protocol.RELOAD_COMPLETE, mark, deadline - loop.time())
+                mark = len(s.sink.events)
+                got = greeter.decode_greet_reply(await s.gp.invoke(GREET, greeter.encode_greet_request("b")))
+                if got == f"{words[-1]}, b":
+                    break
+            await asyncio.sleep(1.0)                        # room for a late extra reload to show up in the count
+            reloads = sum(1 for t, _ in s.sink.events[first:] if t == s.protocol.RELOAD_COMPLETE)
+            results["rapid"].append({"reloads": reloads, "last_served": True,
+                                     "cancelled_builds": s.gp.builder.cancelled - n0,
+                                     "cancelled_cpu_s": s.gp.builder.cancelled_cpu_s - cpu0})
+            print(f"rapid {i}: {results['rapid'][-1]}", file=sys.stderr)
         await s.gp.stop()
+
+        # `git checkout` of 30 files (a branch where 30 generated files and the greeting differ) -> reloads
+        c = Session(root, "checkout", settings)
+        git_branches(c.tree)
+        await c.gp.start()
+        results["checkout"] = []
+        for i in range(args.rapid_runs):
+            branch, word = ("other", "Checkout") if i % 2 == 0 else ("main", "Hello")
+            first = len(c.sink.events)
+            n0 = c.gp.builder.cancelled
+            subprocess.run(["git", "checkout", "-q", branch], cwd=c.tree, check=True)
+            await c.wait(c.protocol.RELOAD_COMPLETE, first, 60)
+            await asyncio.sleep(1.0)                        # room for a late extra reload to show up in the count
+            got = greeter.decode_greet_reply(await c.gp.invoke(GREET, greeter.encode_greet_request("b")))
+            results["checkout"].append({
+                "reloads": sum(1 for t, _ in c.sink.events[first:] if t == c.protocol.RELOAD_COMPLETE),
+                "served": got == f"{word}, b", "cancelled_builds": c.gp.builder.cancelled - n0})
+            print(f"checkout {i}: {results['checkout'][-1]}", file=sys.stderr)
+        await c.gp.stop()
 
         # invoke gaps across reloads
         for order in ("start-first", "stop-first"):
@@ -223,6 +289,7 @@ async def bench(args) -> dict:
         results["ratios"] = {
             "overhead_over_total": m["overhead"] / m["total"],
             "omni_build_over_standalone": m["build"] / m["standalone_build"],
+            "total_over_standalone": m["total"] / m["standalone_build"],
             "total_over_budget_1300ms": m["total"] / 1300,
             "overhead_over_goal_100ms": m["overhead"] / 100,
         }
@@ -233,7 +300,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gap-runs", type=int, default=3)
-    ap.add_argument("--debounce-ms", type=int, default=500)
+    ap.add_argument("--debounce-ms", type=int, default=50)
+    ap.add_argument("--rapid-runs", type=int, default=3)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if not (EXAMPLE / "pkg" / "greeting.go").exists():

@@ -44,6 +44,7 @@ PIPE_DRAIN = 1.0            # s to read a finished child's pipes when a descenda
 KILL_WAIT = 2.0             # s to wait for killed escapees to die
 
 _PR_SET_CHILD_SUBREAPER = 36
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _own: set[int] = set()      # pids of live Child processes (asyncio reaps them, reap_adopted() must not)
 _spawning = 0               # spawns under way (their pid is not in _own yet)
 try:
@@ -113,6 +114,23 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return False
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of group `pgid`, their reaped children's included."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # after the command: state ppid pgrp session ... then utime stime cutime cstime at [11:15]
+        if len(fields) > 14 and int(fields[2]) == pgid:
+            total += sum(int(v) for v in fields[11:15])
+    return total / _CLK_TCK
 
 
 def reap_adopted() -> list[int]:
@@ -338,6 +356,11 @@ class Child:
 
     def signal_group(self, sig: int) -> None:
         killpg(self.pid, sig)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the processes of the child's group that are alive now, with the
+        children each of them has reaped (go build's finished compile steps count in go's own)."""
+        return group_cpu_seconds(self.pid)
 
     async def stop(self, grace: float = 5.0) -> int:
         """TERM to the group, wait `grace` seconds, then KILL the group. Returns the exit code."""

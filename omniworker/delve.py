@@ -48,6 +48,7 @@ from omnibroker.ports import DEBUG_RANGE_END, DEBUG_RANGE_START
 
 from .children import Child
 from .context import PluginContext
+from .gobuild import STRIP_LDFLAGS
 from .goplugin import looks_like_handshake, parse_log_line
 from .runtime import call_owner
 
@@ -105,8 +106,9 @@ def delve_argv(dlv: str, binary: str, port: int, args: list[str] | tuple[str, ..
 
 def debug_build(command: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """The debug variant of a build: `-gcflags=all=-N -l` right after `go build` (a -gcflags of the command itself,
-    later on the line, wins), and OMNI_DEBUG=1, OMNI_DEBUG_GCFLAGS in the environment for custom build commands."""
-    cmd = list(command)
+    later on the line, wins), without the default command's `-ldflags=-s -w` (delve needs the DWARF it strips), and
+    OMNI_DEBUG=1, OMNI_DEBUG_GCFLAGS in the environment for custom build commands."""
+    cmd = [a for a in command if a != STRIP_LDFLAGS]
     for i in range(len(cmd) - 1):
         if os.path.basename(cmd[i]) == "go" and cmd[i + 1] == "build":
             cmd.insert(i + 2, f"-gcflags={DEBUG_GCFLAGS}")

@@ -20,8 +20,13 @@
   binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` stops the
   old one, then starts the new one; invokes wait for the new one meanwhile; on failure the previous binary is restarted.
   Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
-- A change seen during a build cancels that build at once (its process group is killed) and a new build starts
-  after the debounce. Install and the switch are never cancelled by changes (they take milliseconds).
+- Builds start once the sources are quiet (`[go] debounce_ms`, the quiet window, see gowatch.py). A change seen
+  during a build cancels that build at once: its process group is killed and reaped before anything else happens
+  (gobuild.Builder), so two builds of one plugin never run at once; a new build starts after the quiet window. A
+  build that ended although its sources changed meanwhile (the change's events were still on their way) is neither
+  installed nor reported: the build inputs are snapshotted again when it ends, and differ. Only a build of the
+  latest sources is installed. Install and the switch are never cancelled by changes (they take milliseconds). The
+  CPU time of cancelled builds is counted (Builder.cancelled_cpu_s) and logged with each cancellation.
 - `invoke(method, request, timeout=10)`: when no plugin is serving but one is on its way (build, switch, restart
   after a crash) the call waits for it, bounded by `timeout` overall; a call that hit a plugin being replaced is
   retried on the new one (runtime.PluginSlot, as in external mode). Errors are `protocol.CommandError` (codes
@@ -80,6 +85,7 @@ class GoPath:
         self._sources: GoWatcher | None = None          # the watcher's file filter (kept if watching failed)
         self.last_cycle: dict[str, Any] = {}          # timings (loop.time()) of the last build/reload cycle
         self.cycles = 0                                 # completed (not cancelled) cycles
+        self.discarded = 0                              # finished builds not installed: their sources changed
         self._lock = asyncio.Lock()                     # serialises every change of self.plugin
         self._want = asyncio.Event()
         self._want_reason = ""
@@ -373,8 +379,9 @@ class GoPath:
         inputs = await self._snapshot_inputs()          # BEFORE the build: a later edit is never stamped as built
         result: BuildResult = await self.builder.build()
         t["build_start"], t["build_end"], t["queued"] = result.started, result.finished, result.queued
-        if result.cancelled:
-            raise asyncio.CancelledError()
+        if inputs is not None and await self._snapshot_inputs() != inputs:
+            self._discard_stale(result)
+            raise asyncio.CancelledError()      # a cancelled cycle: the change's own events ask for the next build
         self.part.update(lastBuildDuration=int(result.duration * 1e9), lastBuildTime=protocol.now_rfc3339())
         if not result.ok:
             msg = result.summary()
@@ -402,6 +409,15 @@ class GoPath:
         ok = await asyncio.shield(self._switch(reason, t))
         t["end"] = loop.time()
         return ok
+
+    def _discard_stale(self, result: BuildResult) -> None:
+        """The sources changed while this build ran (the change's events are still on their way): neither its
+        binary nor its errors are used."""
+        self.discarded += 1
+        self.ctx.log("go-build", "info", f"build ended after {result.duration:.2f} s but the sources changed "
+                                         f"meanwhile: discarding it")
+        if self.watcher is None:
+            self._request("change")             # no watcher to report the change: build again now
 
     def _fail(self, message: str, errors: list[BuildError], *, reload: bool = True) -> None:
         ctx = self.ctx

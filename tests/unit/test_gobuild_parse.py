@@ -290,3 +290,66 @@ def test_install_errors_keep_old_binary(tmp_path, monkeypatch, err, words):
     assert words in str(ei.value) and "previously installed binary is kept" in str(ei.value)
     assert (dest / "plugin").read_bytes() == b"old"
     assert sorted(os.listdir(dest)) == ["plugin"]         # temp file removed, no .prev touched
+
+
+def test_the_default_build_strips_symbols_and_its_debug_variant_keeps_them():
+    from omniworker.delve import DEBUG_GCFLAGS, debug_build
+    assert gobuild.DEFAULT_BUILD_COMMAND[:3] == ["go", "build", "-ldflags=-s -w"]
+    argv, env = debug_build(gobuild.DEFAULT_BUILD_COMMAND, {})
+    assert argv == ["go", "build", f"-gcflags={DEBUG_GCFLAGS}", "-o", "build/bin/plugin", "./pkg"]   # DWARF kept
+    assert env["OMNI_DEBUG"] == "1"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("when", ["spawning", "reaping"])
+def test_a_build_cancelled_again_while_being_killed_is_gone_when_build_returns(tmp_path, monkeypatch, when):
+    """Cancelled, then cancelled again (a second save) while the build is still being spawned or already being
+    killed: build() returns only once every process of the build is dead, the one that left its process group
+    (setsid) included, and counts one cancelled build."""
+    import asyncio
+    import time
+
+    from omnibroker import protocol
+    from omniworker.children import marked
+    from omniworker.context import NullSink, PluginContext
+    from support.waits import wait_event
+    monkeypatch.setenv("OMNIVIEW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OMNI_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "plug").mkdir()
+    sink = NullSink()
+    ctx = PluginContext(protocol.PluginSpec(id="c", path=str(tmp_path / "plug"), settings={
+        "build": {"command": ["sh", "-c", "setsid sleep 60 & sleep 60 & wait"]}}), sink)
+    builder = gobuild.Builder(ctx)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(builder.build())
+        deadline = time.monotonic() + 10
+        if when == "spawning":
+            await wait_event(sink, lambda t, p: t == protocol.LOG and "$ sh" in p[0]["message"], 10)
+            task.cancel()                                    # while it awaits the spawn ...
+            await asyncio.sleep(0)                           # (one turn of the loop: the task takes it)
+            task.cancel()                                    # ... and again while it awaits the spawn to kill it
+        else:
+            while len(marked(ctx.children.marker)) < 3:      # bounded poll: sh and its two sleeps are running
+                assert time.monotonic() < deadline, "the build never started"
+                await asyncio.sleep(0.01)
+            leader = builder.pid
+            task.cancel()
+            while _running(leader):                          # bounded poll: the kill has begun (sh is dead) ...
+                assert time.monotonic() < deadline, "the build was not killed"
+                await asyncio.sleep(0.001)
+            task.cancel()                                    # ... and a second save comes while it is reaped
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+        assert marked(ctx.children.marker) == []
+        assert builder.cancelled == 1
+
+    asyncio.run(scenario())
