@@ -261,10 +261,14 @@ class DelveClient:
         res = await self.call("Restart", {"Rerecord": False, "Rebuild": False, "Position": "", "ResetArgs": False})
         return list(res.get("DiscardedBreakpoints") or [])
 
-    async def detach(self, kill: bool = True, timeout: float = 2.0) -> None:
-        """End the session: with `kill`, delve kills the target; a headless delve then exits."""
-        with contextlib.suppress(DelveError):
+    async def detach(self, kill: bool = True, timeout: float = 2.0) -> bool:
+        """End the session: with `kill`, delve kills the target; a headless delve then exits. False when delve did
+        not answer (it answers only once the target is halted)."""
+        try:
             await self.call("Detach", {"Kill": kill}, timeout=timeout)
+            return True
+        except DelveError:
+            return False
 
     async def close(self) -> None:
         self._writer.close()
@@ -513,7 +517,11 @@ class DelveTarget:
         if self.child is None:
             return None
         if self.client is not None and not self.client.closed and self.child.running:
-            await self.client.detach(kill=True, timeout=min(2.0, grace))
+            # delve serves Detach only while the target is halted (a running target's `continue` holds it): halt first
+            with contextlib.suppress(DelveError, asyncio.TimeoutError, OSError):
+                await asyncio.wait_for(self.client.halt(), min(1.0, grace))
+            if not await self.client.detach(kill=True, timeout=min(2.0, grace)):
+                self.ctx.log("manager", "warn", f"delve on 127.0.0.1:{self.port} did not answer Detach: terminating it")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.child.wait()), min(1.0, grace))
         await self._abort()

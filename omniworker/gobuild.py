@@ -241,11 +241,9 @@ class Builder:
     @property
     def command(self) -> list[str]:
         cmd = self.ctx.settings.build.command
-        if cmd is None:
-            return list(DEFAULT_BUILD_COMMAND)
         if isinstance(cmd, str):
             cmd = cmd.split()
-        cmd = [str(a) for a in cmd] or list(DEFAULT_BUILD_COMMAND)
+        cmd = [str(a) for a in cmd or ()] or list(DEFAULT_BUILD_COMMAND)
         return self._debug_build(cmd, {})[0] if self.debug else cmd
 
     @property

@@ -300,6 +300,18 @@ def test_the_default_build_strips_symbols_and_its_debug_variant_keeps_them():
     assert env["OMNI_DEBUG"] == "1"
 
 
+@pytest.mark.parametrize("command", [None, [], "go build -o out ./pkg"])
+def test_a_debug_builder_runs_the_debug_variant_of_its_command(command):
+    """Default command or the user's: in debug mode the Builder runs it with the debug flags and without -s -w."""
+    from doubles import context
+    from omniworker.delve import DEBUG_GCFLAGS
+    ctx, _ = context(build={} if command is None else {"command": command})
+    plain, debug = gobuild.Builder(ctx).command, gobuild.Builder(ctx, debug=True).command
+    assert f"-gcflags={DEBUG_GCFLAGS}" in debug and gobuild.STRIP_LDFLAGS not in debug
+    assert f"-gcflags={DEBUG_GCFLAGS}" not in plain
+    assert [a for a in debug if a != f"-gcflags={DEBUG_GCFLAGS}"] == [a for a in plain if a != gobuild.STRIP_LDFLAGS]
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie."""
     try:
