@@ -26,8 +26,8 @@ def broker(tmp_path):
     b = Broker.__new__(Broker)
     b.registry = Registry(str(tmp_path / "omni.toml"), str(tmp_path / "state.json"))
     b.registry.add("p", str(plugin_dir), {})
-    b.ports = PortAllocator(40100, 40110, b.registry.state.ports)
-    b.debug_ports = PortAllocator(40200, 40210, b.registry.state.debug_ports, what="debug")
+    b.ports = PortAllocator(30100, 30110, b.registry.state.ports)
+    b.debug_ports = PortAllocator(30200, 30210, b.registry.state.debug_ports, what="debug")
     b.dir_errors, b.held_program = {}, ""
     published = []
     b.events = SimpleNamespace(states={}, status=published.append, publish=lambda *a: published.append(a))
@@ -124,7 +124,7 @@ def test_restart_keeps_the_mode_and_takes_the_port_when_there_is_one(broker):
     assert broker.forwarded[-1] == ("restart", {"plugin": "p"}, port)
     assert broker.registry.get("p").desired.mode == "managed"
     broker.ports.release("p")
-    broker.ports = PortAllocator(40100, 40101, {})
+    broker.ports = PortAllocator(30100, 30101, {})
     broker.ports.allocate("other")                                      # the only port is taken: none left
     run(COMMANDS["restart"].execute(broker, {"plugin": "p"}))           # the worker reports it, as for start
     assert broker.forwarded[-1] == ("restart", {"plugin": "p"}, 0)
@@ -157,7 +157,7 @@ def test_a_start_without_go_takes_no_debug_port(broker):
 
 
 def test_an_exhausted_debug_range_fails_the_start_and_changes_nothing(broker):
-    broker.debug_ports = PortAllocator(40200, 40201, {}, what="debug")
+    broker.debug_ports = PortAllocator(30200, 30201, {}, what="debug")
     broker.debug_ports.allocate("other")
     with pytest.raises(CommandError) as e:
         run(COMMANDS["start"].execute(broker, {"plugin": "p", "debug": True}))
