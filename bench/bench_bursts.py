@@ -22,10 +22,8 @@ Results as JSON (median and max over runs per scenario, plus every run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -38,6 +36,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from kit import write_json  # noqa: E402
 EXAMPLE = REPO / "examples" / "hello-plugin"
 QUIET_END = 1.5             # s without events that closes a burst
 GENERATED = 30
@@ -208,12 +207,7 @@ def main() -> int:
                "largest_gap_ms": max(r["summary"]["max_gap_ms"]["max"] for r in results.values())}
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(out, args.json)
     return 0
 
 

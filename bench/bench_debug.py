@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import re
 import shutil
 import statistics
 import sys
@@ -34,43 +32,16 @@ sys.path.insert(0, str(REPO))
 
 from omnibroker import protocol  # noqa: E402
 from omnibroker.ports import PortAllocator  # noqa: E402
-from omniworker.context import NullSink, PluginContext  # noqa: E402
+from omniworker.context import PluginContext  # noqa: E402
 from omniworker.delve import DEBUG_PORTS, DelveClient, DelveError  # noqa: E402
 from omniworker.gopath import GoPath  # noqa: E402
+from kit import TimedSink, set_greeting, stamp_of, write_json  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello-plugin"
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 
 
-class TimedSink(NullSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stamps: list[float] = []
 
-    def publish(self, topic, payload) -> None:
-        self.stamps.append(time.perf_counter())
-        super().publish(topic, payload)
-
-
-async def stamp_of(sink: TimedSink, pred, since: int, timeout: float) -> float:
-    """When the first event at or after index `since` matching pred(topic, payload) was published."""
-    deadline = time.perf_counter() + timeout
-    i = since
-    while True:
-        while i < len(sink.events):
-            if pred(*sink.events[i]):
-                return sink.stamps[i]
-            i += 1
-        sink.changed.clear()
-        await asyncio.wait_for(sink.changed.wait(), max(0.01, deadline - time.perf_counter()))
-
-
-def set_greeting(tree: Path, value: str) -> None:
-    f = tree / "pkg" / "greeting.go"
-    text = re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', f.read_text())
-    tmp = f.with_name(".greeting.go.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, f)
 
 
 def ready(topic, payload) -> bool:
@@ -154,12 +125,7 @@ def main() -> int:
     if args.quick:
         args.runs, args.idle_s = 2, 3.0
     result = asyncio.run(main_async(args))
-    text = json.dumps(result, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(result, args.json)
     return 0
 
 

@@ -33,40 +33,13 @@ from omnibroker import protocol  # noqa: E402
 from omniworker.devinfo import write_devinfo  # noqa: E402
 from omniworker.goplugin import parse_handshake  # noqa: E402
 from omniworker.children import set_pdeathsig  # noqa: E402
-from omniworker.context import NullSink, PluginContext  # noqa: E402
+from omniworker.context import PluginContext  # noqa: E402
 from omniworker.external import External  # noqa: E402
 from omniworker.state import Mode  # noqa: E402
+from kit import TimedSink, stamp_of  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello-plugin"
 PLUGIN = "hello"
-
-
-class TimedSink(NullSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stamps: list[float] = []
-
-    def publish(self, topic, payload) -> None:
-        self.stamps.append(time.perf_counter())
-        super().publish(topic, payload)
-
-
-async def wait_stamp(sink: TimedSink, pred, since: int, timeout: float = 10.0) -> float:
-    async def scan():
-        seen = since
-        while True:
-            while seen < len(sink.events):
-                i = seen
-                seen += 1
-                if pred(*sink.events[i]):
-                    return sink.stamps[i]
-            sink.changed.clear()
-            await sink.changed.wait()
-    try:
-        return await asyncio.wait_for(scan(), timeout)
-    except asyncio.TimeoutError:
-        tail = "\n".join(f"  {t} {json.dumps(p)[:400]}" for t, p in sink.events[-10:])
-        raise SystemExit(f"no expected event within {timeout}s; last events:\n{tail}") from None
 
 
 def build_plugin(tmp: Path) -> str:
@@ -110,7 +83,7 @@ async def bench(binary: str, runs: int, home: Path) -> dict:
             mark = len(sink.events)
             t0 = time.perf_counter()
             write_devinfo(path, info)
-            t1 = await wait_stamp(sink, lambda t, p: t == protocol.STATUS and p["grpcConnected"]
+            t1 = await stamp_of(sink, lambda t, p: t == protocol.STATUS and p["grpcConnected"]
                                   and p["pluginPid"] == proc.pid, mark)
             attach.append(t1 - t0)
             # follow a restart: a new plugin's .devinfo replaces this one -> dev_reload_complete
@@ -118,7 +91,7 @@ async def bench(binary: str, runs: int, home: Path) -> dict:
             mark = len(sink.events)
             t0 = time.perf_counter()
             write_devinfo(path, info2)
-            t1 = await wait_stamp(sink, lambda t, p: t == protocol.RELOAD_COMPLETE, mark)
+            t1 = await stamp_of(sink, lambda t, p: t == protocol.RELOAD_COMPLETE, mark)
             follow.append(t1 - t0)
             proc.kill()
             await proc.wait()
@@ -126,7 +99,7 @@ async def bench(binary: str, runs: int, home: Path) -> dict:
             mark = len(sink.events)
             t0 = time.perf_counter()
             os.kill(proc2.pid, signal.SIGKILL)
-            t1 = await wait_stamp(sink, lambda t, p: t == protocol.STATUS and not p["grpcConnected"], mark)
+            t1 = await stamp_of(sink, lambda t, p: t == protocol.STATUS and not p["grpcConnected"], mark)
             death.append(t1 - t0)
             await proc2.wait()
             # let the removal of the dead pid's .devinfo happen before the next run writes a new one

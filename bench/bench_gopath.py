@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -41,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from kit import set_greeting, write_json  # noqa: E402
+
 EXAMPLE = REPO / "examples" / "hello-plugin"
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 GREET = "/hello.Greeter/Greet"
@@ -56,14 +56,6 @@ def load_greeter():
 def copy_example(dst: Path) -> Path:
     shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("ui", "node_modules", ".git", "__pycache__"))
     return dst
-
-
-def set_greeting(tree: Path, value: str) -> None:
-    f = tree / "pkg" / "greeting.go"
-    text = re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', f.read_text())
-    tmp = f.with_name(".greeting.go.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, f)
 
 
 async def standalone_build(tree: Path) -> float:
@@ -320,11 +312,7 @@ def main() -> None:
               f"{g['max_gap_ms_worst']:.1f} ms, {g['failures']} failed of {g['calls'] + g['failures']}; baseline "
               f"(same client during a go build, no reload) {g['baseline_max_gap_ms_median']:.1f} ms",
               file=sys.stderr)
-    text = json.dumps(res, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    write_json(res, args.out)
 
 
 if __name__ == "__main__":

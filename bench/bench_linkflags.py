@@ -11,9 +11,7 @@ GOPATH mode (GO111MODULE=off), like the tests and the other benches.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -21,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kit import set_greeting, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "hello-plugin"
@@ -43,13 +43,6 @@ def build(tree: Path, flags: list[str]) -> float:
     if r.returncode != 0:
         raise SystemExit(f"go build {' '.join(flags)} failed: {r.stderr}")
     return elapsed
-
-
-def set_greeting(tree: Path, value: str) -> None:
-    f = tree / "pkg" / "greeting.go"
-    tmp = f.with_name(".greeting.go.tmp")
-    tmp.write_text(re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', f.read_text()))
-    os.replace(tmp, f)
 
 
 def main() -> int:
@@ -85,12 +78,7 @@ def main() -> int:
                   f"  binary {size / 1e6:6.2f} MB", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    text = json.dumps(out, indent=2)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
-    else:
-        print(text)
+    write_json(out, args.json)
     return 0
 
 
