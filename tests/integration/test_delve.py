@@ -8,6 +8,7 @@ noticed, nothing left behind. Another user cannot connect. Every wait is on an e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -83,6 +84,19 @@ def greet_line(main_go: Path) -> int:
 
 def debug_port() -> int:
     return PortAllocator(*DEBUG_PORTS, state={}).allocate("hello")
+
+
+@contextlib.asynccontextmanager
+async def running_target(src: Path, port: int | None = None):
+    """The example (debug build) running under its own delve: (its context, the DelveTarget); stopped at the end."""
+    binary = str(go_build(src))
+    ctx = plugin_ctx(src)
+    target = DelveTarget(ctx, port or debug_port())
+    await target.start(binary, plugin_env(), timeout=60)
+    try:
+        yield ctx, target
+    finally:
+        await target.stop()
 
 
 async def connect(ctx: PluginContext, handshake: str) -> PluginHost:
@@ -221,14 +235,8 @@ async def test_killed_delve_is_noticed_and_leaves_nothing(src, env, halted):
 @pytest.mark.async_timeout(120)
 async def test_dap_on_the_same_port(src, env):
     """delve 1.20 answers DAP (VS Code's dlv-dap) on the JSON-RPC port; omni's own connection is unaffected."""
-    binary = str(go_build(src))
-    port = debug_port()
-
-    ctx = plugin_ctx(src)
-    target = DelveTarget(ctx, port)
-    await target.start(binary, plugin_env(), timeout=60)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with running_target(src) as (_, target):
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
         body = json.dumps({"seq": 1, "type": "request", "command": "initialize",
                            "arguments": {"adapterID": "go"}}).encode()
         writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -238,8 +246,6 @@ async def test_dap_on_the_same_port(src, env):
         assert reply["type"] == "response" and reply["command"] == "initialize" and reply["success"]
         writer.close()
         assert await target.paused() is None
-    finally:
-        await target.stop()
 
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")     # one that user nobody may run
@@ -248,13 +254,7 @@ SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")     # one that use
 @pytest.mark.async_timeout(120)
 async def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
     """The plugin dies, delve stays: the pending continue answers with the exit; restart runs the binary again."""
-    binary = str(go_build(src))
-    port = debug_port()
-
-    ctx = plugin_ctx(src)
-    target = DelveTarget(ctx, port)
-    await target.start(binary, plugin_env(), timeout=60)
-    try:
+    async with running_target(src) as (ctx, target):
         first = target.plugin_pid
         os.kill(first, signal.SIGKILL)
         state = await asyncio.wait_for(target.next_stop, 10)
@@ -264,32 +264,23 @@ async def test_plugin_exit_under_delve_is_reported_and_restarted(src, env):
         host = await connect(ctx, restarted.handshake)
         assert (await greet(host, "back")).endswith(", back")
         await host.close()
-    finally:
-        await target.stop()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None or SYSTEM_PYTHON is None,
                     reason="needs root (runuser -u nobody) and /usr/bin/python3")
 @pytest.mark.async_timeout(120)
 async def test_another_user_cannot_connect(src, env):
-    binary = str(go_build(src))
     port = debug_port()
     probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
              "s.sendall(b'{\"method\":\"RPCServer.State\",\"params\":[{\"NonBlocking\":true}],\"id\":1}\\n'); "
              "s.settimeout(10); print(repr(s.recv(100)))")
-
-    ctx = plugin_ctx(src)
-    target = DelveTarget(ctx, port)
-    await target.start(binary, plugin_env(), timeout=60)
-    try:
+    async with running_target(src, port) as (_, target):
         proc = await asyncio.create_subprocess_exec("runuser", "-u", "nobody", "--", SYSTEM_PYTHON, "-I", "-c",
                                                     probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         # refused: the connection is reset (or closed) without an answer
         assert b"result" not in out and (b"ConnectionResetError" in err or out.strip() == b"b''"), (out, err)
         assert await target.paused() is None               # our own connection still works
-    finally:
-        await target.stop()
 
 
 @pytest.mark.async_timeout(120)
