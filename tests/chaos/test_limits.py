@@ -428,10 +428,9 @@ def test_no_stopped_killed_or_removed_plugin_keeps_a_build_slot(tmp_path):
         svc.call("stop", plugin="normal")
         # 3. its worker killed while building (supervisord starts a new one, which builds again, after `normal`)
         svc.call("start", plugin="hang")
-        holds_slot("hang")
+        worker = holds_slot("hang")["workerPid"]        # (supervisord may still say STARTING: no pid from it yet)
         svc.call("start", plugin="normal")
         queued("normal")
-        worker = svc.program_pid("omniworker-hang")
         os.kill(worker, signal.SIGKILL)
         ready("normal")
         # 4. removed while building
