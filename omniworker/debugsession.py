@@ -31,7 +31,7 @@ import os
 from omnibroker.protocol import BuildError, CommandError
 
 from .context import PluginContext
-from .delve import DelveClient, DelveError, DelveTarget, Stop, stop_of
+from .delve import DelveClient, DelveError, DelveTarget, Stop, stop_of, user_breakpoints
 from .goplugin import PluginError, PluginHost
 
 PAUSE_POLL = 0.5            # s between two looks at a paused target (only while it is paused)
@@ -142,10 +142,10 @@ class DebugSession:
             await asyncio.gather(client.close(), lister.close())
 
     def _listed(self, listing: asyncio.Future) -> None:
-        """delve's answer to ListBreakpoints: the user's breakpoints now (ids <= 0 are delve's own)."""
+        """delve's answer to ListBreakpoints: the user's breakpoints now."""
         if listing.cancelled() or listing.exception() is not None:
             return
-        self.breakpoints = [where(bp) for bp in listing.result().get("Breakpoints") or [] if int(bp.get("id", 0)) > 0]
+        self.breakpoints = [where(bp) for bp in user_breakpoints(listing.result())]
 
     async def stop(self) -> None:
         """delve kills the plugin and exits; the state shows no debug port."""

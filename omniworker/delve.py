@@ -121,6 +121,11 @@ def is_delve_line(line: str) -> bool:
     return line.startswith(LISTENING_PREFIX)
 
 
+def user_breakpoints(listing: dict[str, Any]) -> list[dict[str, Any]]:
+    """The breakpoints in a ListBreakpoints answer that users set (delve's own ones have ids <= 0)."""
+    return [bp for bp in listing.get("Breakpoints") or [] if int(bp.get("id", 0)) > 0]
+
+
 def stop_of(state: dict[str, Any]) -> Stop | None:
     """The Stop described by a delve `State`, or None when the target runs or has exited."""
     if state.get("Running") or state.get("exited"):
@@ -250,8 +255,7 @@ class DelveClient:
     async def breakpoints(self) -> list[dict[str, Any]]:
         """The breakpoints set by users (delve's own ones, id <= 0, left out); delve 1.20 answers only once the
         target is halted."""
-        res = await self.call("ListBreakpoints", {"All": False})
-        return [bp for bp in res.get("Breakpoints") or [] if int(bp.get("id", 0)) > 0]
+        return user_breakpoints(await self.call("ListBreakpoints", {"All": False}))
 
     async def clear_breakpoint(self, bp_id: int) -> dict[str, Any]:
         return (await self.call("ClearBreakpoint", {"Id": bp_id}))["Breakpoint"]

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omnibroker import protocol
 from omnibroker.protocol import BuildError, CommandError, ErrorCode
@@ -58,7 +58,6 @@ from .gowatch import GoWatcher, WatchError
 from .runtime import Background, Backoff, PluginSlot
 from .state import GoStatus as S
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .debugsession import DebugSession
 
@@ -75,8 +74,8 @@ class GoPath:
         self.builder = Builder(ctx, debug=bool(debug_port))
         self.debug: DebugSession | None = None
         if debug_port:
-            from .debugsession import DebugSession
-            self.debug = DebugSession(ctx, debug_port)
+            from . import debugsession          # debug mode only: delve's client and session
+            self.debug = debugsession.DebugSession(ctx, debug_port)
         self.bin_dir = os.path.join(ctx.home, "bin")
         self.installed = os.path.join(self.bin_dir, BINARY_NAME)
         self.slot = PluginSlot("the Go plugin", coming=self._coming, usable=lambda host: host.connected,
