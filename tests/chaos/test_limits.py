@@ -356,8 +356,10 @@ def test_a_hung_build_times_out_and_never_starves_the_others(tmp_path):
         # `hang` takes the only slot: its `sleep` runs
         svc.wait_state("hang", lambda s: s["goStatus"] == "building" and not s["buildQueued"], timeout=60,
                        what="hang building")
-        sleeps = _sleeps(svc)
-        assert sleeps, "the hanging build's sleep is not running"
+        deadline = time.monotonic() + 10
+        while not (sleeps := _sleeps(svc)):      # "building" is said as the slot is granted, just before the spawn
+            assert time.monotonic() < deadline, "the hanging build's sleep is not running"
+            time.sleep(0.05)        # polling the process table: no event says the child exists
         t0 = time.monotonic()
         svc.call("start", plugin="normal")
         state = svc.wait_state("hang", lambda s: s["goStatus"] == "error", timeout=60, what="hang timed out")
