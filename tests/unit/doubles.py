@@ -1,5 +1,5 @@
-"""Test doubles for the worker's parts: a child process, a Go builder, a go-plugin host, a file watcher — no real
-process, no network. Each is the smallest thing that lets a part run its state transitions."""
+"""Test doubles for the service's parts: a child process, a Go builder, a go-plugin host, a file watcher, glibc's
+malloc — no real process, no network. Each is the smallest thing that lets a part run its state transitions."""
 from __future__ import annotations
 
 import asyncio
@@ -162,3 +162,35 @@ class FakePidWatch:
 
     def stop(self) -> None:
         pass
+
+
+class FakeMalloc:
+    """omnibroker.heap.Malloc as numbers: `free` and `rss` are set by the test; a trim gives back `trimmable` bytes of
+    RSS and, as glibc's mallinfo2 does, still counts them as free."""
+
+    available = True
+
+    def __init__(self, free: int = 0, rss: int = 40 << 20, trimmable: int = 0):
+        self.free, self.rss, self.trimmable = free, rss, trimmable
+        self.trims = 0
+
+    def free_bytes(self) -> int:
+        return self.free
+
+    def rss_bytes(self) -> int:
+        return self.rss
+
+    def trim(self) -> None:
+        self.trims += 1
+        self.rss -= self.trimmable
+        self.trimmable = 0
+
+
+class FakeClock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
