@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+from kit import build_env  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -67,8 +68,7 @@ def standalone_build(tree: Path) -> float:
     import subprocess
     from omniworker.gobuild import DEFAULT_BUILD_COMMAND
     t0 = time.monotonic()
-    subprocess.run(DEFAULT_BUILD_COMMAND, cwd=tree, check=True, capture_output=True,
-                   env=dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode"))
+    subprocess.run(DEFAULT_BUILD_COMMAND, cwd=tree, check=True, capture_output=True, env=build_env())
     return (time.monotonic() - t0) * 1000
 
 

@@ -35,10 +35,9 @@ from omnibroker.ports import PortAllocator  # noqa: E402
 from omniworker.context import PluginContext  # noqa: E402
 from omniworker.delve import DEBUG_PORTS, DelveClient, DelveError  # noqa: E402
 from omniworker.gopath import GoPath  # noqa: E402
-from kit import TimedSink, set_greeting, stamp_of, write_json  # noqa: E402
+from kit import GO_ENV, TimedSink, set_greeting, stamp_of, write_json  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello-plugin"
-GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 
 
 

@@ -39,10 +39,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from kit import set_greeting, write_json  # noqa: E402
+from kit import GO_ENV, build_env, set_greeting, write_json  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "hello-plugin"
-GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
 GREET = "/hello.Greeter/Greet"
 
 
@@ -59,9 +58,9 @@ def copy_example(dst: Path) -> Path:
 
 
 async def standalone_build(tree: Path) -> float:
-    env = {**os.environ, **GO_ENV}
+    env = build_env()
     t0 = time.monotonic()
-    from omniworker.gobuild import DEFAULT_BUILD_COMMAND          # the very command omni runs
+    from omniworker.gobuild import DEFAULT_BUILD_COMMAND          # the very command omni runs, in its env
     proc = await asyncio.create_subprocess_exec(*DEFAULT_BUILD_COMMAND, cwd=tree, env=env,
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
@@ -223,7 +222,7 @@ async def bench(args) -> dict:
         await c.gp.stop()
 
         # invoke gaps across reloads
-        for order in ("start-first", "stop-first"):
+        for order in ("start-first", "stop-first") if args.gap_runs > 1 else ():
             st = {"build": {"env": dict(GO_ENV)}, "go": {"debounce_ms": args.debounce_ms, "reload_order": order}}
             g = Session(root, f"gap-{order}", st)
             await g.gp.start()

@@ -1,5 +1,5 @@
 """What the bench scripts share: a NullSink that stamps each event, a wait on those stamps, the example's one-line
-edit, and writing a script's figures (a JSON file, or stdout)."""
+edit, the environment of omni's builds, and writing a script's figures (a JSON file, or stdout)."""
 from __future__ import annotations
 
 import asyncio
@@ -49,6 +49,18 @@ def set_greeting(tree: Path, value: str) -> None:
     tmp = f.with_name(".greeting.go.tmp")
     tmp.write_text(re.sub(r'const Greeting = ".*"', f'const Greeting = "{value}"', f.read_text()))
     os.replace(tmp, f)
+
+
+GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode"}
+
+
+def build_env() -> dict[str, str]:
+    """The environment omni's builds of the example get (gobuild.Builder.env with GO_ENV as `[build] env`): a
+    standalone build with it is "the same go build"."""
+    from omniworker.gobuild import BUILD_GOGC
+    env = dict(os.environ)
+    env.setdefault("GOGC", BUILD_GOGC)
+    return {**env, **GO_ENV}
 
 
 def write_json(result: Any, path: str | None) -> None:

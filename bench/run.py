@@ -258,7 +258,9 @@ def rows_linkflags(r: dict) -> list[dict]:
     S = "Go path: build flags (rebuild after a one-line edit)"
     base = r["variants"]["default"]["median_ms"]
     return [row(S, f"go build {name}", "ms", v["median_ms"], v["max_ms"], "max", r.get("runs"), base,
-                "go build without flags") for name, v in r.get("variants", {}).items()]
+                "go build without flags, GOGC=100",
+                note=f"CPU {v['cpu_s']:.2f} s ({v['cpu_vs_default']:.2f}× without flags)" if "cpu_s" in v else "")
+            for name, v in r.get("variants", {}).items()]
 
 
 def rows_vite(r: dict) -> list[dict]:

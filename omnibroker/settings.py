@@ -37,7 +37,7 @@ class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class BuildSettings(Section):
-    command: Argv | None = None          # None: ["go", "build", "-o", "build/bin/plugin", "./pkg"]
+    command: Argv | None = None          # None: gobuild.DEFAULT_BUILD_COMMAND (go build -ldflags="-s -w" -o ...)
     env: EnvMap = {}
     dir: str = ""
     output: str | None = None            # None: the command's -o, else build/bin/plugin

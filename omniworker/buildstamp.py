@@ -3,7 +3,7 @@
 `inputs_digest(argv, cwd, output, env, sources)` is a sha256 over what we can see cheaply (no process spawned):
 - the build argv, the build cwd and the output path;
 - the build env entries that affect Go builds: names starting with `GO` or `CGO_` (except `GOTMPDIR`, a scratch
-  dir), and `CC`, `CXX`, `AR`, `FC`, `PKG_CONFIG`. `PATH` counts only through the tools it resolves to: argv[0] (and
+  dir, and `GOGC`, `GOMEMLIMIT`, `GOMAXPROCS`, which tune the toolchain's own processes, not what they produce), and `CC`, `CXX`, `AR`, `FC`, `PKG_CONFIG`. `PATH` counts only through the tools it resolves to: argv[0] (and
   `go` too when argv[0] is another tool, e.g. make or a script), each as the real path it resolves to (symlinks
   followed) and that file's (size, mtime_ns, inode), so a toolchain upgrade or an edited build script changes the
   digest while another PATH leading to the same go does not;
@@ -35,7 +35,7 @@ STAMP_VERSION = 1
 STAMP_SUFFIX = ".stamp"
 ENV_PREFIXES = ("GO", "CGO_")
 ENV_NAMES = frozenset({"CC", "CXX", "AR", "FC", "PKG_CONFIG"})
-ENV_SKIPPED = frozenset({"GOTMPDIR"})
+ENV_SKIPPED = frozenset({"GOTMPDIR", "GOGC", "GOMEMLIMIT", "GOMAXPROCS"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

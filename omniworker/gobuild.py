@@ -7,19 +7,22 @@
   always resolves. Relative paths in the output are taken relative to `build_dir` (the build's cwd, default the plugin
   dir), which is what the go tool prints them relative to.
 - `Builder(ctx)` runs `[build] command` (default `go build -ldflags="-s -w" -o build/bin/plugin ./pkg`) in `[build]
-  dir` (relative to the plugin dir) with `os.environ` + `[build] env`, inside a broker-wide build slot; lines are
-  streamed as log events (source go-build; stdout -> info; stderr -> error, except go's progress lines "go:
-  downloading/finding..." -> info: the go tool writes its errors to stderr). Cancellable: cancelling the awaiting
+  dir` (relative to the plugin dir) with `os.environ` + `GOGC=400` (unless set) + `[build] env`, inside a
+  broker-wide build slot; lines are streamed as log events (source go-build; stdout -> info; stderr -> error, except
+  go's progress lines "go: downloading/finding..." -> info: the go tool writes its errors to stderr). Cancellable: cancelling the awaiting
   task kills the build's process group (go, compile, link, asm, cgo) at once and returns once every process of it is
   gone (a second cancellation meanwhile does not cut that wait short), counting the CPU time the build had used in
   `cancelled_cpu_s`; the go tool's WORK dir is put under a GOTMPDIR of ours that is
   removed afterwards, so a killed build leaves no /tmp/go-build* behind. A build running longer than `[build]
   timeout_s` (default 600) is killed the same way and fails with "build timed out after N s": a hung build never
   holds its broker-wide slot for more than that.
-- `install(binary, dest_dir)` copies atomically to `<dest_dir>/plugin` (temp file in the same dir, fsync, rename) and
-  keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev` back. Both remove
-  the installed binary's build stamp (`plugin.stamp`, see buildstamp.py) first: a stamp only ever describes the binary
-  GoPath stamped right after installing it.
+- `install(binary, dest_dir, link=...)` puts the binary atomically at `<dest_dir>/plugin` (a new name in the same dir,
+  fsync, rename) and keeps the previous binary as `plugin.prev` (hard link); `rollback(dest_dir)` puts `plugin.prev`
+  back. Both remove the installed binary's build stamp (`plugin.stamp`, see buildstamp.py) first: a stamp only ever
+  describes the binary GoPath stamped right after installing it. The new name is a hard link to the build output
+  when `link` is true and both are on one file system (`Builder.replaces_output`: `go build` never writes into an
+  existing output file, it renames a new one over it or unlinks it first, so the installed inode is never written
+  again); otherwise a copy. The link saves the copy: ~12 ms for the example's 8.5 MB binary here.
 """
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ from .context import PluginContext, strip_ansi
 # no symbol table, no DWARF: the link step of a rebuild after a one-line edit is ~0.19 s shorter (docs/performance.md);
 # delve.debug_build drops it again (a debugger needs the DWARF)
 STRIP_LDFLAGS = "-ldflags=-s -w"
+# the Go toolchain's own garbage collector, in the build's processes (go, compile, link) unless GOGC is set in the
+# environment or `[build] env`: collecting at 5x the live heap instead of 2x makes a rebuild of the example ~10 %
+# shorter and ~12 % cheaper in CPU, for ~10 % more peak memory in the linker (docs/performance.md, "Link time")
+BUILD_GOGC = "400"
 DEFAULT_BUILD_COMMAND = ["go", "build", STRIP_LDFLAGS, "-o", "build/bin/plugin", "./pkg"]
 DEFAULT_OUTPUT = "build/bin/plugin"
 BINARY_NAME = "plugin"
@@ -256,11 +263,20 @@ class Builder:
         return os.path.normpath(os.path.join(self.cwd, out))
 
     @property
+    def replaces_output(self) -> bool:
+        """Does the build command put a new file at its output rather than write into the one there? True for
+        `go build` (cmd/go's moveOrCopyFile: a rename, or a copy after removing the old file), so `install` may
+        hard-link the output; unknown for any other command (a Makefile's `cp` writes in place)."""
+        argv = self.command
+        return len(argv) >= 2 and os.path.basename(argv[0]) == "go" and argv[1] == "build"
+
+    @property
     def timeout_s(self) -> float:
         return self.ctx.settings.build.timeout_s
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.setdefault("GOGC", BUILD_GOGC)
         for k, v in self.ctx.settings.build.env.items():
             env[k] = os.path.expandvars(str(v))
         return self._debug_build([], env)[1] if self.debug else env
@@ -438,13 +454,17 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
+def install(binary: str, dest_dir: str, name: str = BINARY_NAME, *, link: bool = False, durable: bool = True) -> str:
     """Install `binary` as `<dest_dir>/<name>` atomically; keep the previous one as `<name>.prev`. Returns the path.
 
-    The new bytes go to a new inode (temp file in dest_dir, fsync, rename), so a running plugin is never written to
-    (no ETXTBSY) and a reader sees either the old or the new binary. On any error (ENOSPC, EROFS, ...) the temp file
-    is removed, the installed binary is left as it was, and InstallError explains it in words. Either way the
-    binary's build stamp is removed (the caller writes a new one after a successful install).
+    The new binary is a new inode (a hard link to `binary` when `link` is true and the file systems allow it, else a
+    copy in dest_dir; fsync; rename), so a running plugin is never written to (no ETXTBSY) and a reader sees either
+    the old or the new binary. `link` is for outputs the build never writes into again (see the module's docstring).
+    `durable=False` leaves out the fsyncs (of the file and of dest_dir: ~8 ms for the example's freshly linked
+    binary): the caller makes it durable later (`make_durable`), before anything relies on it surviving a crash.
+    On any error (ENOSPC, EROFS, ...) the temp name is removed, the installed binary is left as it was, and
+    InstallError explains it in words. Either way the binary's build stamp is removed (the caller writes a new one
+    after a successful install).
     """
     dest = os.path.join(dest_dir, name)
     prev = dest + PREV_SUFFIX
@@ -452,12 +472,16 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
     remove_stamp(dest)
     try:
         os.makedirs(dest_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest_dir)
-        with open(binary, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fchmod(dst.fileno(), 0o755)
-            os.fsync(dst.fileno())
+        if link:
+            tmp = _link_into(binary, dest_dir, name, durable)
+        if tmp is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dest_dir)
+            with open(binary, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fchmod(dst.fileno(), 0o755)
+                if durable:
+                    os.fsync(dst.fileno())
         if os.path.lexists(dest):
             # plugin.prev <- the current binary, by hard link (atomic replace of any older .prev)
             link_tmp = f"{prev}.{os.getpid()}.tmp"
@@ -474,7 +498,8 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
                 shutil.copy2(dest, prev)
         os.replace(tmp, dest)
         tmp = None
-        _fsync_dir(dest_dir)
+        if durable:
+            _fsync_dir(dest_dir)
         return dest
     except OSError as e:
         words = _ERRNO_WORDS.get(e.errno or 0, e.strerror or str(e))
@@ -486,6 +511,38 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME) -> str:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def make_durable(path: str) -> None:
+    """fsync a file and its directory: what install(durable=False) left out. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _link_into(binary: str, dest_dir: str, name: str, durable: bool) -> str | None:
+    """A new hard link to `binary` in dest_dir, executable (and on disk when `durable`); None when the file systems
+    do not allow one (EXDEV, EPERM on some mounts, ...): the caller copies."""
+    tmp = os.path.join(dest_dir, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        os.link(binary, tmp)
+    except OSError:
+        return None
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, 0o755)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        os.unlink(tmp)
+        raise
+    return tmp
 
 
 def rollback(dest_dir: str, name: str = BINARY_NAME) -> bool:

@@ -2,7 +2,8 @@
 
 `GoPath(ctx)` owns a GoWatcher, a Builder and the serving PluginHost. Choices (settings in `[plugins.<id>.go]`):
 - `start()` (`build_on_start`): `"changed"` (the default) builds only when the build inputs changed since the
-  installed binary was built. Every successful build + install writes `<home>/bin/plugin.stamp` (buildstamp.py): a
+  installed binary was built. Every successful build + install writes `<home>/bin/plugin.stamp` (buildstamp.py) once
+  the new binary is on disk (fsynced just after the switch, off the save → ready path; `settled()` waits for it): a
   digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool binary's
   identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path, size,
   mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from omnibroker import protocol
@@ -52,7 +54,7 @@ from omnibroker.settings import GoSettings
 
 from . import buildstamp
 from .context import PluginContext
-from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, rollback
+from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, make_durable, rollback
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
 from .runtime import Background, Backoff, PluginSlot
@@ -92,6 +94,8 @@ class GoPath:
         self._cycle_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
         self._background = Background()
+        self._install_lock = threading.Lock()          # install, rollback and stamping of <home>/bin/plugin
+        self._settling: asyncio.Task | None = None      # the last install being made durable, then stamped
         self._phase = "idle"                            # idle | building | installing | switching
         self._waiters: list[asyncio.Future] = []        # rebuild(wait=True) callers for the next cycle
         self._cycle_waiters: list[asyncio.Future] = []
@@ -310,20 +314,48 @@ class GoPath:
                                              f"stamped, the next start builds again")
             return None
 
-    def _install(self, result: BuildResult, inputs: str | None) -> str | None:
-        """Install (raises InstallError), then stamp it with the inputs taken before the build. Returns a stamp
-        error to log, if any. Blocking: run it in a thread."""
-        install(result.binary, self.bin_dir)
-        if inputs is None:
+    def _install(self, result: BuildResult) -> tuple[int, int]:
+        """Install (raises InstallError) without waiting for the disk; the installed file's identity (st_dev,
+        st_ino), for `_settle`. Blocking: run it in a thread."""
+        with self._install_lock:
+            install(result.binary, self.bin_dir, link=self.builder.replaces_output, durable=False)
+            st = os.stat(self.installed)
+            return st.st_dev, st.st_ino
+
+    def _rollback(self) -> bool:
+        with self._install_lock:
+            return rollback(self.bin_dir)
+
+    def _settle(self, ident: tuple[int, int], inputs: str | None, built: str, duration_ns: int) -> str | None:
+        """Make the installed binary durable, then stamp it with the inputs taken before its build, unless it was
+        replaced meanwhile (a newer install, a rollback). A crash before the stamp leaves no stamp: the next start
+        builds. Returns an error to log, if any. Blocking: run it in a thread."""
+        with self._install_lock:
+            try:
+                st = os.stat(self.installed)
+                if (st.st_dev, st.st_ino) != ident:
+                    return None
+                make_durable(self.installed)
+                if inputs is not None:      # lastBuild*: a start that skips the build shows them again
+                    buildstamp.write_stamp(self.installed, inputs, built=built, duration_ns=duration_ns)
+            except OSError as e:
+                buildstamp.remove_stamp(self.installed)
+                return (f"could not make the installed binary durable or stamp it "
+                        f"({buildstamp.stamp_path(self.installed)}): {e.strerror or e}; the next start builds again")
             return None
-        try:
-            state = self.ctx.state          # the lastBuild* this build set: a start that skips the build restores them
-            buildstamp.write_stamp(self.installed, inputs, built=state.lastBuildTime,
-                                   duration_ns=state.lastBuildDuration)
-        except OSError as e:
-            buildstamp.remove_stamp(self.installed)
-            return f"could not write the build stamp {buildstamp.stamp_path(self.installed)}: {e.strerror or e}"
-        return None
+
+    async def _settle_later(self, switch: asyncio.Future, ident: tuple[int, int], inputs: str | None) -> None:
+        state = self.ctx.state              # the lastBuild* this build set
+        built, duration_ns = state.lastBuildTime, state.lastBuildDuration
+        await asyncio.wait({switch})
+        error = await asyncio.to_thread(self._settle, ident, inputs, built, duration_ns)
+        if error:
+            self.ctx.log("go-build", "warn", error)
+
+    async def settled(self) -> None:
+        """Wait until the last installed binary is on disk and stamped (or found replaced)."""
+        if self._settling is not None:
+            await asyncio.shield(self._settling)
 
     # --- internals: the cycle runner --------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -396,16 +428,17 @@ class GoPath:
             ctx.errors(result.errors)           # warnings of a build that succeeded (severity "warning")
         self._phase = "installing"
         try:
-            stamp_error = await asyncio.to_thread(self._install, result, inputs)
+            ident = await asyncio.to_thread(self._install, result)
         except InstallError as e:
             self._fail(str(e), [BuildError(message=str(e))], reload=is_reload)
             t["end"] = loop.time()
             return False
-        if stamp_error:
-            ctx.log("go-build", "warn", stamp_error)
         t["installed"] = loop.time()
         self._phase = "switching"
-        ok = await asyncio.shield(self._switch(reason, t))
+        switch = asyncio.ensure_future(self._switch(reason, t))
+        # durable and stamped once the switch is done (a failed start has rolled the binary back: not stamped)
+        self._settling = self._background.spawn(self._settle_later(switch, ident, inputs))
+        ok = await asyncio.shield(switch)
         t["end"] = loop.time()
         return ok
 
@@ -475,7 +508,7 @@ class GoPath:
         ctx = self.ctx
         rolled = False
         if reason not in ("start-stale", "start-unchanged", "restart"):
-            rolled = await asyncio.to_thread(rollback, self.bin_dir)
+            rolled = await asyncio.to_thread(self._rollback)
         if reason == "start-unchanged":
             await asyncio.to_thread(buildstamp.remove_stamp, self.installed)
             msg = f"the installed plugin binary failed to start: {e}\n(building it again)"

@@ -491,6 +491,7 @@ async def test_restart_with_unchanged_sources_skips_the_build(harness):
     async with started(h):                              # a binary is installed, but no stamp: build
         assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "building at start: no build stamp")
         assert h.ctx.state.goStatus == "ready" and await h.greet() == "Hello, omni"
+        await h.gp.settled()                            # on disk, then stamped, just after the switch
         assert stamp.is_file()
         built_time = h.ctx.state.lastBuildTime
         ino = installed.stat().st_ino
@@ -547,4 +548,5 @@ async def test_stamped_binary_that_fails_to_start_is_rebuilt(harness):
         assert len(h.logs(m, "$ go build")) == 1 and h.logs(m, "rolled back") == []
         assert h.ctx.state.goStatus == "ready" and h.ctx.state.lastError == ""
         assert await h.greet() == "Hello, omni"
+        await h.gp.settled()
         assert (h.home / "bin" / "plugin.stamp").is_file()          # stamped again by that build

@@ -123,6 +123,7 @@ def test_command_output_cwd_env_and_tool_change_the_digest(tree):
     other_path.mkdir()
     os.symlink(tree.parent / "fakebin" / "go", other_path / "go")
     for env in [{**a.env, "GOTMPDIR": "/tmp/x"}, {**a.env, "HOME": "/elsewhere", "TERM": "dumb"},
+                {**a.env, "GOGC": "off", "GOMEMLIMIT": "1GiB", "GOMAXPROCS": "1"},      # the toolchain's own runtime
                 {**a.env, "PATH": f"{other_path}:/nonexistent"}]:
         assert a.digest(env=env) == base, env
     # the toolchain: a different go binary (upgrade), or none at all
@@ -277,3 +278,36 @@ def test_write_stamp_failure_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_stamp(installed, "a" * 64)
     assert sorted(os.listdir(tmp_path / "bin")) == ["plugin"]
+
+
+def test_builds_run_with_a_lazier_toolchain_collector_unless_told_otherwise(monkeypatch):
+    from doubles import context
+    from omniworker.gobuild import BUILD_GOGC, Builder
+    monkeypatch.delenv("GOGC", raising=False)
+    assert Builder(context()[0]).env()["GOGC"] == BUILD_GOGC
+    assert Builder(context(build={"env": {"GOGC": "100"}})[0]).env()["GOGC"] == "100"
+    monkeypatch.setenv("GOGC", "50")
+    assert Builder(context()[0]).env()["GOGC"] == "50"
+
+
+def test_an_install_is_stamped_once_durable_and_only_if_still_installed(tree):
+    """GoPath installs without waiting for the disk and stamps after the switch (`_settle`): a binary replaced in
+    between (a newer install, a rollback) is never stamped with the inputs of the one it replaced."""
+    from omniworker.gobuild import BuildResult
+    from omniworker.gopath import GoPath
+    gp = GoPath(PluginContext(protocol.PluginSpec(id="s", path=str(tree), settings={"go": {"enabled": True}}),
+                              NullSink()))
+    built = tree / "build" / "bin" / "plugin"
+
+    def build(data: bytes) -> BuildResult:
+        built.unlink(missing_ok=True)                     # as go build does: a new file at the output
+        built.write_bytes(data)
+        return BuildResult(ok=True, binary=str(built))
+    first = gp._install(build(b"one"))
+    second = gp._install(build(b"two"))
+    assert gp._settle(first, "a" * 64, "2024-01-01T00:00:00Z", 5) is None
+    assert read_stamp(gp.installed) is None                             # "one" is not installed any more
+    assert gp._settle(second, "b" * 64, "2024-01-01T00:00:01Z", 6) is None
+    stamp, _ = check(gp.installed, "b" * 64)
+    assert stamp is not None and stamp["duration_ns"] == 6
+    assert gp._rollback() and check(gp.installed, "b" * 64) == (None, "no build stamp")

@@ -5,6 +5,8 @@ import errno
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -365,3 +367,34 @@ def test_a_build_cancelled_again_while_being_killed_is_gone_when_build_returns(t
         assert builder.cancelled == 1
 
     asyncio.run(scenario())
+
+
+def test_install_links_when_asked_and_copies_across_file_systems(tmp_path):
+    dest = tmp_path / "bin"
+    built = tmp_path / "built"
+    _write(built, b"one")
+    install(str(built), str(dest), link=True)
+    assert os.path.samefile(built, dest / "plugin")                       # no copy
+    assert sorted(os.listdir(dest)) == ["plugin"]
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's tmp dir")
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        other = shm / "built"
+        _write(other, b"two")
+        install(str(other), str(dest), link=True)                         # EXDEV: a copy
+        assert (dest / "plugin").read_bytes() == b"two" and not os.path.samefile(other, dest / "plugin")
+        assert (dest / "plugin.prev").read_bytes() == b"one"
+        assert sorted(os.listdir(dest)) == ["plugin", "plugin.prev"]
+    finally:
+        shutil.rmtree(shm)
+
+
+def test_only_go_build_outputs_are_linked():
+    from doubles import context
+    assert gobuild.Builder(context()[0]).replaces_output                  # the default command
+    for command, linked in ((["/usr/lib/go-1.19/bin/go", "build", "-o", "x", "."], True),
+                            (["make", "plugin"], False), (["sh", "-c", "go build -o x ."], False),
+                            (["go", "run", "./gen"], False)):
+        ctx, _ = context(build={"command": command})
+        assert gobuild.Builder(ctx).replaces_output is linked, command

@@ -159,7 +159,7 @@ def fake_go(monkeypatch, tmp_path):
     monkeypatch.setattr(gopath, "Builder", FakeBuilder)
     monkeypatch.setattr(gopath, "PluginHost", FakeHost)
     monkeypatch.setattr(gopath, "GoWatcher", FakeWatcher)
-    monkeypatch.setattr(gopath.GoPath, "_install", lambda self, result, inputs: None)
+    monkeypatch.setattr(gopath.GoPath, "_install", lambda self, result: (0, 0))   # no file; _settle finds it replaced
     ctx, sink = context(str(tmp_path), go={"enabled": True, "build_on_start": "always", "restart_backoff": 0,
                                            "restart_backoff_max": 0})
     path = gopath.GoPath(ctx)
