@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the managed Go path: save -> ready for the example plugin, and invoke gaps across a reload.
 
-    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 50] [--gap-runs 3] [--rapid-runs 3]
+    .venv/bin/python bench/bench_gopath.py [--runs 5] [--debounce-ms 30] [--gap-runs 3] [--rapid-runs 3]
                                            [--out results.json]
 
 Per run: edit `const Greeting` in a copy of examples/hello-plugin (atomic save), wait for dev_reload_complete, and
@@ -291,7 +291,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gap-runs", type=int, default=3)
-    ap.add_argument("--debounce-ms", type=int, default=50)
+    from omnibroker.settings import GoSettings
+    ap.add_argument("--debounce-ms", type=float, default=GoSettings().debounce_ms, help="[go] debounce_ms (default: omni's)")
     ap.add_argument("--rapid-runs", type=int, default=3)
     ap.add_argument("--out", default="")
     args = ap.parse_args()

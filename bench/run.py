@@ -44,7 +44,7 @@ SCRIPTS: dict[str, tuple[str, str, list[str], list[str], int]] = {
     "vite": ("bench_vite.py", "--json", [], ["--runs", "3", "--hmr-runs", "10"], 1200),
     "external": ("bench_external.py", "--json", [], ["--runs", "8"], 900),
     "bridge": ("bench_bridge.py", "--json", [], ["--runs", "5", "--events", "20", "--load-rounds", "100",
-                                                 "--go-runs", "2"], 1200),
+                                                 "--go-runs", "8"], 1200),
     "scale": ("bench_scale.py", "--json", [], ["--quick"], 2700),
     "debug": ("bench_debug.py", "--json", [], ["--quick"], 1500),
     "bursts": ("bench_bursts.py", "--json", [], ["--runs", "3"], 900),
@@ -187,7 +187,7 @@ def rows_gopath(r: dict) -> list[dict]:
     S = "Go path (save → ready)"
     m, runs = r.get("median_ms", {}), r.get("runs", [])
     n = len(runs)
-    deb = r.get("debounce_ms", 50)
+    deb = r.get("debounce_ms", 30)
 
     def mx(k):
         return max(x[k] for x in runs) * 1000 if runs else None
@@ -327,7 +327,11 @@ def rows_bridge(r: dict) -> list[dict]:
     for key, label in (("event_to_dom_ms", "event published → DOM (stand-in broker)"),
                        ("real_broker_event_to_dom_ms", "event published → DOM (real broker)"),
                        ("ui_edit_to_dom_ms", "UI edit saved → DOM (Vite HMR + Fast Refresh)"),
-                       ("go_edit_to_new_rpc_answer_ms", "Go edit saved → new RPC answer in the DOM")):
+                       ("go_edit_to_new_rpc_answer_ms", "Go edit saved → new RPC answer in the DOM"),
+                       ("go_build_in_service_ms", "… the service's `go build` of those edits"),
+                       ("go_save_to_reload_published_ms", "… save → dev_reload_complete published"),
+                       ("go_reload_published_to_page_ms", "… published → on the page (bridge, WebSocket)"),
+                       ("go_reload_on_page_to_dom_ms", "… on the page → answer in the DOM (remount, invoke, render)")):
         x = r.get(key)
         sa = r.get("go_standalone_build_ms") if key == "go_edit_to_new_rpc_answer_ms" else None
         if x and sa:

@@ -494,6 +494,8 @@ class GoPath:
                 self.part.change_state(S.READY, pluginPid=new.pid, lastError="")      # STARTING -> READY
             if t is not None:
                 t["ready"] = loop.time()
+                if "installed" in t:
+                    ctx.log("go-build", "info", _timing_line(t))
             if reason not in _NOT_RELOADS:
                 self._reload_open = False
                 ctx.reload_complete()
@@ -575,3 +577,16 @@ class GoPath:
                 return
         if not self._stopping:
             self._request("restart")            # no installed binary: build one
+
+
+def _timing_line(t: dict) -> str:
+    """Where a reload's time went, from a cycle's timings (loop.time()): one log line for the developer."""
+    steps = []
+    if t.get("first_event") is not None and t.get("fired") is not None:
+        steps.append(("quiet window", t["fired"] - t["first_event"]))
+    begin = t["fired"] if t.get("fired") is not None else t["start"]
+    steps += [("to the build", t["build_start"] - begin), ("build", t["build_end"] - t["build_start"]),
+              ("install", t["installed"] - t["build_end"]), ("start + handshake", t["ready"] - t["installed"])]
+    first = t["first_event"] if t.get("first_event") is not None else t["start"]
+    parts = ", ".join(f"{name} {secs * 1000:.0f} ms" for name, secs in steps)
+    return f"serving the new build {(t['ready'] - first) * 1000:.0f} ms after the {t['reason']}: {parts}"

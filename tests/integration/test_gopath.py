@@ -149,6 +149,9 @@ async def test_edit_constant_building_then_ready_and_new_answer(harness):
         assert await h.greet() == "Bonjour, omni"
         assert len(h.since(m, protocol.RELOAD_START)) == 1
         assert len(h.logs(m, "$ go build")) == 1                   # exactly one build
+        [timing] = h.logs(m, "serving the new build")              # where the reload's time went
+        assert re.search(r"\d+ ms after the change: quiet window \d+ ms, to the build \d+ ms, build \d+ ms, "
+                         r"install \d+ ms, start \+ handshake \d+ ms$", timing), timing
         st = h.ctx.state
         assert st.pluginPid != old_pid and st.lastError == ""
         assert st.lastBuildDuration > 10_000_000                  # ns
