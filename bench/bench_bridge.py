@@ -72,6 +72,29 @@ def standalone_build(tree: Path) -> float:
     return (time.monotonic() - t0) * 1000
 
 
+def _cpu_by_kind() -> dict[str, float]:
+    """CPU-seconds used so far by this script's descendants (the service, Vite, go, Chromium, Playwright's driver), by
+    kind; children already reaped (a finished go build) count in this process's children_* times, as "reaped"."""
+    import psutil
+    kinds: dict[str, float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            name, t = proc.name(), proc.cpu_times()
+        except psutil.Error:
+            continue
+        kind = ("chromium" if "chrom" in name else "node" if name.startswith("node") else
+                "python" if name.startswith("python") or "supervisord" in name else
+                "go" if name in ("go", "compile", "link", "asm", "cgo") else "other")
+        kinds[kind] = kinds.get(kind, 0.0) + t.user + t.system
+    t = os.times()
+    kinds["reaped"] = t.children_user + t.children_system
+    return kinds
+
+
+def _cpu_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: round(b.get(k, 0.0) - a.get(k, 0.0), 3) for k in sorted(set(a) | set(b))}
+
+
 def launch(p):
     return p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
 
@@ -201,13 +224,14 @@ def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) ->
                 window.omniDashboard.omni.subscribe((c) => { if (c.kind === "event"
                     && c.topic === "plugin/dev_reload_complete") window.__reloads.push([c.meta.ts * 1000, Date.now()]); });
             }""")
-            lat, standalone, in_service, split = [], [], [], []
+            lat, standalone, in_service, split, cpu_during = [], [], [], [], []
             try:
                 for i in range(go_runs):
                     word = f"Bench{i}"
                     marker = f"{word}, omni"
                     page.evaluate(WANT, marker)
                     text = re.sub(r'const Greeting = ".*"', f'const Greeting = "{word}"', src)
+                    cpu0 = _cpu_by_kind()
                     greeting.write_text(text)
                     saved = time.time()
                     # the page stamps the answer itself (OBSERVE); polling every 100 ms, not every frame, keeps
@@ -218,8 +242,12 @@ def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) ->
                     in_service.append(svc.call("status", plugin="hello")["lastBuildDuration"] / 1e6)
                     published, arrived = page.evaluate("() => window.__reloads[window.__reloads.length - 1]")
                     split.append((published - saved * 1000, arrived - published, seen - arrived))
+                    cpu1 = _cpu_by_kind()
                     (standalone_tree / "pkg" / "greeting.go").write_text(text)
                     standalone.append(standalone_build(standalone_tree))   # the same edit, built by hand
+                    cpu2 = _cpu_by_kind()
+                    cpu_during.append({"save_to_dom": _cpu_delta(cpu0, cpu1),
+                                       "standalone_build": _cpu_delta(cpu1, cpu2)})
             finally:
                 greeting.write_text(src)
             out["go_edit_to_new_rpc_answer_ms"] = summary(lat)
@@ -232,6 +260,7 @@ def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) ->
                 out[key] = summary([x[i] for x in split])
             entries = svc.call("logs", plugin="hello", count=500)["entries"]
             out["go_reload_lines"] = [e["message"] for e in entries if "serving the new build" in e["message"]][-go_runs:]
+            out["go_cpu_s"] = cpu_during   # CPU-s per kind of process: during save -> DOM, and the standalone build
             out["go_runs"] = [{"total_ms": round(t, 1), "standalone_build_ms": round(sa, 1),
                                "service_build_ms": round(b, 1), "published_ms": round(x[0], 1),
                                "to_page_ms": round(x[1], 1), "page_to_dom_ms": round(x[2], 1),
