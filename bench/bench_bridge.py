@@ -221,8 +221,10 @@ def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) ->
             standalone_build(standalone_tree)                               # warm
             # when each dev_reload_complete was published (the broker's stamp) and reached the page (epoch ms)
             page.evaluate("""() => { window.__reloads = [];
-                window.omniDashboard.omni.subscribe((c) => { if (c.kind === "event"
-                    && c.topic === "plugin/dev_reload_complete") window.__reloads.push([c.meta.ts * 1000, Date.now()]); });
+                window.omniDashboard.omni.subscribe((c) => {
+                    if (c.kind === "event" && c.topic === "plugin/dev_reload_complete")
+                        window.__reloads.push([c.meta.ts * 1000, Date.now()]);
+                });
             }""")
             lat, standalone, in_service, split, cpu_during = [], [], [], [], []
             try:

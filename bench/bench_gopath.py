@@ -292,7 +292,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gap-runs", type=int, default=3)
     from omnibroker.settings import GoSettings
-    ap.add_argument("--debounce-ms", type=float, default=GoSettings().debounce_ms, help="[go] debounce_ms (default: omni's)")
+    ap.add_argument("--debounce-ms", type=float, default=GoSettings().debounce_ms,
+                    help="[go] debounce_ms (default: omni's)")
     ap.add_argument("--rapid-runs", type=int, default=3)
     ap.add_argument("--out", default="")
     args = ap.parse_args()

@@ -494,7 +494,9 @@ class Broker(PortPolicy):
         self._spawn(self._initial_sync())
         liveness = liveness_loop(self.workers, self._seen, lambda plugin: self._set_worker_status(plugin, "lost"),
                                  self._unresponsive)
-        background = [asyncio.create_task(liveness), asyncio.create_task(trim_loop())]
+        streams = (self.control_server.stream, self.worker_stream, self.events_stream)
+        background = [asyncio.create_task(liveness),
+                      asyncio.create_task(trim_loop(activity=lambda: sum(s.received for s in streams)))]
         self.config.start()
         await stop.wait()
         self.config.stop()

@@ -6,14 +6,19 @@ messages in its own arena), and after a large block has been freed, blocks of th
 mmap. Measured: 2,000 unread 700 KB replies left the broker at 165 MB after the flood, 130 MB above its idle RSS.
 
 `Trimmer.check()`, called every `interval` seconds, calls malloc_trim(0) (which returns the free pages of every arena
-to the kernel) when malloc holds more than `threshold` bytes free (mallinfo2, over every arena) and its wait is over.
-The wait is `interval` after a trim that gave back at least `GAIN` bytes of RSS, and doubles, up to `max_interval`,
-after each trim that gave back less; an RSS grown by more than `threshold` since the last trim (a new flood) ends it.
-Freed memory is thus back within `interval` of its release, and within `max_interval` at worst.
+to the kernel) when malloc holds more than `threshold` bytes free (mallinfo2, over every arena), the broker is quiet,
+and its wait is over:
+- quiet: it received at most `BUSY_MESSAGES` messages since the last look. While it is busy, what a flood freed is
+  taken again by what follows, and a trim would only make the next messages fault their pages back in (trims in the
+  middle of bench_core's throughput runs cost up to a fifth of their events/s);
+- the wait is `interval` after a trim that gave back at least `GAIN` bytes of RSS, and doubles, up to
+  `max_interval`, after each trim that gave back less; an RSS grown by more than `threshold` since the last trim (a
+  new flood) brings it back to `interval`.
+Freed memory is thus back within `interval` of the broker becoming quiet, and within `max_interval` at worst.
 
 The wait cannot be "until malloc's free bytes grow again": mallinfo2 still counts trimmed pages as free, so a trim in
-the middle of a flood can leave that count, once the flood is freed, near where it was, with tens of MB resident (a CI
-run kept 25 MB that way). A heap whose free memory cannot be given back (fragments) costs a trim per `max_interval`:
+the middle of a flood can leave that count, once the flood is freed, near where it was, with tens of MB resident (25 MB
+in one measured run). A heap whose free memory cannot be given back (fragments) costs a trim per `max_interval`:
 on a heap of 100,000 fragments a mallinfo2 took 5.6 ms and a malloc_trim 6-10 ms; the broker's is far smaller.
 
 Other C libraries (musl) or an older glibc without mallinfo2: `check()` does nothing.
@@ -34,6 +39,7 @@ TRIM_THRESHOLD = 8 << 20        # free bytes in malloc's arenas, and RSS growth,
 TRIM_INTERVAL = 5.0             # seconds between looks (a mallinfo2 costs ~0.1 ms), and after a trim that gave back
 TRIM_MAX_INTERVAL = 20.0        # the longest wait between two trims while malloc holds more than the threshold free
 GAIN = 1 << 20                  # a trim that gave back less than this lengthens the wait
+BUSY_MESSAGES = 1000            # more messages than this since the last look (200/s): busy, no trim
 
 
 class _MallInfo2(ctypes.Structure):
@@ -84,20 +90,25 @@ class Trimmer:
         self.trims = 0
         self.wait = interval
         self.last_trim = float("-inf")
+        self.last_activity: int | None = None
         self.rss_after = self.malloc.rss_bytes() if self.malloc.available else 0
 
-    def check(self) -> bool:
-        """malloc_trim(0) when it may give something back; whether it trimmed."""
+    def check(self, activity: int | None = None) -> bool:
+        """malloc_trim(0) when it may give something back; whether it trimmed. `activity`: a count of the messages
+        the broker received so far (None: always quiet)."""
         m = self.malloc
         if not m.available:
             return False
+        busy = activity is not None and self.last_activity is not None \
+            and activity - self.last_activity > BUSY_MESSAGES
+        self.last_activity = activity
         free = m.free_bytes()
         if free <= self.threshold:
             return False
         now, rss = self.clock(), m.rss_bytes()
         if rss - self.rss_after > self.threshold:
             self.wait = self.interval               # a new flood: look at the usual pace
-        if now - self.last_trim < self.wait:
+        if busy or now - self.last_trim < self.wait:
             return False
         m.trim()
         self.trims += 1
@@ -117,9 +128,10 @@ def _rss_bytes() -> int:
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-async def trim_loop(interval: float = TRIM_INTERVAL) -> None:
-    """Every `interval` seconds, give back what malloc holds free beyond the threshold."""
+async def trim_loop(interval: float = TRIM_INTERVAL, activity: Callable[[], int] | None = None) -> None:
+    """Every `interval` seconds, give back what malloc holds free beyond the threshold; `activity()` counts the
+    messages the broker received so far."""
     trimmer = Trimmer(interval=interval)
     while True:
         await asyncio.sleep(interval)
-        trimmer.check()
+        trimmer.check(activity() if activity is not None else None)

@@ -48,6 +48,7 @@ class Stream:
         self.loop = loop or asyncio.get_running_loop()
         self._scheduled = False
         self._draining = False
+        self.received = 0           # messages handed to on_recv so far (how busy the broker is: heap.Trimmer)
         self.loop.add_reader(sock.getsockopt(zmq.FD), self._ready)
         self.kick()
 
@@ -69,6 +70,7 @@ class Stream:
                     return          # drained: the FD's next edge wakes us
                 except zmq.ZMQError:
                     return          # closed
+                self.received += 1
                 self.on_recv(frames)
         finally:
             self._draining = False

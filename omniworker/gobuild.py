@@ -9,10 +9,10 @@
 - `Builder(ctx)` runs `[build] command` (default `go build -ldflags="-s -w" -o build/bin/plugin ./pkg`) in `[build]
   dir` (relative to the plugin dir) with `os.environ` + `GOGC=400` (unless set) + `[build] env`, inside a
   broker-wide build slot; lines are streamed as log events (source go-build; stdout -> info; stderr -> error, except
-  go's progress lines "go: downloading/finding..." -> info: the go tool writes its errors to stderr). Cancellable: cancelling the awaiting
-  task kills the build's process group (go, compile, link, asm, cgo) at once and returns once every process of it is
-  gone (a second cancellation meanwhile does not cut that wait short), counting the CPU time the build had used in
-  `cancelled_cpu_s`; the go tool's WORK dir is put under a GOTMPDIR of ours that is
+  go's progress lines "go: downloading/finding..." -> info: the go tool writes its errors to stderr). Cancellable:
+  cancelling the awaiting task kills the build's process group (go, compile, link, asm, cgo) at once and returns
+  once every process of it is gone (a second cancellation meanwhile does not cut that wait short), counting the CPU
+  time the build had used in `cancelled_cpu_s`; the go tool's WORK dir is put under a GOTMPDIR of ours that is
   removed afterwards, so a killed build leaves no /tmp/go-build* behind. A build running longer than `[build]
   timeout_s` (default 600) is killed the same way and fails with "build timed out after N s": a hung build never
   holds its broker-wide slot for more than that.
@@ -22,7 +22,7 @@
   describes the binary GoPath stamped right after installing it. The new name is a hard link to the build output
   when `link` is true and both are on one file system (`Builder.replaces_output`: `go build` never writes into an
   existing output file, it renames a new one over it or unlinks it first, so the installed inode is never written
-  again); otherwise a copy. The link saves the copy: ~12 ms for the example's 8.5 MB binary here.
+  again); otherwise a copy. The link saves the copy: 4-7 ms for the example's 8.5 MB binary here.
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ from .context import PluginContext, strip_ansi
 # delve.debug_build drops it again (a debugger needs the DWARF)
 STRIP_LDFLAGS = "-ldflags=-s -w"
 # the Go toolchain's own garbage collector, in the build's processes (go, compile, link) unless GOGC is set in the
-# environment or `[build] env`: collecting at 5x the live heap instead of 2x makes a rebuild of the example ~10 %
-# shorter and ~12 % cheaper in CPU, for ~10 % more peak memory in the linker (docs/performance.md, "Link time")
+# environment or `[build] env`: collecting at 5x the live heap instead of 2x makes a rebuild of the example 7-10 %
+# shorter and 9-12 % cheaper in CPU, for ~10 % more peak memory (docs/performance.md, "The toolchain's collector")
 BUILD_GOGC = "400"
 DEFAULT_BUILD_COMMAND = ["go", "build", STRIP_LDFLAGS, "-o", "build/bin/plugin", "./pkg"]
 DEFAULT_OUTPUT = "build/bin/plugin"
@@ -457,14 +457,14 @@ def _fsync_dir(path: str) -> None:
 def install(binary: str, dest_dir: str, name: str = BINARY_NAME, *, link: bool = False, durable: bool = True) -> str:
     """Install `binary` as `<dest_dir>/<name>` atomically; keep the previous one as `<name>.prev`. Returns the path.
 
-    The new binary is a new inode (a hard link to `binary` when `link` is true and the file systems allow it, else a
-    copy in dest_dir; fsync; rename), so a running plugin is never written to (no ETXTBSY) and a reader sees either
-    the old or the new binary. `link` is for outputs the build never writes into again (see the module's docstring).
-    `durable=False` leaves out the fsyncs (of the file and of dest_dir: ~8 ms for the example's freshly linked
-    binary): the caller makes it durable later (`make_durable`), before anything relies on it surviving a crash.
-    On any error (ENOSPC, EROFS, ...) the temp name is removed, the installed binary is left as it was, and
-    InstallError explains it in words. Either way the binary's build stamp is removed (the caller writes a new one
-    after a successful install).
+    The new binary arrives under a new name in dest_dir (a hard link to `binary` when `link` is true and the file
+    systems allow it, else a copy; fsync) renamed over the old one, so a running plugin is never written to (no
+    ETXTBSY) and a reader sees either the old or the new binary. `link` is for outputs the build never writes into
+    again (see the module's docstring). `durable=False` leaves out the fsyncs (of the file and of dest_dir: ~8 ms for
+    the example's freshly linked binary): the caller makes it durable later (`make_durable`), before anything relies
+    on it surviving a crash. On any error (ENOSPC, EROFS, ...) the temp name is removed, the installed binary is left
+    as it was, and InstallError explains it in words. Either way the binary's build stamp is removed (the caller
+    writes a new one after a successful install).
     """
     dest = os.path.join(dest_dir, name)
     prev = dest + PREV_SUFFIX
@@ -497,6 +497,10 @@ def install(binary: str, dest_dir: str, name: str = BINARY_NAME, *, link: bool =
                     pass
                 shutil.copy2(dest, prev)
         os.replace(tmp, dest)
+        if os.path.lexists(tmp):
+            # both names were links to one inode (a `go build` with nothing to do leaves its output as it was, and
+            # that output is what was installed): rename() did nothing, and the temp name is left to remove
+            os.unlink(tmp)
         tmp = None
         if durable:
             _fsync_dir(dest_dir)

@@ -368,6 +368,10 @@ async def test_start_builds_when_nothing_installed_and_rebuild(harness):
         m2 = h.mark()
         assert await h.gp.rebuild() is True
         assert h.since(m2, protocol.RELOAD_COMPLETE) and h.ctx.state.pluginPid != pid
+        await h.gp.settled()
+        # nothing to build: `go build` left its output as it was, the installed inode; nothing else is left behind
+        assert sorted(os.listdir(h.home / "bin")) == ["plugin", "plugin.prev", "plugin.stamp"]
+        assert await h.greet() == "Hello, omni"
 
 
 # --- the go-plugin host on its own ------------------------------------------------------------------------------------

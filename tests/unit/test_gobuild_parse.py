@@ -376,6 +376,10 @@ def test_install_links_when_asked_and_copies_across_file_systems(tmp_path):
     install(str(built), str(dest), link=True)
     assert os.path.samefile(built, dest / "plugin")                       # no copy
     assert sorted(os.listdir(dest)) == ["plugin"]
+    install(str(built), str(dest), link=True)                             # a no-op build: the same file again
+    assert os.path.samefile(built, dest / "plugin")
+    assert sorted(os.listdir(dest)) == ["plugin", "plugin.prev"]          # no temp name left
+    os.unlink(dest / "plugin.prev")
     if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("needs /dev/shm on another file system than the test's tmp dir")
     shm = Path(tempfile.mkdtemp(dir="/dev/shm"))

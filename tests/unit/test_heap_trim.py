@@ -3,17 +3,19 @@ heap's history leads to, without a real process."""
 from __future__ import annotations
 
 from doubles import FakeClock, FakeMalloc
-from omnibroker.heap import GAIN, Trimmer
+from omnibroker.heap import BUSY_MESSAGES, GAIN, Trimmer
 
 MB = 1 << 20
 
 
-def looks(trimmer: Trimmer, clock: FakeClock, seconds: float, every: float = 5.0) -> list[float]:
-    """Check every `every` seconds for `seconds`; the times (from the start) at which it trimmed."""
+def looks(trimmer: Trimmer, clock: FakeClock, seconds: float, every: float = 5.0,
+          messages: list[int] | None = None) -> list[float]:
+    """Check every `every` seconds for `seconds`; the times (from the start) at which it trimmed. `messages`: a
+    one-item counter of the messages the broker received, raised by the test (None: no count is given)."""
     start, out = clock.now, []
     while clock.now - start < seconds:
         clock.now += every
-        if trimmer.check():
+        if trimmer.check(messages[0] if messages is not None else None):
             out.append(clock.now - start)
     return out
 
@@ -69,3 +71,18 @@ def test_a_new_flood_ends_a_long_wait():
     malloc.rss += 20 * MB                    # a flood touched 20 MB more
     malloc.trimmable = 20 * MB
     assert looks(trimmer, clock, 5) == [5] and trimmer.wait == trimmer.interval
+
+
+def test_a_busy_broker_is_not_trimmed_until_it_is_quiet():
+    """What a flood frees is taken again by what follows: trimming then only makes the next messages fault pages in."""
+    malloc, clock = FakeMalloc(free=2 * MB), FakeClock()
+    trimmer = Trimmer(malloc=malloc, clock=clock)
+    messages = [0]
+    trimmer.check(messages[0])                          # before the flood: little free, the count taken
+    malloc.free, malloc.trimmable = 30 * MB, 20 * MB
+    for _ in range(12):                                 # a minute of 10,000 messages per look
+        messages[0] += 10 * BUSY_MESSAGES
+        assert looks(trimmer, clock, 5, messages=messages) == []
+    assert malloc.trims == 0
+    messages[0] += BUSY_MESSAGES                        # quiet: at most BUSY_MESSAGES since the last look
+    assert looks(trimmer, clock, 5, messages=messages) == [5] and malloc.trims == 1
