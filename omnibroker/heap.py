@@ -9,8 +9,9 @@ mmap. Measured: 2,000 unread 700 KB replies left the broker at 165 MB after the 
 to the kernel) when malloc holds more than `threshold` bytes free (mallinfo2, over every arena), the broker is quiet,
 and its wait is over:
 - quiet: it received at most `BUSY_MESSAGES` messages since the last look. While it is busy, what a flood freed is
-  taken again by what follows, and a trim would only make the next messages fault their pages back in (trims in the
-  middle of bench_core's throughput runs cost up to a fifth of their events/s);
+  taken again by what follows, and a trim would only make the next messages fault their pages back in (bench_core's
+  events/s to one subscriber, 9 runs alternating: median 46k when every look could trim, 53k when only growth did;
+  35-69k from run to run);
 - the wait is `interval` after a trim that gave back at least `GAIN` bytes of RSS, and doubles, up to
   `max_interval`, after each trim that gave back less; an RSS grown by more than `threshold` since the last trim (a
   new flood) brings it back to `interval`.
