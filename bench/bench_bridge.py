@@ -74,7 +74,8 @@ def standalone_build(tree: Path) -> float:
 
 def _cpu_by_kind() -> dict[str, float]:
     """CPU-seconds used so far by this script's descendants (the service, Vite, go, Chromium, Playwright's driver), by
-    kind; children already reaped (a finished go build) count in this process's children_* times, as "reaped"."""
+    kind. Finished children count in their reaper's children_* times: the service's (its `go build`s) as
+    "reaped by the service", this script's (the standalone builds) as "reaped"."""
     import psutil
     kinds: dict[str, float] = {}
     for proc in psutil.Process().children(recursive=True):
@@ -86,6 +87,9 @@ def _cpu_by_kind() -> dict[str, float]:
                 "python" if name.startswith("python") or "supervisord" in name else
                 "go" if name in ("go", "compile", "link", "asm", "cgo") else "other")
         kinds[kind] = kinds.get(kind, 0.0) + t.user + t.system
+        if kind == "python":
+            reaped = t.children_user + t.children_system
+            kinds["reaped by the service"] = kinds.get("reaped by the service", 0.0) + reaped
     t = os.times()
     kinds["reaped"] = t.children_user + t.children_system
     return kinds
@@ -261,7 +265,8 @@ def bench_service(p, runs: int, go_runs: int, edit_gap_ms: int = EDIT_GAP_MS) ->
                                      "go_reload_on_page_to_dom_ms")):
                 out[key] = summary([x[i] for x in split])
             entries = svc.call("logs", plugin="hello", count=500)["entries"]
-            out["go_reload_lines"] = [e["message"] for e in entries if "serving the new build" in e["message"]][-go_runs:]
+            lines = [e["message"] for e in entries if "serving the new build" in e["message"]]
+            out["go_reload_lines"] = lines[-go_runs:]      # the worker's own account of each reload
             out["go_cpu_s"] = cpu_during   # CPU-s per kind of process: during save -> DOM, and the standalone build
             out["go_runs"] = [{"total_ms": round(t, 1), "standalone_build_ms": round(sa, 1),
                                "service_build_ms": round(b, 1), "published_ms": round(x[0], 1),

@@ -32,7 +32,7 @@ import ctypes.util
 import logging
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 log = logging.getLogger("omnibroker")
 
@@ -83,7 +83,7 @@ class Trimmer:
     """When to give freed memory back (see the module's docstring). `malloc` and `clock` are replaced in tests."""
 
     def __init__(self, threshold: int = TRIM_THRESHOLD, interval: float = TRIM_INTERVAL,
-                 max_interval: float = TRIM_MAX_INTERVAL, malloc: Optional[Malloc] = None,
+                 max_interval: float = TRIM_MAX_INTERVAL, malloc: Malloc | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.threshold, self.interval, self.max_interval = threshold, interval, max_interval
         self.malloc = malloc if malloc is not None else Malloc()

@@ -62,6 +62,7 @@ class Stream:
         self._scheduled = False
         self._draining = True
         sock = self.sock
+        handled = 0
         try:
             for _ in range(MAX_BATCH):
                 try:
@@ -70,10 +71,11 @@ class Stream:
                     return          # drained: the FD's next edge wakes us
                 except zmq.ZMQError:
                     return          # closed
-                self.received += 1
+                handled += 1
                 self.on_recv(frames)
         finally:
             self._draining = False
+            self.received += handled
         self.kick()     # more waiting: continue after other callbacks had their turn
 
     def send(self, frames: list[bytes]) -> bool:
