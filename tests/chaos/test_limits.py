@@ -231,6 +231,14 @@ def test_requests_in_flight_per_client_are_bounded(svc, silent_worker):
 
 
 # --- slow subscribers -------------------------------------------------------------------------------------------------
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until the process is stopped (SIGSTOP), bounded: a signal takes effect a moment after it is sent."""
+    deadline = time.monotonic() + timeout
+    while psutil.Process(pid).status() != psutil.STATUS_STOPPED:
+        assert time.monotonic() < deadline, f"process {pid} is not stopped after {timeout}s"
+        time.sleep(0.01)    # polling the process table: no event says a process stopped
+
+
 STOPPING_SUBSCRIBER = r"""
 import os, signal, sys, zmq
 ctx = zmq.Context()
@@ -284,8 +292,8 @@ def test_subscribers_that_stop_reading_cost_a_bounded_queue(svc, silent_worker):
                 nudge()
             assert p.stdout.readline().strip() == "subscribed"
         os.kill(reader.pid, signal.SIGSTOP)
-        for p in stopped:
-            assert psutil.Process(p.pid).status() == psutil.STATUS_STOPPED
+        for p in stopped + [reader]:        # each stops itself just after saying "subscribed"; the reader by us
+            wait_stopped(p.pid)
         base = rss_mb(pid)
         reset_peak(pid)
         guard = Guard(pid, ABORT_MB)
