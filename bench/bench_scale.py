@@ -275,6 +275,19 @@ def proc_tree(svc: Service, ids: list[str], vite_ids: set[str]) -> dict:
             "plugins": plugins, "vites": vites}
 
 
+def preload_state(svc: Service) -> dict:
+    """How supervisord starts workers (omniworker/preload.py): forked from its preloaded modules, or exec'd."""
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport
+    root = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(
+        None, None, f"unix://{svc.runtime}/supervisor.sock"))
+    try:
+        return root.omniworker.getPreload()
+    except (xmlrpc.client.Fault, OSError) as e:
+        return {"forked": False, "why_not": str(e)}
+
+
 def mem(pid: int, uss: bool = True) -> dict | None:
     try:
         p = psutil.Process(pid)
@@ -348,8 +361,9 @@ def idle_phase(pids: dict, seconds: float) -> dict:
         ms = [m for m in (mem(pid) for pid in d.values()) if m]
         res[f"{g}_rss_mb"] = stats([m["rss_mb"] for m in ms])
         res[f"{g}_uss_mb"] = stats([m["uss_mb"] for m in ms])
-        res[f"{g}_rss_mb"]["sum"] = sum(m["rss_mb"] for m in ms)
-        res[f"{g}_uss_mb"]["sum"] = sum(m["uss_mb"] for m in ms)
+        res[f"{g}_pss_mb"] = stats([m["pss_mb"] for m in ms])
+        for kind in ("rss", "uss", "pss"):
+            res[f"{g}_{kind}_mb"]["sum"] = sum(m[f"{kind}_mb"] for m in ms)
     vm = psutil.virtual_memory()
     res["machine_used_mb"] = (vm.total - vm.available) / MB
     log(f"idle {wall:.0f} s: broker {res.get('broker_cpu_pct', float('nan')):.2f} % CPU, "
@@ -543,6 +557,8 @@ def main() -> int:
         pids = proc_tree(svc, ids, vite_ids)
         res["cold"]["cpu_s"] = cpu_account(pids)
         res["process_counts"] = {k: (len(v) if isinstance(v, dict) else 1) for k, v in pids.items()}
+        res["preload"] = preload_state(svc)
+        log(f"workers: {'forked from the preloaded supervisord' if res['preload'].get('forked') else 'exec'}")
         time.sleep(5)       # let start-up stragglers settle (Vite's dependency scan) before measuring idle
         res["idle"] = idle_phase(pids, args.idle_seconds)
         if soak_minutes > 0:

@@ -381,14 +381,30 @@ def rows_scale(r: dict) -> list[dict]:
                             f"{idle['workers_cpu_pct']['sum']:.1f} %"))
         out.append(row(S, "broker RSS when idle", "MB", idle["broker_mem"]["rss_mb"], None, "", 1,
                        note=f"USS {idle['broker_mem']['uss_mb']:.0f} MB"))
+        sv = idle.get("supervisord_mem")
+        if sv:
+            out.append(row(S, "supervisord RSS when idle", "MB", sv["rss_mb"], None, "", 1,
+                           note=f"USS {sv['uss_mb']:.1f} MB; it holds the workers' preloaded modules, which the "
+                                f"workers it forks share (omniworker/preload.py)"))
         for g, label in (("workers", "worker"), ("plugins", "plugin binary"), ("vites", "Vite")):
             rs, us = idle.get(f"{g}_rss_mb", {}), idle.get(f"{g}_uss_mb", {})
             if rs.get("n"):
                 out.append(row(S, f"{label} RSS, each", "MB", rs["median"], rs["max"], "max", rs["n"],
                                note=f"sum {rs['sum']:.0f} MB"))
                 goal = {"goal": "≤ 12 MB", "met": us["median"] <= 12} if g == "workers" else {}
+                how = ""
+                if g == "workers":
+                    how = ("; forked from supervisord's preloaded modules" if r.get("preload", {}).get("forked")
+                           else "; exec'd")
+                    later = r.get("after_soak_idle", {}).get("workers_uss_mb", {})
+                    if later.get("n"):
+                        how += f"; after the soak: median {later['median']:.1f}, max {later['max']:.1f} MB"
                 out.append(row(S, f"{label} USS, each", "MB", us["median"], us["max"], "max", us["n"],
-                               note=f"sum {us['sum']:.0f} MB", **goal))
+                               note=f"sum {us['sum']:.0f} MB{how}", **goal))
+                ps = idle.get(f"{g}_pss_mb", {})
+                if g == "workers" and ps.get("n"):
+                    out.append(row(S, "worker PSS, each (its USS + its share of what it shares)", "MB",
+                                   ps["median"], ps["max"], "max", ps["n"], note=f"sum {ps['sum']:.0f} MB"))
     soak = r.get("soak")
     if soak:
         for k, v in soak.get("rss", {}).items():

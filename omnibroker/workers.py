@@ -100,10 +100,11 @@ async def liveness_loop(workers: dict[str, WorkerLink], seen: Callable[[str, Wor
 
 
 def is_worker_of(pid: int, plugin: str) -> bool:
-    """Whether `pid` is an omniworker process for `plugin` (its command line says so)."""
+    """Whether `pid` is an omniworker process for `plugin` (its command line says so: exec'd, or a title set by
+    omniworker/preload.py, which /proc shows as one string)."""
     import psutil
     try:
-        cmd = psutil.Process(pid).cmdline()
+        args = " ".join(psutil.Process(pid).cmdline()).split()
     except psutil.Error:
         return False
-    return "omniworker.worker" in " ".join(cmd) and plugin in cmd
+    return "omniworker.worker" in args and ["--plugin", plugin] in (args[i:i + 2] for i in range(len(args)))

@@ -194,3 +194,25 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class FakeSupervisord:
+    """What omniworker.preload's rpcinterface factory touches of supervisord: its options' `execve` (recorded here,
+    never run) and `logger`."""
+
+    def __init__(self) -> None:
+        self.execs: list[tuple[str, list[str]]] = []
+        self.warnings: list[str] = []
+        outer = self
+
+        class Logger:
+            def warn(self, msg: str) -> None:
+                outer.warnings.append(msg)
+
+        class Options:
+            logger = Logger()
+
+            def execve(self, filename: str, argv: list[str], env: dict) -> None:
+                outer.execs.append((filename, argv))
+
+        self.options = Options()
