@@ -86,3 +86,19 @@ def test_supervisorctl_stop_and_start(svc):
     assert "started" in out.stdout, out
     svc.wait_state("hello", lambda s: ready(s) and s["workerPid"] == svc.program_pid(PROGRAM), timeout=60,
                    what="ready under the new worker")
+
+
+def test_supervisorctl_reload_starts_them_the_same_way(svc):
+    """A reload makes supervisord's rpcinterfaces again: the worker comes back as supervisord's child, started as
+    before (forked without a second preload, or exec'd)."""
+    old = svc.wait_state("hello", ready, timeout=120, what="ready")["workerPid"]
+    ctl = [str(VENV_BIN / "supervisorctl"), "-c", "supervisor.d/omni.conf"]
+    out = subprocess.run([*ctl, "reload"], env=svc.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "Restarted supervisord" in out.stdout, out
+    svc.wait_ping(60)
+    state = svc.wait_state("hello", lambda s: ready(s) and s["workerPid"] not in (0, old), timeout=120,
+                           what="ready under a new worker")
+    assert psutil.Process(state["workerPid"]).ppid() == svc.proc.pid
+    assert rpc(svc).omniworker.getPreload()["forked"] is (svc.mode == "forked")
+    args = " ".join(psutil.Process(state["workerPid"]).cmdline()).split()
+    assert (args[0] == "python") is (svc.mode == "forked")
