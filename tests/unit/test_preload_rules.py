@@ -75,3 +75,26 @@ def test_a_failed_preload_leaves_supervisord_execing(monkeypatch):
     assert state["forked"] is False and "no_such_module" in state["why_not"]
     assert sv.options.execve == real
     assert sv.warnings and "workers are exec'd" in sv.warnings[0]
+
+
+@pytest.mark.parametrize("title", [False, True])
+def test_the_broker_recognises_a_worker_by_either_command_line(title):
+    """workers.is_worker_of reads the exec'd argv and the forked worker's title (one string in /proc) alike."""
+    import subprocess
+
+    from omnibroker.workers import is_worker_of
+    wait = "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(60)"
+    if title:
+        argv = [sys.executable, "-c", "import setproctitle; setproctitle.setproctitle("
+                "'python -m omniworker.worker --plugin hello'); " + wait]
+    else:
+        argv = [sys.executable, "-c", wait, "-m", "omniworker.worker", "--plugin", "hello"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "up\n"
+        assert is_worker_of(proc.pid, "hello")
+        assert not is_worker_of(proc.pid, "hell")
+        assert not is_worker_of(proc.pid, "other")
+    finally:
+        proc.kill()
+        proc.wait()
