@@ -40,7 +40,7 @@ import psutil
 
 from omnibroker import protocol
 from omnibroker.ports import DEBUG_RANGE_END, DEBUG_RANGE_START, DEFAULT_RANGE_END, DEFAULT_RANGE_START, port_is_free
-from omnibroker.process import PidWatch, killpg, rc_text, set_pdeathsig
+from omnibroker.process import PidWatch, killpg, rc_text, set_pdeathsig, watch_children_with_pidfds
 from omnibroker.settings import HandshakeSettings, check_plugin
 
 from .devinfo import DEVINFO_NAME, remove_if_names, write_devinfo
@@ -483,6 +483,7 @@ def _exit_code(rc: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    watch_children_with_pidfds()
     try:
         return asyncio.run(Runner(args).run())
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ import zmq.asyncio  # noqa: E402
 
 from omnibroker import protocol  # noqa: E402
 from omnibroker.commands import COMMANDS  # noqa: E402
-from omnibroker.process import set_pdeathsig  # noqa: E402
+from omnibroker.process import set_pdeathsig, watch_children_with_pidfds  # noqa: E402
 from omnibroker.protocol import CommandError, DevServerState, ErrorCode  # noqa: E402
 from omnibroker.security import secure_client  # noqa: E402
 from omnibroker.settings import SettingsError  # noqa: E402
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     killed = ChildRegistry(args.plugin).reap_leftovers()
     if killed:
         log.warning("killed process groups left by a previous worker: %s", killed)
+    watch_children_with_pidfds()
     code = asyncio.run(Worker(args.plugin).run())
     # Everything is released by now (children, sockets, files). The interpreter's own teardown (grpc's threads and
     # modules) adds ~70 ms per worker, and supervisord stops workers one after another: skip it.
