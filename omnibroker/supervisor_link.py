@@ -88,10 +88,10 @@ class SupervisorLink:
         self.url = os.environ.get("SUPERVISOR_SERVER_URL") or f"unix://{runtime_dir}/supervisor.sock"
         self._lock = asyncio.Lock()
 
-    async def call(self, fn):
-        """Run `fn(proxy.supervisor)` in a thread, serialised."""
+    async def call(self, fn, *, root: bool = False):
+        """Run `fn(proxy.supervisor)` (`fn(proxy)` with root=True: for system.multicall) in a thread, serialised."""
         async with self._lock:
-            return await asyncio.to_thread(lambda: fn(proxy(self.url).supervisor))
+            return await asyncio.to_thread(lambda: fn(proxy(self.url) if root else proxy(self.url).supervisor))
 
     # --- include files -------------------------------------------------------------------------------------------
     def include_path(self, plugin: str) -> str:
@@ -126,7 +126,7 @@ class SupervisorLink:
                 os.unlink(self.include_path(stale))
             except FileNotFoundError:
                 pass
-        return await self.call(_update_ours)
+        return await self.call(_update_ours, root=True)
 
     def log_path(self, plugin: str) -> str:
         return os.path.join(self.log_dir, program_name(plugin) + ".log")
@@ -184,7 +184,8 @@ def held_stopped(info: dict) -> bool:
     return stopped_by_hand(info) or info.get("statename") == "FATAL"
 
 
-def _update_ours(s) -> dict[str, list[str]]:
+def _update_ours(root: xmlrpc.client.ServerProxy) -> dict[str, list[str]]:
+    s = root.supervisor
     added, changed, removed = s.reloadConfig()[0]
     done: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
     for name in removed:
@@ -194,12 +195,15 @@ def _update_ours(s) -> dict[str, list[str]]:
     for name in changed:
         if name.startswith(PREFIX):
             _stop_remove(s, name)
-            s.addProcessGroup(name)
             done["changed"].append(name)
-    for name in added:
-        if name.startswith(PREFIX):
-            s.addProcessGroup(name)
-            done["added"].append(name)
+    done["added"] = [name for name in added if name.startswith(PREFIX)]
+    # All groups in one request: supervisord then starts them in one pass of its loop, one fork after another, rather
+    # than one per request with its request handling in between. Every page of its own that supervisord writes after a
+    # fork is a copy the forked worker keeps (omniworker/preload.py); fewer writes between forks, fewer such copies.
+    calls = xmlrpc.client.MultiCall(root)
+    for name in done["changed"] + done["added"]:
+        calls.supervisor.addProcessGroup(name)
+    list(calls())           # a Fault, as a single call would raise it, after supervisord has run them all
     return done
 
 
