@@ -200,10 +200,13 @@ def _update_ours(root: xmlrpc.client.ServerProxy) -> dict[str, list[str]]:
     # All groups in one request: supervisord then starts them in one pass of its loop, one fork after another, rather
     # than one per request with its request handling in between. Every page of its own that supervisord writes after a
     # fork is a copy the forked worker keeps (omniworker/preload.py); fewer writes between forks, fewer such copies.
-    calls = xmlrpc.client.MultiCall(root)
-    for name in done["changed"] + done["added"]:
-        calls.supervisor.addProcessGroup(name)
-    list(calls())           # a Fault, as a single call would raise it, after supervisord has run them all
+    names = done["changed"] + done["added"]
+    if names:
+        # supervisord's multicall answers each call's value as is (not in a one-item array) or a fault struct
+        for result in root.system.multicall([{"methodName": "supervisor.addProcessGroup", "params": [name]}
+                                             for name in names]):
+            if isinstance(result, dict) and "faultCode" in result:
+                raise xmlrpc.client.Fault(result["faultCode"], result["faultString"])
     return done
 
 
