@@ -216,3 +216,31 @@ class FakeSupervisord:
                 outer.execs.append((filename, argv))
 
         self.options = Options()
+
+
+class FakeSupervisorRPC:
+    """supervisord's XML-RPC root as omnibroker.supervisor_link's `_update_ours` uses it: `reloadConfig` answers
+    `changes` ([added, changed, removed]); every call is recorded; `system.multicall` runs the calls it is given, one
+    fault struct for each name in `faults`, values unwrapped as supervisord answers them."""
+
+    def __init__(self, added=(), changed=(), removed=(), faults=()):
+        self.calls: list[tuple] = []
+        self.multicalls: list[list[str]] = []
+        outer = self
+
+        class Supervisor:
+            def reloadConfig(self):
+                outer.calls.append(("reloadConfig",))
+                return [[list(added), list(changed), list(removed)]]
+
+            def __getattr__(self, name):
+                return lambda *args: outer.calls.append((name, *args)) or True
+
+        class System:
+            def multicall(self, calls):
+                outer.multicalls.append([f"{c['methodName']} {' '.join(c['params'])}" for c in calls])
+                return [{"faultCode": 90, "faultString": f"ALREADY_ADDED: {c['params'][0]}"}
+                        if c["params"][0] in faults else True for c in calls]
+
+        self.supervisor = Supervisor()
+        self.system = System()
