@@ -104,7 +104,6 @@ def rpcinterface(supervisord: Any, **config: str) -> PreloadInterface:
     options = supervisord.options
     if getattr(options.execve, "omni_preload", False):     # supervisord re-made its interfaces (reload)
         return PreloadInterface(list(PRELOAD))
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     import importlib
     # The collector stays off while importing and the imports' objects are then frozen as they are (gc's docs): a
     # collection here would free garbage amid them, and every object a worker makes later in such a hole would copy a
