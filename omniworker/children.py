@@ -98,11 +98,17 @@ def kill_marked(prefix: str) -> list[int]:
 
 
 async def kill_escapees(prefix: str) -> list[int]:
-    """kill_marked, then wait (at most KILL_WAIT s) until they are gone and reap those adopted by this process."""
-    killed = kill_marked(prefix)
+    """kill_marked, then wait (at most KILL_WAIT s) until they are gone and reap those adopted by this process.
+
+    The scan is made twice: a process in the middle of an exec (a `setsid sleep` becoming `sleep`) shows an empty
+    environment for a moment, so one scan can miss it; the second comes after the first has walked all of /proc."""
+    killed: list[int] = []
     deadline = time.monotonic() + KILL_WAIT
-    while killed and time.monotonic() < deadline and any(_alive(pid) for pid in killed):
-        await asyncio.sleep(0.01)       # a SIGKILLed process dies within ms; no event to wait on for non-children
+    for _ in range(2):
+        found = kill_marked(prefix)
+        while found and time.monotonic() < deadline and any(_alive(pid) for pid in found):
+            await asyncio.sleep(0.01)   # a SIGKILLed process dies within ms; no event to wait on for non-children
+        killed += [pid for pid in found if pid not in killed]
     reap_adopted()
     return killed
 
