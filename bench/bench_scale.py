@@ -278,12 +278,8 @@ def proc_tree(svc: Service, ids: list[str], vite_ids: set[str]) -> dict:
 def preload_state(svc: Service) -> dict:
     """How supervisord starts workers (omniworker/preload.py): forked from its preloaded modules, or exec'd."""
     import xmlrpc.client
-
-    from supervisor.xmlrpc import SupervisorTransport
-    root = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(
-        None, None, f"unix://{svc.runtime}/supervisor.sock"))
     try:
-        return root.omniworker.getPreload()
+        return svc.rpc().omniworker.getPreload()
     except (xmlrpc.client.Fault, OSError) as e:
         return {"forked": False, "why_not": str(e)}
 

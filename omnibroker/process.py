@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import sys
 import threading
 from typing import Callable
 
@@ -32,7 +33,6 @@ def watch_children_with_pidfds() -> bool:
     blocked in waitpid per child, Python 3.11's default: a worker's plugin, Vite and each `go build` cost a thread
     each, its stack and its thread state, for as long as they run. Python 3.12 does this by itself. Call it before
     `asyncio.run`; False where it does not apply."""
-    import sys
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return False
     try:

@@ -5,7 +5,6 @@ and starts again."""
 from __future__ import annotations
 
 import subprocess
-import xmlrpc.client
 
 import psutil
 import pytest
@@ -32,19 +31,13 @@ def ready(s: dict) -> bool:
     return s["goStatus"] == "ready" and s["grpcConnected"]
 
 
-def rpc(svc):
-    from supervisor.xmlrpc import SupervisorTransport
-    return xmlrpc.client.ServerProxy("http://127.0.0.1",
-                                     transport=SupervisorTransport(None, None, f"unix://{svc.runtime}/supervisor.sock"))
-
-
 def environ(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/environ", "rb") as f:
         return dict(e.decode().partition("=")[::2] for e in f.read().split(b"\0") if b"=" in e)
 
 
 def test_supervisord_says_how_it_starts_workers(svc):
-    state = rpc(svc).omniworker.getPreload()
+    state = svc.rpc().omniworker.getPreload()
     assert state["forked"] is (svc.mode == "forked"), state
     if svc.mode == "exec":
         assert state["why_not"] == "OMNI_WORKER_EXEC=1"
@@ -99,6 +92,6 @@ def test_supervisorctl_reload_starts_them_the_same_way(svc):
     state = svc.wait_state("hello", lambda s: ready(s) and s["workerPid"] not in (0, old), timeout=120,
                            what="ready under a new worker")
     assert psutil.Process(state["workerPid"]).ppid() == svc.proc.pid
-    assert rpc(svc).omniworker.getPreload()["forked"] is (svc.mode == "forked")
+    assert svc.rpc().omniworker.getPreload()["forked"] is (svc.mode == "forked")
     args = " ".join(psutil.Process(state["workerPid"]).cmdline()).split()
     assert (args[0] == "python") is (svc.mode == "forked")

@@ -19,6 +19,7 @@ import zmq
 
 from omnibroker import protocol
 from omnibroker.client import Client, parse_event, subscribe_socket
+from omnibroker.supervisor_link import proxy
 
 from .example import REPO, VENV_BIN
 
@@ -160,11 +161,12 @@ class Service:
                              f"{self.logs('omnibridge.log')}")
 
     # --- supervisord -------------------------------------------------------------------------------------------------
+    def rpc(self) -> xmlrpc.client.ServerProxy:
+        """supervisord's XML-RPC root (namespaces `supervisor`, `omniworker`), as the broker reaches it."""
+        return proxy(f"unix://{self.runtime}/supervisor.sock")
+
     def supervisor(self):
-        from supervisor.xmlrpc import SupervisorTransport
-        return xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.runtime}/supervisor.sock")
-        ).supervisor
+        return self.rpc().supervisor
 
     def program_pid(self, name: str) -> int | None:
         try:
