@@ -61,7 +61,7 @@ class GoSettings(RestartingSection):
     enabled: bool | None = None          # None: when the plugin has a pkg/ dir (or an explicit command and watch)
     watch: list[str] | None = None       # None: ["pkg/**/*.go", "go.mod", "go.sum"]
     ignore: list[str] = []
-    debounce_ms: Annotated[float, Meta(ge=0, le=60_000)] = 30     # the quiet window (docs/performance.md)
+    debounce_ms: Annotated[float, Meta(ge=0, le=60_000)] = 20     # the quiet window (docs/performance.md)
     build_on_start: Literal["changed", "always", "missing"] = "changed"
     reload_order: Literal["start-first", "stop-first"] = "start-first"
     stop_grace: Seconds = 2.0

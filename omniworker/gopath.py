@@ -3,7 +3,8 @@
 `GoPath(ctx)` owns a GoWatcher, a Builder and the serving PluginHost. Choices (settings in `[plugins.<id>.go]`):
 - `start()` (`build_on_start`): `"changed"` (the default) builds only when the build inputs changed since the
   installed binary was built. Every successful build + install writes `<home>/bin/plugin.stamp` (buildstamp.py) once
-  the new binary is on disk (fsynced just after the switch, off the save → ready path; `settled()` waits for it): a
+  the new binary is on disk (fsynced RETIRE_AFTER after the switch, off the save → ready path; `settled()` waits for
+  it): a
   digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool binary's
   identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path, size,
   mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
@@ -17,7 +18,8 @@
   it is older than the sources. If a start build fails but a binary is installed, the installed one is started
   anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
-  keeps serving, switches invokes to the new one, then drains and stops the old one: invokes never wait, and a new
+  keeps serving, switches invokes to the new one, then (RETIRE_AFTER, 0.25 s, later) drains and stops the old one:
+  invokes never wait, and a new
   binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` stops the
   old one, then starts the new one; invokes wait for the new one meanwhile; on failure the previous binary is restarted.
   Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
@@ -44,6 +46,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -54,7 +57,8 @@ from omnibroker.settings import GoSettings
 
 from . import buildstamp
 from .context import PluginContext
-from .gobuild import BINARY_NAME, Builder, BuildResult, InstallError, install, make_durable, rollback
+from .gobuild import (BINARY_NAME, Builder, BuildResult, InstallError, discard_displaced, install, make_durable,
+                      rollback)
 from .goplugin import PluginError, PluginHost
 from .gowatch import GoWatcher, WatchError
 from .runtime import Background, Backoff, PluginSlot
@@ -64,6 +68,10 @@ if TYPE_CHECKING:
     from .debugsession import DebugSession
 
 _NOT_RELOADS = ("start", "start-stale", "start-unchanged", "restart")   # cycles that emit no dev_reload_* events
+# Seconds a replaced plugin keeps running after the switch, and the new binary waits to be made durable: the frontend
+# calls the new plugin as soon as it hears of the reload, and the old one's shutdown and the fsync would take the
+# cores from those first calls (docs/performance.md). A stop does not wait.
+RETIRE_AFTER = 0.25
 
 
 class GoPath:
@@ -94,6 +102,7 @@ class GoPath:
         self._cycle_task: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
         self._background = Background()
+        self._hurry = asyncio.Event()                   # set by stop(): what waits RETIRE_AFTER goes at once
         self._install_lock = threading.Lock()          # install, rollback and stamping of <home>/bin/plugin
         self._settling: asyncio.Task | None = None      # the last install being made durable, then stamped
         self._phase = "idle"                            # idle | building | installing | switching
@@ -123,6 +132,7 @@ class GoPath:
             return
         self._started = True
         self._stopping = False
+        self._hurry.clear()
         self._generation += 1
         generation = self._generation
         self.part.change_state(S.STARTING, lastError="")        # IDLE/STOPPED -> STARTING
@@ -164,6 +174,7 @@ class GoPath:
         if not self.enabled:
             return
         self._stopping = True
+        self._hurry.set()
         self._generation += 1
         if self.watcher is not None:
             await self.watcher.stop()
@@ -245,6 +256,16 @@ class GoPath:
         await host.drain(self.settings.drain_timeout)
         await host.stop(self.settings.stop_grace)
 
+    async def _after_switch(self) -> None:
+        """RETIRE_AFTER seconds, or less when the path stops."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), RETIRE_AFTER)
+
+    async def _retire(self, host: PluginHost) -> None:
+        """Stop a plugin the switch replaced, once the new one has had its first calls to itself."""
+        await self._after_switch()
+        await self._stop_host(host)
+
     # --- internals: watcher callbacks -------------------------------------------------------------------------------
     def _on_event(self, rel: str) -> None:
         if self._burst_first is None:
@@ -318,7 +339,7 @@ class GoPath:
         """Install (raises InstallError) without waiting for the disk; the installed file's identity (st_dev,
         st_ino), for `_settle`. Blocking: run it in a thread."""
         with self._install_lock:
-            install(result.binary, self.bin_dir, link=self.builder.replaces_output, durable=False)
+            install(result.binary, self.bin_dir, link=self.builder.replaces_output, durable=False, free_later=True)
             st = os.stat(self.installed)
             return st.st_dev, st.st_ino
 
@@ -327,10 +348,12 @@ class GoPath:
             return rollback(self.bin_dir)
 
     def _settle(self, ident: tuple[int, int], inputs: str | None, built: str, duration_ns: int) -> str | None:
-        """Make the installed binary durable, then stamp it with the inputs taken before its build, unless it was
+        """Remove the binaries the install displaced (discard_displaced), make the installed binary durable, then
+        stamp it with the inputs taken before its build, unless it was
         replaced meanwhile (a newer install, a rollback). A crash before the stamp leaves no stamp: the next start
         builds. Returns an error to log, if any. Blocking: run it in a thread."""
         with self._install_lock:
+            discard_displaced(self.bin_dir)
             try:
                 st = os.stat(self.installed)
                 if (st.st_dev, st.st_ino) != ident:
@@ -348,6 +371,7 @@ class GoPath:
         state = self.ctx.state              # the lastBuild* this build set
         built, duration_ns = state.lastBuildTime, state.lastBuildDuration
         await asyncio.wait({switch})
+        await self._after_switch()
         error = await asyncio.to_thread(self._settle, ident, inputs, built, duration_ns)
         if error:
             self.ctx.log("go-build", "warn", error)
@@ -500,7 +524,7 @@ class GoPath:
                 self._reload_open = False
                 ctx.reload_complete()
         if old is not None:
-            self._background.spawn(self._stop_host(old))
+            self._background.spawn(self._retire(old))
         return not keep_error
 
     async def _start_failed(self, e: PluginError, reason: str, keep_error: bool) -> bool:

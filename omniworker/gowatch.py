@@ -8,10 +8,11 @@
   and files the go tool itself ignores (names starting with `.` or `_`); plus `[go] ignore` globs.
 - Editors that save by writing a temp file and renaming it trigger a change: moved events are judged by their
   destination (and their source).
-- A quiet window across ALL files (`[go] debounce_ms`, default 50; a trailing debounce): one save's burst of events,
-  in several files too, gives one `on_change(paths)` call, `debounce` after the last event. 50 ms is twice the
-  largest gap measured inside the bursts real tools make (an editor's atomic or backup save, gofmt/goimports -w,
-  `gofmt -r` over 30 files, `git checkout` of 30 files: docs/performance.md, bench/bench_bursts.py).
+- A quiet window across ALL files (`[go] debounce_ms`, default 20; a trailing debounce): one save's burst of events,
+  in several files too, gives one `on_change(paths)` call, `debounce` after the last event. 20 ms is above every gap
+  measured inside one save's burst (an editor's atomic or backup save, gofmt/goimports -w, a save then `gofmt -w`),
+  loaded or not, and inside the multi-file ones (`gofmt -r` over 30 files, `git checkout` of 30 files) but once on
+  a loaded machine (docs/performance.md, bench/bench_bursts.py).
   `on_event(path)` is called for every relevant event right away: GoPath cancels a build the change makes stale, so
   a burst with a longer gap costs a cancelled build, never a stale install.
 - Events are handed from watchdog's thread to the loop with `loop.call_soon_threadsafe`; callbacks run on the loop.

@@ -175,6 +175,21 @@ async function reactFrom(base, deps) {
   return { React, createRoot };
 }
 
+/** Runs `fn` while a "click" nobody else hears is being dispatched. React gives an update made during a discrete
+ *  event the sync lane: the view renders in this task and its effects (a first invoke, after a reload) run before
+ *  the browser paints, rather than a frame or two later. */
+function duringDiscreteEvent(fn) {
+  const target = new EventTarget();
+  let out;
+  let failure = null;
+  target.addEventListener("click", () => {
+    try { out = fn(); } catch (err) { failure = { err }; }
+  }, { once: true });
+  target.dispatchEvent(new Event("click"));
+  if (failure) throw failure.err;
+  return out;
+}
+
 /** {what, render?: (element, props) => unmount} for a loaded entry module. */
 async function viewOf(base, deps, mod) {
   const make = async (what, node) => {
@@ -183,7 +198,7 @@ async function viewOf(base, deps, mod) {
       what,
       render: (el, props) => {
         const root = createRoot(el);
-        root.render(isElement(node) ? node : React.createElement(node, props));
+        duringDiscreteEvent(() => root.render(isElement(node) ? node : React.createElement(node, props)));
         return () => root.unmount();
       },
     };

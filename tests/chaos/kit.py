@@ -363,6 +363,15 @@ def worker_children(svc: Service, plugin: str) -> dict[str, list[int]]:
     return out
 
 
+def settled_children(svc: Service, plugin: str, timeout: float = 5.0) -> dict[str, list[int]]:
+    """worker_children once at most one plugin process is left: a plugin replaced by a reload is retired
+    RETIRE_AFTER (0.25 s) after the switch, so until then there are two (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while len((children := worker_children(svc, plugin)).get("plugin", [])) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)    # polling the process table: no event to wait on
+    return children
+
+
 def find_child(svc: Service, plugin: str, kind: str, timeout: float = 20.0, poll: float = 0.02) -> psutil.Process:
     """A live child of the plugin's worker of the given kind (polling the process table)."""
     deadline = time.monotonic() + timeout

@@ -24,7 +24,8 @@ import pytest
 
 import kit
 from kit import (FAULTS, InvokeLoad, wait_dead, Ledger, Service, SubWatch, copy_example, find_child, greet, managed_ready,
-                 plugin_toml, record, service_procs, set_greeting, wait_no_orphans, wait_status, worker_children)
+                 plugin_toml, record, service_procs, set_greeting, settled_children, wait_no_orphans, wait_status,
+                 worker_children)
 from omnibroker import protocol
 
 PLUGIN = "hello"
@@ -85,7 +86,7 @@ def desired(svc: Service, **extra):
 def healthy(svc: Service, timeout: float = 60.0, **extra) -> tuple[dict, float]:
     """The desired state, one plugin process and one Vite under the live worker, no orphan, subscriber in sync."""
     state, t = wait_status(svc, PLUGIN, desired(svc, **extra), timeout=timeout, what="the desired state")
-    children = worker_children(svc, PLUGIN)
+    children = settled_children(svc, PLUGIN)
     assert len(children.get("plugin", [])) == 1 and len(children.get("vite", [])) == 1, children
     assert state["pluginPid"] in children["plugin"], (state["pluginPid"], children)
     assert "go" not in children, children

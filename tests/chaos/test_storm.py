@@ -22,7 +22,7 @@ import time
 import psutil
 import zmq
 
-from kit import Service, copy_example, managed_ready, plugin_toml, record, wait_status, worker_children
+from kit import Service, copy_example, managed_ready, plugin_toml, record, settled_children, wait_status
 from omnibroker import protocol
 from omnibroker.commands import COMMANDS
 
@@ -151,7 +151,7 @@ def test_command_storm(tmp_path):
             return s["pluginPid"] == 0 and s["vitePort"] == 0
         state, _ = wait_status(svc, PLUGIN, settled, timeout=60, what=f"the effect of the last command ({mode})")
 
-        children = worker_children(svc, PLUGIN)
+        children = settled_children(svc, PLUGIN)
         vites = [p for p in children.get("vite", []) if psutil.Process(p).name() == "node"]
         plugins = children.get("plugin", [])
         held = held_ports(svc)

@@ -23,6 +23,7 @@ from support.waits import wait_event
 from omnibroker import protocol
 from omnibroker.protocol import CommandError, ErrorCode
 from omniworker.context import NullSink, PluginContext
+from omniworker import gopath
 from omniworker.gopath import GoPath
 
 DEBOUNCE_MS = 250
@@ -164,6 +165,32 @@ async def test_edit_constant_building_then_ready_and_new_answer(harness):
         while os.path.exists(old_addr):                             # and its socket removed (bounded poll)
             assert time.monotonic() < deadline, old_addr
             await asyncio.sleep(0.02)
+
+
+async def test_a_stop_right_after_a_reload_stops_the_replaced_plugin_at_once(harness, monkeypatch):
+    """A replaced plugin keeps running RETIRE_AFTER after the switch (its teardown would take the cores from the new
+    plugin's first calls), and the install's displaced binary waits as long to be removed. A stop meanwhile does not
+    wait: both plugins are gone when it returns, and so is the displaced binary."""
+    monkeypatch.setattr(gopath, "RETIRE_AFTER", 60.0)         # far beyond the stop's bound below
+    h = harness()
+    await asyncio.wait_for(h.gp.start(), 60)
+    try:
+        old_pid = h.ctx.state.pluginPid
+        for word in ("Salut", "Ciao"):                          # two reloads: the second displaces a plugin.prev
+            m = h.mark()
+            h.set_greeting(word)
+            await h.wait(lambda t, p: t == protocol.RELOAD_COMPLETE, 30, m)
+        assert await h.greet() == "Ciao, omni"
+        new_pid = h.ctx.state.pluginPid
+        assert psutil.Process(old_pid).status() != psutil.STATUS_ZOMBIE      # retiring, not stopped yet
+        assert any(n.endswith(".old") for n in os.listdir(h.home / "bin")), os.listdir(h.home / "bin")
+    finally:
+        await asyncio.wait_for(h.gp.stop(), 20)
+    await h.gp.settled()
+    for pid in (old_pid, new_pid):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    assert descendants() == []
+    assert sorted(os.listdir(h.home / "bin")) == ["plugin", "plugin.prev", "plugin.stamp"]
 
 
 async def test_compile_error_reports_position_keeps_old_then_fix(harness):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from omniworker import gobuild
-from omniworker.gobuild import InstallError, install, parse_go_errors, rollback
+from omniworker.gobuild import InstallError, discard_displaced, install, parse_go_errors, rollback
 
 PLUGIN = "/tmp/hp"
 
@@ -238,6 +238,22 @@ def _write(path, data: bytes, mode=0o755):
     with open(path, "wb") as f:
         f.write(data)
     os.chmod(path, mode)
+
+
+def test_install_free_later_keeps_the_displaced_binary_until_discarded(tmp_path):
+    """free_later: the binary that drops out (the older .prev) keeps a hidden name, so that freeing its blocks is left
+    to discard_displaced(), off the reload's path; nothing else changes."""
+    dest = tmp_path / "bin"
+    for content in (b"one", b"two", b"three"):
+        _write(tmp_path / "b", content)
+        install(str(tmp_path / "b"), str(dest), free_later=True)
+        (tmp_path / "b").unlink()
+    assert (dest / "plugin").read_bytes() == b"three" and (dest / "plugin.prev").read_bytes() == b"two"
+    [old] = [n for n in os.listdir(dest) if n not in ("plugin", "plugin.prev")]
+    assert old.startswith(".plugin.prev.") and old.endswith(".old") and (dest / old).read_bytes() == b"one"
+    discard_displaced(str(dest))
+    assert sorted(os.listdir(dest)) == ["plugin", "plugin.prev"]
+    discard_displaced(str(tmp_path / "nothing"))                # no dir: nothing to do, no error
 
 
 def test_install_atomic_keeps_prev_and_rollback(tmp_path):
