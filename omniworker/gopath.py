@@ -4,10 +4,9 @@
 - `start()` (`build_on_start`): `"changed"` (the default) builds only when the build inputs changed since the
   installed binary was built. Every successful build + install writes `<home>/bin/plugin.stamp` (buildstamp.py) once
   the new binary is on disk (fsynced RETIRE_AFTER after the switch, off the save → ready path; `settled()` waits for
-  it): a
-  digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool binary's
-  identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path, size,
-  mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
+  it): a digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool
+  binary's identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path,
+  size, mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
   the watcher runs (so later edits still trigger a build), if the stamp matches the current inputs and the installed
   binary is the stamped one, that binary is started without a build (one info line on "go-build"); if it fails to
   start, its stamp is removed and a normal build follows (no rollback to `plugin.prev`, older than the sources).
@@ -19,9 +18,9 @@
   anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
   keeps serving, switches invokes to the new one, then (RETIRE_AFTER, 0.25 s, later) drains and stops the old one:
-  invokes never wait, and a new
-  binary that fails to start or to pass health leaves the old PROCESS serving untouched. `"stop-first"` stops the
-  old one, then starts the new one; invokes wait for the new one meanwhile; on failure the previous binary is restarted.
+  invokes never wait, and a new binary that fails to start or to pass health leaves the old PROCESS serving
+  untouched. `"stop-first"` stops the old one, then starts the new one; invokes wait for the new one meanwhile; on
+  failure the previous binary is restarted.
   Either way a failed start rolls `<home>/bin/plugin` back to `plugin.prev` and reports the plugin's stderr.
 - Builds start once the sources are quiet (`[go] debounce_ms`, the quiet window, see gowatch.py). A change seen
   during a build cancels that build at once: its process group is killed and reaped before anything else happens
@@ -349,9 +348,9 @@ class GoPath:
 
     def _settle(self, ident: tuple[int, int], inputs: str | None, built: str, duration_ns: int) -> str | None:
         """Remove the binaries the install displaced (discard_displaced), make the installed binary durable, then
-        stamp it with the inputs taken before its build, unless it was
-        replaced meanwhile (a newer install, a rollback). A crash before the stamp leaves no stamp: the next start
-        builds. Returns an error to log, if any. Blocking: run it in a thread."""
+        stamp it with the inputs taken before its build, unless it was replaced meanwhile (a newer install, a
+        rollback). A crash before the stamp leaves no stamp: the next start builds. Returns an error to log, if any.
+        Blocking: run it in a thread."""
         with self._install_lock:
             discard_displaced(self.bin_dir)
             try:

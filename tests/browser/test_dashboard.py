@@ -104,6 +104,29 @@ def test_go_edit_rebuilds_and_remounts_with_new_answer(page, omni, shot):
     expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni", timeout=STEP_TIMEOUT)
 
 
+def test_a_remount_renders_and_sends_its_first_invoke_before_the_next_task(page, omni):
+    """After a reload the dashboard remounts the plugin's view. It renders in the same task (during a discrete event:
+    React's sync lane), and the view's effect, its first invoke, has left by then, not a frame or two later."""
+    open_dashboard(page, omni)
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni")
+    result = page.evaluate("""async () => {
+        const ws = window.omniDashboard.omni.ws;
+        const send = ws.send;
+        let sent = 0;
+        ws.send = function (data) { if (String(data).includes('"invoke"')) sent++; return send.call(this, data); };
+        try {
+            window.omniDashboard.cards.get("hello").view.remount();
+            await Promise.resolve();            // one microtask: no task, no frame in between
+            const label = document.querySelector('[data-testid="view-hello"] [data-testid="label"]');
+            return { rendered: !!label, sent };
+        } finally {
+            ws.send = send;
+        }
+    }""")
+    assert result == {"rendered": True, "sent": 1}, result
+    expect(page.get_by_test_id("greeting")).to_have_text("Hello, omni")
+
+
 def test_go_syntax_error_shows_overlay_then_fix_clears_it(page, omni, shot):
     open_dashboard(page, omni)
     path = omni.plugin_dir / "pkg" / "greeting.go"
