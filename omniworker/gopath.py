@@ -6,16 +6,16 @@
   the new binary is on disk (fsynced RETIRE_AFTER after the switch, off the save → ready path; `settled()` waits for
   it): a digest of the build argv, cwd and output, the Go-relevant env (GO*, CGO_*, CC, CXX, ...), the go tool
   binary's identity, and every file the watcher considers a source (same globs, ignores and pruned dirs) as (path,
-  size, mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start, once
-  the watcher runs (so later edits still trigger a build), if the stamp matches the current inputs and the installed
-  binary is the stamped one, that binary is started without a build (one info line on "go-build"); if it fails to
-  start, its stamp is removed and a normal build follows (no rollback to `plugin.prev`, older than the sources).
-  The stamp does NOT cover GOPATH/vendor/module-cache packages outside the plugin dir, nor files outside
+  size, mtime_ns, ctime_ns, inode), snapshotted BEFORE the build ran; plus the installed binary's identity. At start,
+  once the watcher runs (so later edits still trigger a build), if the stamp matches the current inputs and the
+  installed binary is the stamped one, that binary is started without a build (one info line on "go-build"); if it
+  fails to start, its stamp is removed and a normal build follows (no rollback to `plugin.prev`, older than the
+  sources). The stamp does NOT cover GOPATH/vendor/module-cache packages outside the plugin dir, nor files outside
   `[go] watch` (embed, cgo): `omnictl rebuild <id>` always builds. gobuild's install() and rollback() remove the
   stamp; a missing or garbled stamp means "build". `"always"` builds at every start (an unchanged tree costs a no-op
-  `go build`, ~0.2 CPU-second); `"missing"` builds only when no binary is installed at `<home>/bin/plugin`, even if
-  it is older than the sources. If a start build fails but a binary is installed, the installed one is started
-  anyway (goStatus "error", grpcConnected true): the old plugin keeps serving.
+  `go build`, ~0.2 CPU-second); `"missing"` builds only when no binary is installed at `<home>/bin/plugin`, even if it
+  is older than the sources. If a start build fails but a binary is installed, the installed one is started anyway
+  (goStatus "error", grpcConnected true): the old plugin keeps serving.
 - Reload order (`reload_order`): `"start-first"` (default) starts and health-checks the new plugin while the old one
   keeps serving, switches invokes to the new one, then (RETIRE_AFTER, 0.25 s, later) drains and stops the old one:
   invokes never wait, and a new binary that fails to start or to pass health leaves the old PROCESS serving
