@@ -65,7 +65,7 @@ def marked(prefix: str) -> list[int]:
     inside = b"\0" + want
     me, uid = os.getpid(), os.getuid()
     found = []
-    # One walk of /proc per child that exits (kill_escapees: twice), with 100-200 processes on a developer's machine:
+    # kill_escapees walks /proc twice after every child's exit, with 100-200 processes on a developer's machine:
     # bare os.open/os.read, and the owner looked at only for a match.
     for name in os.listdir("/proc"):
         if not name.isdigit():
